@@ -1,0 +1,25 @@
+"""leanconv: make convolutional networks lean.
+
+Efficient conv layers with exact ``nn.Conv2d`` semantics, one registry of conv kinds with their
+shapes and costs, and fusion for deployment. Everything public is re-exported here.
+"""
+
+__version__ = "0.1.0"
+
+from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_kind  # noqa: E402
+from leanconv.padding import PaddingArg, conv_output_hw  # noqa: E402
+from leanconv.layers import *  # noqa: E402,F401,F403
+from leanconv.layers import __all__ as _layer_names  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "KINDS",
+    "ConvKind",
+    "ConvSpec",
+    "PaddingArg",
+    "Stage",
+    "conv_output_hw",
+    "create_conv2d",
+    "get_kind",
+    *_layer_names,
+]
