@@ -254,9 +254,9 @@ def _axis_only(value: Tuple[int, int], axis: int) -> Tuple[int, int]:
 
 def _branch_padding(spec: ConvSpec, collapsed_axis: int) -> PaddingArg:
     """Padding that gives a 1-wide branch the kxk conv's output size (may be negative: a crop)."""
-    if isinstance(spec.padding, str):
+    if spec.padding == "same":
         return spec.padding
-    p = list(spec.padding)
+    p = [0, 0] if spec.padding == "valid" else list(spec.padding)
     p[collapsed_axis] -= spec.dilation[collapsed_axis] * (spec.kernel_size[collapsed_axis] // 2)
     return tuple(p)  # type: ignore[return-value]
 
@@ -405,10 +405,11 @@ def _dsconv_transpose_stages(spec: ConvSpec) -> List[Stage]:
                   output_padding=spec.output_padding)
     if spec.options["order"] == "pointwise_first":
         o = spec.out_channels
-        return [
-            _conv("pointwise", spec.in_channels, o, 1),
-            Stage("depthwise", "conv_transpose", o, o, spec.kernel_size, groups=o, bias=spec.bias, **conv_t),
-        ]
+        stages = [_conv("pointwise", spec.in_channels, o, 1)]
+        if _has_norm(spec):
+            stages.append(_norm("norm", o))
+        stages.append(Stage("depthwise", "conv_transpose", o, o, spec.kernel_size, groups=o, bias=spec.bias, **conv_t))
+        return stages
     mid = spec.in_channels * m
     stages = [Stage("depthwise", "conv_transpose", spec.in_channels, mid, spec.kernel_size,
                     groups=spec.in_channels, **conv_t)]

@@ -1,0 +1,202 @@
+"""Channel-separable convolutions: depthwise, pointwise, depthwise separable and Tucker-2.
+
+A dense ``kh x kw`` conv mixes space and channels at once (``O*C*kh*kw`` MACs per output
+pixel). The layers here split that work: a depthwise conv filters space one channel at a time,
+a pointwise (1x1) conv mixes channels, and a Tucker-2 bottleneck runs the spatial conv on fewer
+channels between two 1x1 convs. Every stage is a :class:`leanconv.layers.conv.Conv2d`, so the
+whole padding vocabulary (int, ``(h, w)``, ``'same'`` with any stride/dilation, ``'valid'``)
+and every ``padding_mode`` work, and BN folding, analysis and conversion see plain convs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from leanconv._validate import check_input, check_positive_int
+from leanconv.layers.conv import Conv2d, check_conv_args, make_act, make_norm
+from leanconv.padding import PaddingArg
+
+IntPair = int | Tuple[int, int]
+ModuleFactory = Callable[..., nn.Module]
+
+
+class DepthwiseConv2d(Conv2d):
+    """Depthwise conv: each input channel gets its own ``depth_multiplier`` spatial filters.
+
+    ``groups=in_channels`` and ``out_channels = in_channels * depth_multiplier``; output channel
+    ``c*m + j`` is filter ``j`` of input channel ``c``. It never mixes channels; stride (not the
+    depthwise structure) decides the output size. Params ``O*kh*kw``, MACs ``O*kh*kw*H'*W'``:
+    ``in_channels`` times fewer than the dense conv with the same channel counts.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: PaddingArg = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(out_channels, "out_channels")
+        if out_channels % in_channels != 0:
+            raise ValueError(
+                f"out_channels={out_channels} must be a multiple of in_channels={in_channels} "
+                f"(depth multiplier = out/in)"
+            )
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, in_channels, bias,
+            padding_mode, device=device, dtype=dtype,
+        )
+        self.depth_multiplier: int = out_channels // in_channels
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", depth_multiplier={self.depth_multiplier}"
+
+
+class PointwiseConv2d(Conv2d):
+    """1x1 conv: mixes (and re-counts) channels at each pixel, no spatial extent.
+
+    Raises or lowers the channel count (``C -> O``) with ``O*C/groups`` params and
+    ``O*(C/groups)*H'*W'`` MACs; a stride subsamples the grid without looking at neighbours.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, 1, stride, 0, 1, groups, bias, "zeros",
+            device=device, dtype=dtype,
+        )
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    """Depthwise ``kh x kw`` conv (C -> C*m) then pointwise 1x1 (C*m -> O), as in MobileNet.
+
+    The depthwise stage takes stride, padding, dilation (a dilated one is the atrous separable
+    conv of DeepLabv3+) and ``padding_mode``; the pointwise stage takes the bias. An optional
+    inner ``norm``/``act`` sits between the stages. MACs per output pixel ``C*m*(kh*kw + O)``
+    instead of ``C*O*kh*kw`` for the dense conv.
+    """
+
+    conv_norm_pairs = (("depthwise", "norm"),)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: PaddingArg = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        depth_multiplier: int = 1,
+        norm_layer: Optional[ModuleFactory] = None,
+        act_layer: Optional[ModuleFactory] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        kernel, strides, dilations = check_conv_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
+        )
+        check_positive_int(depth_multiplier, "depth_multiplier")
+        mid = in_channels * depth_multiplier
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
+        self.padding: PaddingArg = padding
+        self.padding_mode = padding_mode
+        self.depth_multiplier = depth_multiplier
+        self.depthwise = DepthwiseConv2d(
+            in_channels, mid, kernel, strides, padding, dilations, False, padding_mode,
+            device=device, dtype=dtype,
+        )
+        self.norm = make_norm(norm_layer, mid, device, dtype)
+        self.act = make_act(act_layer)
+        self.pointwise = PointwiseConv2d(mid, out_channels, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, type(self).__name__)
+        return self.pointwise(self.act(self.norm(self.depthwise(x))))
+
+
+def _check_ranks(ranks: Optional[Sequence[int]], in_channels: int, out_channels: int) -> Tuple[int, int]:
+    if ranks is None:
+        return (in_channels, out_channels)
+    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence) or len(ranks) != 2:
+        raise ValueError(f"ranks={ranks!r} must be a pair (r_in, r_out) of ints >= 1")
+    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
+        raise ValueError(f"ranks={ranks!r} must be a pair (r_in, r_out) of ints >= 1")
+    return (int(ranks[0]), int(ranks[1]))
+
+
+class Tucker2Conv2d(nn.Module):
+    """Tucker-2 bottleneck: 1x1 reduce (C -> r_in), kxk core (r_in -> r_out), 1x1 expand (r_out -> O).
+
+    The ResNet/LPRNet bottleneck shape, and the target of a Tucker-2 (HOSVD) factorization of a
+    dense kernel; ``ranks=None`` means full rank ``(C, O)``. The core takes stride, padding,
+    dilation and ``padding_mode``; only ``expand`` has a bias. MACs
+    ``C*r_in*H*W + (r_in*r_out*kh*kw + r_out*O)*H'*W'``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: PaddingArg = 0,
+        dilation: IntPair = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        ranks: Optional[Tuple[int, int]] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        kernel, strides, dilations = check_conv_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
+        )
+        r_in, r_out = _check_ranks(ranks, in_channels, out_channels)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
+        self.padding: PaddingArg = padding
+        self.padding_mode = padding_mode
+        self.ranks: Tuple[int, int] = (r_in, r_out)
+        self.reduce = PointwiseConv2d(in_channels, r_in, bias=False, device=device, dtype=dtype)
+        self.core = Conv2d(
+            r_in, r_out, kernel, strides, padding, dilations, 1, False, padding_mode,
+            device=device, dtype=dtype,
+        )
+        self.expand = PointwiseConv2d(r_out, out_channels, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, type(self).__name__)
+        return self.expand(self.core(self.reduce(x)))
+
+    def extra_repr(self) -> str:
+        return f"ranks={self.ranks}"
+
+
+__all__ = [
+    "DepthwiseConv2d",
+    "DepthwiseSeparableConv2d",
+    "PointwiseConv2d",
+    "Tucker2Conv2d",
+]
