@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv._validate import check_choice, check_input, check_positive_int
+from leanconv.fuse import add_branches, fold_bn, pad_kernel
 from leanconv.layers.conv import Conv2d, ConvNormAct, check_conv_args, make_act, make_norm
 from leanconv.padding import PaddingArg, pad_same, resolve_padding
 
@@ -34,50 +35,6 @@ IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
 
 ORDERS = ("kx1_first", "1xk_first")
-
-
-# --------------------------------------------------------------------------------------------
-# Fusion algebra: pure functions on tensors, no module walking (to move to leanconv.fuse).
-# --------------------------------------------------------------------------------------------
-
-
-def fold_bn(
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    eps: float,
-    gamma: Optional[torch.Tensor] = None,
-    beta: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the conv before it: return ``(weight', bias')``.
-
-    ``bn(conv(x)) = gamma * (W*x + b - mean) / sqrt(var + eps) + beta`` is a conv with weight
-    ``W * s`` (per output channel) and bias ``(b - mean) * s + beta``, ``s = gamma/sqrt(var+eps)``.
-    ``gamma``/``beta`` None mean a non-affine BN (1 and 0); ``bias`` None means no conv bias.
-    """
-    scale = torch.rsqrt(running_var + eps)
-    if gamma is not None:
-        scale = scale * gamma
-    shift = -running_mean if bias is None else bias - running_mean
-    new_bias = shift * scale
-    if beta is not None:
-        new_bias = new_bias + beta
-    new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    return new_weight, new_bias
-
-
-def pad_kernel(weight: torch.Tensor, kernel_size: Tuple[int, int]) -> torch.Tensor:
-    """Zero-pad a ``(O, C, h, w)`` kernel to ``kernel_size``, centred (h, w <= target, same parity)."""
-    kh, kw = kernel_size
-    h, w = weight.shape[-2:]
-    if h > kh or w > kw or (kh - h) % 2 or (kw - w) % 2:
-        raise ValueError(
-            f"kernel of size {(h, w)} cannot be centred in kernel_size={kernel_size!r} "
-            "(it must be no larger and differ by an even amount in each dimension)"
-        )
-    top, left = (kh - h) // 2, (kw - w) // 2
-    return F.pad(weight, (left, kw - w - left, top, kh - h - top))
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,12 +302,10 @@ class ACBlock(nn.Module):
         Norms are folded with their running statistics, so the match holds for ``eval()``;
         only BatchNorm-type norms (or none) can be folded.
         """
-        weight = bias = None
-        for name in ("kxk", "1xk", "kx1"):
-            w, b = _fold_branch(self.branches[name], name)
-            w = pad_kernel(w, self.kernel_size)
-            weight = w if weight is None else weight + w
-            bias = b if bias is None else bias + b
+        weight, bias = add_branches(
+            (pad_kernel(w, self.kernel_size), b)
+            for w, b in (_fold_branch(self.branches[name], name) for name in ("kxk", "1xk", "kx1"))
+        )
         ref = self.branches["kxk"].conv.weight
         fused = Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -382,6 +337,4 @@ __all__ = [
     "AsymmetricConv2d",
     "CenterTapPad",
     "ParallelAsymmetricConv2d",
-    "fold_bn",
-    "pad_kernel",
 ]

@@ -63,6 +63,13 @@ def check_conv_args(
     return kernel, strides, dilations
 
 
+def _same_repr(text: str, padding_arg: PaddingArg, resolved) -> str:
+    """Show ``padding='same'`` instead of the resolved numbers PyTorch's repr would print."""
+    if padding_arg != "same":
+        return text
+    return text.replace(f", padding={resolved}", "") + ", padding='same'"
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that also takes ``padding='same'`` with any stride and dilation.
 
@@ -104,8 +111,7 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text + ", padding='same'" if self.padding_arg == "same" else text
+        return _same_repr(super().extra_repr(), self.padding_arg, self.padding)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -153,8 +159,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         return y
 
     def extra_repr(self) -> str:
-        text = super().extra_repr()
-        return text + ", padding='same'" if self.padding_arg == "same" else text
+        return _same_repr(super().extra_repr(), self.padding_arg, self.padding)
 
 
 def make_norm(norm_layer: Optional[ModuleFactory], channels: int, device=None, dtype=None) -> nn.Module:

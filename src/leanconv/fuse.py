@@ -1,0 +1,217 @@
+"""Fusion for deployment: each exact identity a small pure function, plus ``fuse(model)``.
+
+The algebra works on tensors only (no module walking), so each identity is testable against
+its closed form:
+
+* :func:`fold_bn` — an eval-mode BatchNorm after a conv or transposed conv is a per-output-
+  channel scale and shift, i.e. the same conv with scaled weights and a new bias;
+* :func:`add_branches` — parallel convs on the same input with equal kernels whose outputs
+  are summed are one conv with the summed weights and biases;
+* :func:`pad_kernel` — a smaller odd kernel is the larger kernel zero-padded around its centre
+  (with the padding adjusted so the output grid stays put, as ACBlock's branches do);
+* :func:`merge_1x1_kxk` — a 1x1 conv followed by a kxk conv is one kxk conv.
+
+:func:`fuse` applies them model-wide: blocks with a ``fuse()`` method become that single
+module, and every declared or sequential conv->BatchNorm pair is folded.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WeightBias = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+# ---------------------------------------------------------------------------- pure algebra
+
+
+def fold_bn(
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    gamma: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+    transposed: bool = False,
+    groups: int = 1,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold ``BN(conv(x))`` (eval mode) into one conv: return the new ``(weight, bias)``.
+
+    ``BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta = s * y + (beta - s * mean)`` with
+    ``s = gamma / sqrt(var + eps)`` per output channel, so the weight of output channel ``o`` is
+    scaled by ``s[o]`` and the bias becomes ``s * (b - mean) + beta``. ``gamma``/``beta`` None
+    mean a BN without affine parameters (1 and 0); ``bias`` None a conv without bias.
+
+    A conv weight is ``(O, C/g, kh, kw)``: output channel ``o`` is row ``o``. A transposed conv
+    weight is ``(C, O/g, kh, kw)``: output channel ``o`` of group ``j`` is column
+    ``o - j*O/g`` of rows ``j*C/g ... (j+1)*C/g - 1``.
+    """
+    scale = torch.rsqrt(running_var + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -running_mean if bias is None else bias - running_mean
+    new_bias = shift * scale if beta is None else shift * scale + beta
+    if not transposed:
+        return weight * scale.reshape(-1, 1, 1, 1), new_bias
+    c_in, o_per_group = weight.shape[:2]
+    grouped = weight.reshape(groups, c_in // groups, o_per_group, *weight.shape[2:])
+    scaled = grouped * scale.reshape(groups, 1, o_per_group, 1, 1)
+    return scaled.reshape(weight.shape), new_bias
+
+
+def add_branches(branches: Iterable[WeightBias]) -> WeightBias:
+    """Sum parallel convs on the same input (same kernel size, stride, groups and output grid).
+
+    ``sum_i conv(x, W_i, b_i) = conv(x, sum_i W_i, sum_i b_i)`` by linearity; a missing bias
+    counts as zero (the result has no bias only if no branch has one).
+    """
+    weight: Optional[torch.Tensor] = None
+    bias: Optional[torch.Tensor] = None
+    for w, b in branches:
+        if weight is not None and w.shape != weight.shape:
+            raise ValueError(f"branch weight shape {tuple(w.shape)} must equal {tuple(weight.shape)} (pad_kernel first)")
+        weight = w if weight is None else weight + w
+        if b is not None:
+            bias = b if bias is None else bias + b
+    if weight is None:
+        raise ValueError("branches must contain at least one (weight, bias) pair")
+    return weight, bias
+
+
+def pad_kernel(weight: torch.Tensor, kernel_size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad a ``(..., h, w)`` kernel to ``kernel_size`` around its centre.
+
+    A ``1x3`` kernel run with padding ``(p - d, p)`` equals the ``3x3`` kernel that is zero
+    except its centre row, run with padding ``(p, p)``; the sizes must differ by an even amount.
+    """
+    kh, kw = kernel_size
+    h, w = weight.shape[-2:]
+    if h > kh or w > kw or (kh - h) % 2 or (kw - w) % 2:
+        raise ValueError(
+            f"kernel of size {(h, w)} cannot be centred in kernel_size={tuple(kernel_size)} "
+            "(it must be no larger and differ by an even amount in each dimension)"
+        )
+    top, left = (kh - h) // 2, (kw - w) // 2
+    return F.pad(weight, (left, kw - w - left, top, kh - h - top))
+
+
+def merge_1x1_kxk(
+    w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor, b2: Optional[torch.Tensor]
+) -> WeightBias:
+    """A 1x1 conv ``(M, C, 1, 1)`` followed by a kxk conv ``(O, M, kh, kw)`` as one kxk conv.
+
+    ``W[o,c] = sum_m w2[o,m] * w1[m,c]`` and ``b = b2 + sum_{m,h,w} w2[o,m,h,w] * b1[m]``.
+    Exact when the kxk conv pads nothing, or when ``b1`` is None/zero: zero padding of the
+    1x1 output is not the 1x1 of zero padding when the 1x1 has a bias. Groups 1 only.
+    """
+    if w1.shape[-2:] != (1, 1):
+        raise ValueError(f"w1 must be a 1x1 kernel (M, C, 1, 1), got shape {tuple(w1.shape)}")
+    if w2.shape[1] != w1.shape[0]:
+        raise ValueError(f"w2 has {w2.shape[1]} input channels, w1 gives {w1.shape[0]} (groups=1 only)")
+    weight = torch.einsum("omhw,mc->ochw", w2, w1[:, :, 0, 0])
+    bias = b2
+    if b1 is not None:
+        carried = torch.einsum("omhw,m->o", w2, b1)
+        bias = carried if b2 is None else b2 + carried
+    return weight, bias
+
+
+# ---------------------------------------------------------------------------- modules
+
+
+def _check_foldable(conv: nn.Module, bn: nn.Module) -> None:
+    if not isinstance(conv, _CONVS):
+        raise ValueError(f"conv={type(conv).__name__} must be an nn.Conv2d or nn.ConvTranspose2d")
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        raise ValueError(f"bn={type(bn).__name__} must be a BatchNorm module")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("bn has no running statistics (track_running_stats=False): it cannot be folded")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"bn.num_features={bn.num_features} must equal conv.out_channels={conv.out_channels}")
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """A new conv of the same class as ``conv`` (with a bias) equal to ``bn(conv(x))`` in eval mode.
+
+    ``conv`` keeps its padding behaviour (leanconv's 'same' subclasses included); the inputs
+    are not modified.
+    """
+    _check_foldable(conv, bn)
+    weight, bias = fold_bn(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
+        transposed=isinstance(conv, nn.ConvTranspose2d), groups=conv.groups,
+    )
+    fused = copy.deepcopy(conv)
+    fused.weight = nn.Parameter(weight.to(conv.weight.dtype))
+    fused.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    return fused
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path) if path else root
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(_get(root, parent_path), name, module)
+
+
+def _fold_pair(owner: nn.Module, conv_path: str, norm_path: str) -> bool:
+    """Fold ``owner.<norm_path>`` into ``owner.<conv_path>`` when both are foldable."""
+    conv, norm = _get(owner, conv_path), _get(owner, norm_path)
+    if not isinstance(conv, _CONVS) or not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return False
+    if norm.running_mean is None or norm.num_features != conv.out_channels:
+        return False
+    _set(owner, conv_path, fuse_conv_bn(conv, norm))
+    _set(owner, norm_path, nn.Identity())
+    return True
+
+
+def _replace_fusable_blocks(module: nn.Module) -> None:
+    """Replace every child that has ``fuse()`` (e.g. ACBlock) by the single module it returns."""
+    for name, child in list(module.named_children()):
+        fuse_method = getattr(child, "fuse", None)
+        if callable(fuse_method):
+            setattr(module, name, fuse_method())
+        else:
+            _replace_fusable_blocks(child)
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Fuse a whole model for deployment; the result is in eval mode with the same eval output.
+
+    1. every submodule with a ``fuse()`` method (``ACBlock``) becomes the module it returns;
+    2. every module's declared ``conv_norm_pairs`` (attribute paths relative to it) are folded;
+    3. inside every ``nn.Sequential``, a conv directly followed by a BatchNorm is folded.
+
+    Folded norms become ``nn.Identity`` so module paths and Sequential indices keep their
+    meaning. The input model is left untouched unless ``inplace=True``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    if callable(getattr(model, "fuse", None)):
+        return model.fuse().eval()
+    _replace_fusable_blocks(model)
+    for owner in list(model.modules()):
+        for conv_path, norm_path in getattr(owner, "conv_norm_pairs", ()):
+            _fold_pair(owner, conv_path, norm_path)
+        if isinstance(owner, nn.Sequential):
+            names = [name for name, _ in owner.named_children()]
+            for first, second in zip(names, names[1:]):
+                _fold_pair(owner, first, second)
+    return model.eval()
+
+
+__all__ = ["add_branches", "fold_bn", "fuse", "fuse_conv_bn", "merge_1x1_kxk", "pad_kernel"]
