@@ -8,7 +8,7 @@ spatial conv). The output has the input's shape.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
