@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import math
+
 import torch
 import torch.fx
+import torch.nn.functional as F
+from hypothesis import strategies as st
 from torch import nn
 
 
@@ -45,3 +49,53 @@ def check_traceable(module: nn.Module, *inputs: torch.Tensor, compile: bool = Fa
         if compile:
             compiled = torch.compile(copy.deepcopy(module), backend="aot_eager", fullgraph=False)
             torch.testing.assert_close(compiled(*inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ independent references
+# Written out from the formulas; they never call leanconv's own padding code.
+
+F64 = torch.float64
+MODES = ("zeros", "reflect", "replicate", "circular")
+small = st.integers(1, 3)
+paddings = st.one_of(
+    st.integers(0, 3),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    st.sampled_from(["same", "valid"]),
+)
+
+
+def tf_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow 'same' padding of one dimension (extra pixel after), written out here."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def ref_pad(x, padding, kernel, stride, dilation, mode="zeros"):
+    """Pad ``x`` explicitly as a kxk conv with this padding would (the conv then runs with 0)."""
+    if padding == "valid":
+        return x
+    if padding == "same":
+        top, bottom = tf_same_pads(x.shape[-2], kernel[0], stride[0], dilation[0])
+        left, right = tf_same_pads(x.shape[-1], kernel[1], stride[1], dilation[1])
+    else:
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        top = bottom = ph
+        left = right = pw
+    pads = (left, right, top, bottom)
+    return F.pad(x, pads) if mode == "zeros" else F.pad(x, pads, mode=mode)
+
+
+def expected_hw(h, w, kernel, stride, padding, dilation):
+    """Output (H, W) from nn.Conv2d itself, or ceil(in/stride) for 'same'."""
+    if padding == "same":
+        return (math.ceil(h / stride[0]), math.ceil(w / stride[1]))
+    probe = nn.Conv2d(1, 1, kernel, stride, padding, dilation, bias=False)
+    with torch.no_grad():
+        return tuple(probe(torch.zeros(1, 1, h, w)).shape[-2:])
+
+
+def bn_eval(x, norm):
+    if isinstance(norm, nn.Identity):
+        return x
+    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)

@@ -6,7 +6,6 @@ own weights (padding written out here, TF rule for 'same'), and closed forms (ei
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import pytest
@@ -23,56 +22,11 @@ from leanconv.layers.separable import (
     PointwiseConv2d,
     Tucker2Conv2d,
 )
-from support import check_traceable, randomize_norms
+from support import F64, MODES, bn_eval, check_traceable, expected_hw, paddings, randomize_norms, ref_pad, small
 
-F64 = torch.float64
-MODES = ("zeros", "reflect", "replicate", "circular")
-small = st.integers(1, 3)
-paddings = st.one_of(
-    st.integers(0, 3),
-    st.tuples(st.integers(0, 3), st.integers(0, 3)),
-    st.sampled_from(["same", "valid"]),
-)
 
 
 # ----------------------------------------------------------------------------- references
-
-
-def tf_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow 'same' padding of one dimension (extra pixel after), written out here."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def ref_pad(x, padding, kernel, stride, dilation, mode="zeros"):
-    """Pad ``x`` explicitly as a conv with this padding would (so the conv runs with 0)."""
-    if padding == "valid":
-        return x
-    if padding == "same":
-        top, bottom = tf_same_pads(x.shape[-2], kernel[0], stride[0], dilation[0])
-        left, right = tf_same_pads(x.shape[-1], kernel[1], stride[1], dilation[1])
-    else:
-        ph, pw = (padding, padding) if isinstance(padding, int) else padding
-        top = bottom = ph
-        left = right = pw
-    pads = (left, right, top, bottom)
-    if mode == "zeros":
-        return F.pad(x, pads)
-    return F.pad(x, pads, mode=mode)
-
-
-def expected_hw(h, w, kernel, stride, padding, dilation):
-    """Output (H, W) from nn.Conv2d itself, or ceil(in/stride) for 'same'."""
-    if padding == "same":
-        return (math.ceil(h / stride[0]), math.ceil(w / stride[1]))
-    probe = nn.Conv2d(1, 1, kernel, stride, padding, dilation, bias=False)
-    with torch.no_grad():
-        return tuple(probe(torch.zeros(1, 1, h, w)).shape[-2:])
-
-
-def bn_eval(x, norm: nn.BatchNorm2d):
-    return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
 
 @st.composite

@@ -19,7 +19,7 @@ from leanconv.layers.transposed import (
     ResizeConv2d,
     make_conv,
 )
-from support import check_traceable, randomize_norms
+from support import check_traceable, randomize_norms, tf_same_pads
 
 F64 = torch.float64
 small = st.integers(1, 3)
@@ -27,13 +27,6 @@ kernels = st.tuples(st.integers(1, 7), st.integers(1, 7))
 
 
 # ----------------------------------------------------------------------------- references
-
-
-def tf_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow 'same' padding of one dimension (extra pixel after), written out here."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 def conv2d_ref(x, weight, bias, stride, padding, dilation, groups=1):
