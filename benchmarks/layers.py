@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
-from torch.utils import benchmark
 
 import leanconv
+from leanconv.bench import measure_latency as time_ms
 from leanconv.kinds import ConvSpec, get_kind
 
 DEFAULT_SHAPES = "64@112,128@56,256@28,512@14"
@@ -70,14 +70,6 @@ def build(kind: str, channels: int) -> Tuple[torch.nn.Module, ConvSpec, str]:
         registry_kind = "dense"  # deployed: one 3x3 conv
         spec = ConvSpec.create(channels, channels, 3, 1, "same", bias=True)
     return module, spec, registry_kind
-
-
-def time_ms(module: torch.nn.Module, x: torch.Tensor, min_run_time: float) -> float:
-    with torch.inference_mode():
-        for _ in range(3):
-            module(x)
-        timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x})
-        return timer.adaptive_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def warm_up(channels: int, size: int, batch: int, seconds: float) -> None:

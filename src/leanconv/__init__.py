@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_kind  # noqa: E402
 from leanconv.padding import PaddingArg, conv_output_hw  # noqa: E402
 from leanconv.fuse import fuse, fuse_conv_bn  # noqa: E402
+from leanconv.analysis import compare, explain, profile  # noqa: E402
 from leanconv.layers import *  # noqa: E402,F401,F403
 from leanconv.layers import __all__ as _layer_names  # noqa: E402
 
@@ -22,7 +23,10 @@ __all__ = [
     "PaddingArg",
     "Stage",
     "conv_output_hw",
+    "compare",
     "create_conv2d",
+    "explain",
+    "profile",
     "fuse",
     "fuse_conv_bn",
     "get_kind",

@@ -1,0 +1,220 @@
+"""``leanconv.compare``: one layer as every applicable kind, side by side.
+
+Params, MACs and activation bytes come from the kind registry (no model is run); with
+``measure=True`` each candidate is also built and timed on the current device in NCHW and
+channels_last, and the speedup over the dense layer is measured in the same process. For an
+upsampling layer (``upsample=s``) the candidates are the transposed conv, the separable
+transposed conv (both orders) and resize-then-conv (dense and separable).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from leanconv._validate import check_positive_int, check_positive_pair
+from leanconv.kinds import ConvSpec, create_conv2d, get_kind
+from leanconv.padding import PaddingArg
+
+_BYTES = 4  # float32 activations
+
+
+@dataclass
+class Candidate:
+    """One way to build the layer, with its costs (and latency when measured)."""
+
+    name: str
+    kind: str
+    options: Dict[str, Any]
+    params: int
+    macs: int
+    activation_bytes: int
+    output_shape: Tuple[int, ...]
+    params_ratio: float = 1.0
+    macs_ratio: float = 1.0
+    latency_ms_nchw: Optional[float] = None
+    latency_ms_channels_last: Optional[float] = None
+    speedup_nchw: Optional[float] = None
+    speedup_channels_last: Optional[float] = None
+
+
+@dataclass
+class Comparison:
+    """The candidates of :func:`compare`, the first being the baseline."""
+
+    candidates: List[Candidate]
+    input_shape: Tuple[int, ...]
+    device: str
+
+    def to_markdown(self) -> str:
+        measured = self.candidates[0].latency_ms_nchw is not None
+        head = ["layer", "kind", "params", "MACs", "activation bytes", "params ratio", "MACs ratio"]
+        if measured:
+            head += ["NCHW ms", "speedup", "channels_last ms", "speedup"]
+        lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+        for c in self.candidates:
+            cells = [c.name, c.kind, f"{c.params:,}", f"{c.macs:,}", f"{c.activation_bytes:,}",
+                     f"{c.params_ratio:.3f}", f"{c.macs_ratio:.3f}"]
+            if measured:
+                cells += [f"{c.latency_ms_nchw:.3f}", f"{c.speedup_nchw:.2f}", f"{c.latency_ms_channels_last:.3f}",
+                          f"{c.speedup_channels_last:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps({"input_shape": list(self.input_shape), "device": self.device,
+                           "candidates": [asdict(c) for c in self.candidates]}, indent=2)
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        (console or Console()).print(Markdown(self.to_markdown()))
+
+    def render(self, fmt: str) -> str:
+        if fmt == "json":
+            return self.to_json()
+        if fmt == "md":
+            return self.to_markdown()
+        if fmt == "table":
+            from rich.console import Console
+
+            console = Console(record=True, width=200, file=io.StringIO())
+            self.print(console)
+            return console.export_text()
+        raise ValueError(f"fmt={fmt!r} must be one of ('table', 'json', 'md')")
+
+
+def _candidates(c_in: int, c_out: int, kernel: Tuple[int, int], upsample: Optional[int]) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(label, kind, options) for every kind that can stand in for this layer."""
+    if upsample:
+        return [
+            ("transposed conv", "dense_transpose", {}),
+            ("separable transposed", "dsconv_transpose", {}),
+            ("separable transposed, 1x1 first", "dsconv_transpose", {"order": "pointwise_first"}),
+            ("resize + dense conv", "resize_conv", {"scale_factor": upsample, "conv": "dense"}),
+            ("resize + separable conv", "resize_conv", {"scale_factor": upsample, "conv": "dsconv"}),
+        ]
+    rows: List[Tuple[str, str, Dict[str, Any]]] = [("dense", "dense", {})]
+    if kernel == (1, 1):
+        return rows + [("grouped (g=%d)" % g, "grouped", {"groups": g}) for g in (2, 4) if c_in % g == 0 and c_out % g == 0]
+    for g in (2, 4):
+        if c_in % g == 0 and c_out % g == 0 and g < c_in:
+            rows.append((f"grouped (g={g})", "grouped", {"groups": g}))
+    if c_out % c_in == 0:
+        rows.append(("depthwise", "depthwise", {}))
+    rows.append(("depthwise separable", "dsconv", {}))
+    if kernel[0] > 1 and kernel[1] > 1:
+        rows.append((f"{kernel[0]}x1 then 1x{kernel[1]}", "asymmetric", {}))
+        if kernel[0] % 2 and kernel[1] % 2:
+            if c_out >= 2:
+                rows.append((f"1x{kernel[1]}, {kernel[0]}x1 in parallel (concat)", "asym_parallel", {}))
+            rows.append(("ACBlock (training form)", "acblock", {}))
+    rows.append(("Tucker-2 (C/4, O/4)", "tucker2", {"ranks": (max(1, c_in // 4), max(1, c_out // 4))}))
+    return rows
+
+
+def _dense_transpose_costs(spec: ConvSpec, in_hw: Sequence[int]) -> Tuple[int, int, Tuple[int, ...]]:
+    from leanconv.kinds import Stage
+
+    stage = Stage("", "conv_transpose", spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                  spec.padding, spec.dilation, 1, spec.bias, spec.output_padding)
+    params = sum(int(torch.Size(s).numel()) for s in stage.param_shapes().values())
+    return params, stage.macs(in_hw), (spec.out_channels, *stage.output_hw(in_hw))
+
+
+def compare(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | Tuple[int, int],
+    input_size: int | Tuple[int, int],
+    stride: int | Tuple[int, int] = 1,
+    padding: PaddingArg = "same",
+    dilation: int | Tuple[int, int] = 1,
+    kinds: Optional[Sequence[str]] = None,
+    upsample: Optional[int] = None,
+    batch_size: int = 1,
+    measure: bool = False,
+    device: str | torch.device = "cpu",
+    min_run_time: float = 0.1,
+) -> Comparison:
+    """The same layer as every applicable kind: params, MACs, activation bytes, ratios to dense.
+
+    ``input_size`` is ``(H, W)`` (or an int). ``upsample=s`` compares upsampling layers that
+    enlarge the input ``s`` times (stride ``s`` for transposed convs). ``kinds`` keeps only the
+    candidates whose kind is listed. ``measure=True`` times each candidate on ``device``.
+    """
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(out_channels, "out_channels")
+    check_positive_int(batch_size, "batch_size")
+    kernel = check_positive_pair(kernel_size, "kernel_size")
+    hw = check_positive_pair(input_size, "input_size")
+    if upsample is not None:
+        check_positive_int(upsample, "upsample")
+        stride = upsample
+    rows = _candidates(in_channels, out_channels, kernel, upsample)
+    if kinds is not None:
+        unknown = [k for k in kinds if k not in {kind for _, kind, _ in rows}]
+        if unknown:
+            raise ValueError(f"kinds={list(kinds)} include {unknown}, not applicable here; choose from "
+                             f"{sorted({kind for _, kind, _ in rows})}")
+        rows = [r for r in rows if r[1] in kinds or r is rows[0]]
+    candidates: List[Candidate] = []
+    for label, kind, options in rows:
+        if kind == "resize_conv":
+            spec = ConvSpec.create(in_channels, out_channels, kernel, 1, "same", dilation, **options)
+        else:
+            spec = ConvSpec.create(in_channels, out_channels, kernel, stride, padding, dilation, **options)
+        if kind == "dense_transpose":
+            params, macs, out_shape = _dense_transpose_costs(spec, hw)
+            act = (in_channels * hw[0] * hw[1] + _prod(out_shape)) * _BYTES
+        else:
+            registry = get_kind(kind)
+            walk = registry.walk(spec, hw)
+            params, macs, out_shape = registry.params(spec), registry.macs(spec, hw), registry.output_shape(spec, hw)
+            act = (in_channels * hw[0] * hw[1] + sum(_prod(r.output_shape) for r in walk)) * _BYTES
+        candidates.append(Candidate(label, kind, options, params, macs * batch_size, act * batch_size,
+                                    (batch_size, *out_shape)))
+    base = candidates[0]
+    for c in candidates:
+        c.params_ratio, c.macs_ratio = c.params / base.params, c.macs / base.macs
+    if measure:
+        _measure(candidates, in_channels, out_channels, kernel, stride, padding, dilation, hw, batch_size,
+                 torch.device(device), min_run_time)
+    return Comparison(candidates, (batch_size, in_channels, *hw), str(device))
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def _measure(candidates, c_in, c_out, kernel, stride, padding, dilation, hw, batch, device, min_run_time) -> None:
+    from leanconv.bench import measure_latency
+    from leanconv.layers import ConvTranspose2d
+
+    x = torch.randn(batch, c_in, *hw, device=device)
+    for c in candidates:
+        if c.kind == "dense_transpose":
+            module = ConvTranspose2d(c_in, c_out, kernel, stride, padding, dilation=dilation)
+        elif c.kind == "resize_conv":
+            module = create_conv2d(c.kind, c_in, c_out, kernel, 1, "same", dilation, **c.options)
+        else:
+            module = create_conv2d(c.kind, c_in, c_out, kernel, stride, padding, dilation, **c.options)
+        module = module.to(device).eval()
+        c.latency_ms_nchw = measure_latency(module, x, min_run_time)
+        cl = module.to(memory_format=torch.channels_last)
+        c.latency_ms_channels_last = measure_latency(cl, x.contiguous(memory_format=torch.channels_last), min_run_time)
+    base = candidates[0]
+    for c in candidates:
+        c.speedup_nchw = base.latency_ms_nchw / c.latency_ms_nchw
+        c.speedup_channels_last = base.latency_ms_channels_last / c.latency_ms_channels_last
+
+
+__all__ = ["Candidate", "Comparison", "compare"]

@@ -1,0 +1,355 @@
+"""``leanconv.profile``: one row per module call with shapes and costs, totals, and a by-kind breakdown.
+
+Runs on the meta device by default (nothing computed or allocated), so any model and input
+size is analysed at once. See :mod:`leanconv.analysis.counting` for the counting rules.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from leanconv.analysis.counting import ModuleCall, trace_calls
+
+InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
+
+KIND_ORDER = ("dense", "grouped", "depthwise", "pointwise", "transposed", "linear")
+
+
+def conv_kind(call: ModuleCall) -> str:
+    """The kind of a counted call, as in MobileNet's Table 2 breakdown.
+
+    pointwise: 1x1, groups 1; depthwise: groups = input channels; grouped: other groups > 1;
+    transposed: any transposed conv; linear: a matrix product; dense: every other conv.
+    """
+    if not call.is_conv:
+        return "linear" if call.macs else "other"
+    if call.transposed:
+        return "transposed"
+    out_channels, in_per_group = call.weight_shape[0], call.weight_shape[1]
+    in_channels = in_per_group * call.groups
+    if call.groups > 1 and call.groups == in_channels:
+        return "depthwise"
+    if call.groups > 1:
+        return "grouped"
+    if tuple(call.weight_shape[2:]) == (1, 1):
+        return "pointwise"
+    return "dense"
+
+
+@dataclass
+class LayerRow:
+    """One module call that did work itself."""
+
+    path: str
+    module: str
+    kind: str
+    input_shape: Optional[Tuple[int, ...]]
+    weight_shape: Optional[Tuple[int, ...]]
+    output_shape: Optional[Tuple[int, ...]]
+    params: int
+    macs: int
+    other_ops: int
+    activation_bytes: int
+    intensity: float
+    latency_ms: Optional[float] = None
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+@dataclass
+class Profile:
+    """The result of :func:`profile`: rows, totals and the breakdown by kind."""
+
+    rows: List[LayerRow]
+    total_params: int
+    input_shapes: List[Tuple[int, ...]]
+    device: str
+    include_other: bool = False
+    by_kind: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def total_flops(self) -> int:
+        return 2 * self.total_macs
+
+    @property
+    def total_other_ops(self) -> int:
+        return sum(r.other_ops for r in self.rows)
+
+    # ------------------------------------------------------------------ renderings
+    COLUMNS = ("path", "module", "kind", "input_shape", "weight_shape", "output_shape", "params", "macs",
+               "other_ops", "activation_bytes", "intensity", "latency_ms")
+
+    def _cells(self, row: LayerRow) -> List[str]:
+        def shape(s: Optional[Tuple[int, ...]]) -> str:
+            return "x".join(str(v) for v in s) if s else "-"
+
+        return [row.path or "(root)", row.module, row.kind, shape(row.input_shape), shape(row.weight_shape),
+                shape(row.output_shape), f"{row.params:,}", f"{row.macs:,}", f"{row.other_ops:,}",
+                f"{row.activation_bytes:,}", f"{row.intensity:.2f}",
+                "-" if row.latency_ms is None else f"{row.latency_ms:.3f}"]
+
+    def _visible_columns(self) -> List[int]:
+        hidden = set()
+        if not self.include_other:
+            hidden.add("other_ops")
+        if all(r.latency_ms is None for r in self.rows):
+            hidden.add("latency_ms")
+        return [i for i, c in enumerate(self.COLUMNS) if c not in hidden]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "input_shapes": [list(s) for s in self.input_shapes],
+            "device": self.device,
+            "total_params": self.total_params,
+            "total_macs": self.total_macs,
+            "total_flops": self.total_flops,
+            "total_other_ops": self.total_other_ops,
+            "by_kind": self.by_kind,
+            "rows": [{**asdict(r), "flops": r.flops} for r in self.rows],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.COLUMNS)
+        for r in self.rows:
+            writer.writerow([r.path, r.module, r.kind, _join(r.input_shape), _join(r.weight_shape),
+                             _join(r.output_shape), r.params, r.macs, r.other_ops, r.activation_bytes,
+                             f"{r.intensity:.4f}", "" if r.latency_ms is None else f"{r.latency_ms:.4f}"])
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        cols = self._visible_columns()
+        lines = ["| " + " | ".join(self.COLUMNS[i] for i in cols) + " |",
+                 "|" + "|".join("---:" if self.COLUMNS[i] in _NUMERIC else "---" for i in cols) + "|"]
+        for r in self.rows:
+            cells = self._cells(r)
+            lines.append("| " + " | ".join(cells[i] for i in cols) + " |")
+        lines += ["", self.summary_text(), "", "| kind | layers | params | MACs | share of MACs |",
+                  "|---|---:|---:|---:|---:|"]
+        for kind, v in self.by_kind.items():
+            lines.append(f"| {kind} | {int(v['layers'])} | {int(v['params']):,} | {int(v['macs']):,} | {v['share']:.1%} |")
+        return "\n".join(lines) + "\n"
+
+    def summary_text(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
+        return (f"input {shapes}: {self.total_params:,} params, {self.total_macs:,} MACs "
+                f"({self.total_flops / 1e9:.3f} GFLOPs = 2 x MACs), conv + linear only")
+
+    def print(self, console=None) -> None:
+        """Render as a terminal table (rich)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        cols = self._visible_columns()
+        table = Table(title="leanconv profile", show_footer=False)
+        for i in cols:
+            table.add_column(self.COLUMNS[i], justify="right" if self.COLUMNS[i] in _NUMERIC else "left")
+        for r in self.rows:
+            cells = self._cells(r)
+            table.add_row(*[cells[i] for i in cols])
+        console.print(table)
+        kinds = Table(title="by kind")
+        for column in ("kind", "layers", "params", "MACs", "share of MACs"):
+            kinds.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, v in self.by_kind.items():
+            kinds.add_row(kind, str(int(v["layers"])), f"{int(v['params']):,}", f"{int(v['macs']):,}", f"{v['share']:.1%}")
+        console.print(kinds)
+        console.print(self.summary_text())
+
+    def render(self, fmt: str) -> str:
+        """The report as text: ``'csv'``, ``'json'``, ``'md'`` or ``'table'``."""
+        if fmt == "csv":
+            return self.to_csv()
+        if fmt == "json":
+            return self.to_json()
+        if fmt == "md":
+            return self.to_markdown()
+        if fmt == "table":
+            from rich.console import Console
+
+            console = Console(record=True, width=200, file=io.StringIO())
+            self.print(console)
+            return console.export_text()
+        raise ValueError(f"fmt={fmt!r} must be one of ('table', 'csv', 'json', 'md')")
+
+    def save(self, path: Union[str, os.PathLike], fmt: Optional[str] = None, force: bool = False) -> Path:
+        """Write the report atomically; the format follows the suffix unless ``fmt`` is given."""
+        path = Path(path)
+        fmt = fmt or {".csv": "csv", ".json": "json", ".md": "md"}.get(path.suffix, "table")
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists: pass force=True (--force) to overwrite it")
+        write_atomic(path, self.render(fmt))
+        return path
+
+
+_NUMERIC = {"params", "macs", "other_ops", "activation_bytes", "intensity", "latency_ms"}
+
+
+def _join(shape: Optional[Tuple[int, ...]]) -> str:
+    return "x".join(str(v) for v in shape) if shape else ""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (no half files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _normalize_sizes(input_size: InputSize, batch_size: Optional[int]) -> List[Tuple[int, ...]]:
+    if not input_size:
+        raise ValueError("input_size must be a shape like (1, 3, 224, 224) or a list of shapes")
+    sizes = [tuple(input_size)] if isinstance(input_size[0], int) else [tuple(s) for s in input_size]  # type: ignore[index]
+    for s in sizes:
+        if not all(isinstance(v, int) and v >= 1 for v in s):
+            raise ValueError(f"input_size={s} must contain positive ints (N, C, H, W)")
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        sizes = [(batch_size, *s[1:]) for s in sizes]
+    return sizes
+
+
+def _params_of(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def profile(
+    model: nn.Module,
+    input_size: Optional[InputSize] = None,
+    inputs: Optional[Sequence[torch.Tensor]] = None,
+    *,
+    batch_size: Optional[int] = None,
+    device: Union[str, torch.device] = "meta",
+    dtype: torch.dtype = torch.float32,
+    include_other: bool = False,
+    measure_latency: bool = False,
+    repeats: int = 20,
+) -> Profile:
+    """Profile ``model`` on inputs of ``input_size`` (or on the given example ``inputs``).
+
+    On the meta device (default) nothing is computed: a copy of the model is moved there, so
+    the model you pass is never changed. ``include_other`` adds rows and a column for bias,
+    norm, activation and pooling element ops. ``measure_latency`` times each module call on
+    real tensors of the model's own device (warm-up, median of ``repeats``).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    if inputs is None:
+        if input_size is None:
+            raise ValueError("pass input_size (e.g. (1, 3, 224, 224)) or example inputs")
+        sizes = _normalize_sizes(input_size, batch_size)
+    else:
+        sizes = [tuple(t.shape) for t in inputs]
+    device = torch.device(device)
+    work = copy.deepcopy(model).eval()
+    if device.type == "meta":
+        work = work.to("meta")
+        tensors = [torch.empty(s, device="meta", dtype=dtype) for s in sizes]
+    else:
+        work = work.to(device)
+        tensors = list(inputs) if inputs is not None else [torch.randn(s, device=device, dtype=dtype) for s in sizes]
+    calls, _ = trace_calls(work, tensors)
+    latencies = _measure(model, sizes, inputs, repeats, dtype) if measure_latency else {}
+    rows: List[LayerRow] = []
+    for call in calls:
+        if not call.macs and not (include_other and call.other_ops):
+            continue
+        weight_bytes = _params_of(call.module) * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 0
+        moved = call.input_bytes + call.output_bytes + weight_bytes
+        rows.append(LayerRow(
+            path=call.path, module=type(call.module).__name__, kind=conv_kind(call),
+            input_shape=call.input_shape, weight_shape=call.weight_shape, output_shape=call.output_shape,
+            params=_params_of(call.module), macs=call.macs, other_ops=call.other_ops,
+            activation_bytes=call.input_bytes + call.output_bytes,
+            intensity=call.macs / moved if moved else 0.0,
+            latency_ms=latencies.get(call.path),
+        ))
+    result = Profile(rows, sum(p.numel() for p in model.parameters()), sizes, str(device), include_other)
+    result.by_kind = _by_kind(rows)
+    return result
+
+
+def _by_kind(rows: Sequence[LayerRow]) -> Dict[str, Dict[str, float]]:
+    total = sum(r.macs for r in rows) or 1
+    out: Dict[str, Dict[str, float]] = {}
+    for kind in (*KIND_ORDER, "other"):
+        chosen = [r for r in rows if r.kind == kind]
+        if chosen:
+            macs = sum(r.macs for r in chosen)
+            out[kind] = {"layers": len(chosen), "params": sum(r.params for r in chosen), "macs": macs,
+                         "share": macs / total}
+    return out
+
+
+def _measure(model: nn.Module, sizes, inputs, repeats: int, dtype: torch.dtype) -> Dict[str, float]:
+    """Median wall time of each module call on real tensors (after two warm-up passes)."""
+    import statistics
+    import time
+
+    first_param = next(model.parameters(), None)
+    device = first_param.device if first_param is not None else torch.device("cpu")
+    tensors = list(inputs) if inputs is not None else [torch.randn(s, device=device, dtype=dtype) for s in sizes]
+    names = {m: n for n, m in model.named_modules()}
+    starts: Dict[nn.Module, List[float]] = {}
+    samples: Dict[str, List[float]] = {}
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def pre(module, args):
+        sync()
+        starts.setdefault(module, []).append(time.perf_counter())
+
+    def post(module, args, output):
+        sync()
+        samples.setdefault(names[module], []).append((time.perf_counter() - starts[module].pop()) * 1e3)
+
+    was_training = model.training
+    model.eval()
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    try:
+        with torch.inference_mode():
+            for _ in range(2):
+                model(*tensors)
+            samples.clear()
+            for _ in range(max(1, repeats)):
+                model(*tensors)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+__all__ = ["LayerRow", "Profile", "conv_kind", "profile", "write_atomic"]
