@@ -186,3 +186,69 @@ def test_compare_upsampling_candidates():
     assert names[0] == "dense_transpose" and "dsconv_transpose" in names and "resize_conv" in names
     assert all(c.output_shape == (1, 32, 32, 32) for c in result.candidates)
     assert result.candidates[0].macs == 64 * 32 * 16 * 16 * 16
+
+
+def run_cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "leanconv.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_profile_explain_compare(tmp_path):
+    out = tmp_path / "mnv1.json"
+    result = run_cli("profile", "mobilenet_v1", "--input", "1,3,224,224", "--format", "json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["total_macs"] == 568_740_352
+    again = run_cli("profile", "mobilenet_v1", "--format", "json", "--out", str(out))
+    assert again.returncode != 0 and "pass --force" in again.stderr
+    model_file = tmp_path / "net.py"
+    model_file.write_text("import torch\ndef build():\n    return torch.nn.Conv2d(3, 8, 3, groups=1)\n")
+    csv_out = run_cli("profile", f"{model_file}:build", "--input", "2,3,10,10", "--format", "csv")
+    assert csv_out.returncode == 0 and f",{2 * 8 * 27 * 64}," in csv_out.stdout
+    module_path = run_cli("profile", "leanconv.models:digits_cnn", "--input", "1,1,32,32", "--format", "md")
+    assert module_path.returncode == 0 and "| features.0.conv |" in module_path.stdout
+    zh = run_cli("explain", "depthwise", "--input", "1,32,56,56", "--out-channels", "32", "--padding", "1", "--lang", "zh")
+    assert zh.returncode == 0 and "深度卷积" in zh.stdout
+    bad = run_cli("explain", "dsconv", "--input", "1,4,8,8", "--out-channels", "8", "--option", "depth_multiplier=0")
+    assert bad.returncode == 2 and "depth_multiplier=0 must be >= 1" in bad.stderr
+    cmp_md = run_cli("compare", "--in-channels", "32", "--out-channels", "32", "--size", "28,28", "--format", "md")
+    assert cmp_md.returncode == 0 and "| depthwise separable | dsconv |" in cmp_md.stdout
+
+
+def test_profiling_resnet50_at_4096_allocates_nothing_large():
+    """Run in a fresh process: peak RSS growth of the 4096x4096 profile stays tiny (meta device)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, leanconv\n"
+        "from leanconv import models\n"
+        "m = models.create('resnet50')\n"
+        "leanconv.profile(m, (1, 3, 224, 224))\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "report = leanconv.profile(m, (1, 3, 4096, 4096))\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import torch\n"
+        "from torch.utils.flop_counter import FlopCounterMode\n"
+        "with torch.device('meta'):\n"
+        "    meta, x = models.create('resnet50').eval(), torch.empty(1, 3, 4096, 4096)\n"
+        "with FlopCounterMode(display=False) as c:\n"
+        "    meta(x)\n"
+        "print(report.total_macs, (after - before) // 1024, c.get_total_flops() // 2)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    macs, growth_mb, reference = int(out[0]), int(out[1]), int(out[2])
+    assert macs == reference
+    # one real activation of the first stage alone would be 1x64x2048x2048 float32 = 1 GiB
+    assert growth_mb < 32
+
+
+def test_input_that_does_not_fit_names_the_module():
+    model = models.create("resnet18")
+    with pytest.raises(ValueError, match=r"breaks at stem.0.conv \(Conv2d\) on an input of shape \(1, 4, 64, 64\), "
+                                         r"expected \(N, 3, H, W\)"):
+        leanconv.profile(model, (1, 4, 64, 64))
+    mlp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(10, 2))
+    with pytest.raises(ValueError, match=r"breaks at 2 \(Linear\) on an input of shape \(1, 288\), expected \(\.\.\., 10\)"):
+        leanconv.profile(mlp, (1, 3, 8, 8))

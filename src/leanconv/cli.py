@@ -52,16 +52,162 @@ def cmd_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated ints, e.g. 1,3,224,224")
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} must contain positive ints")
+    return values
+
+
+def load_model(spec: str):
+    """A model from a built-in name, ``package.module:callable`` or ``path/to/file.py:callable``."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from leanconv import models
+
+    if spec in models.MODELS:
+        return models.create(spec)
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise SystemExit(f"leanconv: MODEL={spec!r} must be a built-in name ({', '.join(models.list_models())}), "
+                         "package.module:callable or path/to/file.py:callable")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise SystemExit(f"leanconv: MODEL file {target!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, attr):
+        raise SystemExit(f"leanconv: {target!r} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    model = factory() if callable(factory) and not isinstance(factory, __import__("torch").nn.Module) else factory
+    return model
+
+
+def _emit(text: str, out, force: bool) -> None:
+    from pathlib import Path
+
+    from leanconv.analysis.profile import write_atomic
+
+    if out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return
+    path = Path(out)
+    if path.exists() and not force:
+        raise SystemExit(f"leanconv: {path} exists; pass --force to overwrite it")
+    write_atomic(path, text)
+    print(f"wrote {path}")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Profile a model: one row per module call, totals, breakdown by kind."""
+    from leanconv.analysis import profile
+    from leanconv.models import DEFAULT_INPUTS
+
+    model = load_model(args.model)
+    inputs = args.input or list(DEFAULT_INPUTS.get(args.model, ()))
+    if not inputs:
+        raise SystemExit("leanconv: --input N,C,H,W is required for this model")
+    report = profile(model, inputs if len(inputs) > 1 else inputs[0], include_other=args.include_other,
+                     batch_size=args.batch_size, device="cpu" if args.measure else "meta",
+                     measure_latency=args.measure)
+    if args.format == "table" and args.out is None:
+        report.print()
+    else:
+        _emit(report.render(args.format), args.out, args.force)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain one conv: what it does, weight layout, output size and costs with numbers."""
+    from leanconv.analysis import explain
+
+    options = {}
+    for item in args.option or []:
+        key, _, value = item.partition("=")
+        options[key] = json.loads(value) if value[:1] in "0123456789[{-tfn\"" else value
+    result = explain(args.kind, args.input, lang=args.lang, in_channels=args.input[1], out_channels=args.out_channels,
+                     kernel_size=args.kernel_size, stride=args.stride,
+                     padding=args.padding if args.padding in ("same", "valid") else int(args.padding),
+                     dilation=args.dilation, **({"groups": args.groups} if args.groups else {}), **options)
+    print(result.text)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The same layer as every applicable kind: params, MACs, bytes, ratios, optional latency."""
+    from leanconv.analysis import compare
+
+    result = compare(args.in_channels, args.out_channels, args.kernel_size, tuple(args.size), stride=args.stride,
+                     padding=args.padding if args.padding in ("same", "valid") else int(args.padding),
+                     dilation=args.dilation, kinds=args.kinds.split(",") if args.kinds else None,
+                     upsample=args.upsample, batch_size=args.batch_size, measure=args.measure)
+    if args.format == "table" and args.out is None:
+        result.print()
+    else:
+        _emit(result.render(args.format), args.out, args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leanconv",
-        description="Make convolutional networks lean: efficient conv kinds, their costs, fusion.",
+        description="Make convolutional networks lean: efficient conv kinds, their shapes and costs.",
     )
     parser.add_argument("--version", action="version", version=f"leanconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     kinds = sub.add_parser("kinds", help="list every conv kind with its params and MACs formulas")
     kinds.add_argument("--format", choices=("table", "md", "json"), default="table")
     kinds.set_defaults(func=cmd_kinds)
+
+    prof = sub.add_parser("profile", help="profile a model: shapes, params, MACs per layer, totals, by kind")
+    prof.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
+    prof.add_argument("--input", type=_shape, action="append", help="input shape N,C,H,W (repeat for several inputs)")
+    prof.add_argument("--batch-size", type=int, default=None)
+    prof.add_argument("--include-other", action="store_true", help="also count bias/norm/activation/pooling ops")
+    prof.add_argument("--measure", action="store_true", help="also measure per-layer latency on the CPU")
+    prof.add_argument("--format", choices=("table", "csv", "json", "md"), default="table")
+    prof.add_argument("--out", default=None, help="write to this file (atomically) instead of stdout")
+    prof.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    prof.set_defaults(func=cmd_profile)
+
+    exp = sub.add_parser("explain", help="explain one conv: layout, output size and costs with numbers")
+    exp.add_argument("kind", choices=sorted(KINDS), help="conv kind")
+    exp.add_argument("--input", type=_shape, required=True, help="input shape N,C,H,W")
+    exp.add_argument("--out-channels", type=int, required=True)
+    exp.add_argument("--kernel-size", type=int, default=3)
+    exp.add_argument("--stride", type=int, default=1)
+    exp.add_argument("--padding", default="0", help="int, 'same' or 'valid'")
+    exp.add_argument("--dilation", type=int, default=1)
+    exp.add_argument("--groups", type=int, default=None, help="for the grouped and pointwise kinds")
+    exp.add_argument("--option", action="append", help="kind option KEY=VALUE, e.g. depth_multiplier=2")
+    exp.add_argument("--lang", choices=("en", "zh"), default="en")
+    exp.set_defaults(func=cmd_explain)
+
+    cmp_ = sub.add_parser("compare", help="one layer as every applicable kind, side by side")
+    cmp_.add_argument("--in-channels", type=int, required=True)
+    cmp_.add_argument("--out-channels", type=int, required=True)
+    cmp_.add_argument("--kernel-size", type=int, default=3)
+    cmp_.add_argument("--size", type=_shape, required=True, help="input H,W")
+    cmp_.add_argument("--stride", type=int, default=1)
+    cmp_.add_argument("--padding", default="same")
+    cmp_.add_argument("--dilation", type=int, default=1)
+    cmp_.add_argument("--kinds", default=None, help="comma-separated kinds to keep")
+    cmp_.add_argument("--upsample", type=int, default=None, help="compare upsampling layers (factor)")
+    cmp_.add_argument("--batch-size", type=int, default=1)
+    cmp_.add_argument("--measure", action="store_true", help="measure latency (NCHW and channels_last)")
+    cmp_.add_argument("--format", choices=("table", "json", "md"), default="table")
+    cmp_.add_argument("--out", default=None)
+    cmp_.add_argument("--force", action="store_true")
+    cmp_.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -71,7 +217,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ValueError as error:  # bad arguments: say which and why, no traceback
+        print(f"leanconv {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,7 +117,13 @@ class _Counter(TorchDispatchMode):
         self.stack, self.calls, self.root = stack, calls, root
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D401
-        out = func(*args, **(kwargs or {}))
+        if func is aten.native_batch_norm.default and args[0].is_meta:
+            # Shapes only: the meta kernel runs a slow Python decomposition for the same result.
+            x = args[0]
+            stats = torch.empty(x.shape[1], device="meta", dtype=torch.float32)
+            out = (torch.empty_like(x), stats, torch.empty_like(stats))
+        else:
+            out = func(*args, **(kwargs or {}))
         owner = self.stack[-1] if self.stack else self.root
         packet = func.overloadpacket if hasattr(func, "overloadpacket") else func
         if func in _MAC_OPS:
@@ -141,6 +147,23 @@ class _Counter(TorchDispatchMode):
                 owner.other_ops += ops
                 owner.op_names.append(str(getattr(packet, "__name__", packet)))
         return out
+
+
+def _misfit_message(stack: List[ModuleCall], inputs: Sequence[Any], error: Exception) -> str:
+    """Name the innermost module where the forward pass broke, with expected vs actual shape."""
+    shapes = [tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]
+    if not stack:
+        return f"input of shape {shapes} does not fit the model: {error}"
+    call = stack[-1]
+    module = call.module
+    expected = ""
+    if hasattr(module, "in_channels"):
+        expected = f", expected (N, {module.in_channels}, H, W)"
+    elif hasattr(module, "in_features"):
+        expected = f", expected (..., {module.in_features})"
+    where = call.path or "(the model itself)"
+    return (f"input of shape {shapes} does not fit the model: it breaks at {where} ({type(module).__name__}) "
+            f"on an input of shape {call.input_shape}{expected}: {str(error).splitlines()[0]}")
 
 
 def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None) -> Tuple[List[ModuleCall], Any]:
@@ -176,6 +199,8 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
     try:
         with torch.no_grad(), _Counter(stack, calls, root):
             output = model(*inputs, **(kwargs or {}))
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise ValueError(_misfit_message(stack, inputs, error)) from error
     finally:
         for handle in handles:
             handle.remove()

@@ -8,7 +8,6 @@ English or Chinese (``lang='zh'``). The facts the seed pages got wrong are state
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from leanconv.analysis.counting import ModuleCall, trace_calls
-from leanconv.analysis.profile import conv_kind
+from leanconv.analysis.profile import conv_kind, meta_copy
 
 LANGS = ("en", "zh")
 
@@ -180,7 +179,7 @@ def explain(
     elif isinstance(conv, nn.Module):
         if kind_args:
             raise ValueError(f"keyword arguments {sorted(kind_args)} are only for a kind name, not a module")
-        module = copy.deepcopy(conv).to("meta")
+        module = meta_copy(conv)
     else:
         raise ValueError(f"conv={conv!r} must be an nn.Module or a conv kind name")
     size = tuple(input_size)

@@ -239,6 +239,20 @@ def _normalize_sizes(input_size: InputSize, batch_size: Optional[int]) -> List[T
     return sizes
 
 
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers live on the meta device.
+
+    The real tensors are never copied (``deepcopy`` is handed meta stand-ins for them), so even
+    a large model costs no memory to analyse; the original is not touched.
+    """
+    memo: Dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
 def _params_of(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
@@ -271,12 +285,11 @@ def profile(
     else:
         sizes = [tuple(t.shape) for t in inputs]
     device = torch.device(device)
-    work = copy.deepcopy(model).eval()
     if device.type == "meta":
-        work = work.to("meta")
+        work = meta_copy(model).eval()
         tensors = [torch.empty(s, device="meta", dtype=dtype) for s in sizes]
     else:
-        work = work.to(device)
+        work = copy.deepcopy(model).eval().to(device)
         tensors = list(inputs) if inputs is not None else [torch.randn(s, device=device, dtype=dtype) for s in sizes]
     calls, _ = trace_calls(work, tensors)
     latencies = _measure(model, sizes, inputs, repeats, dtype) if measure_latency else {}
