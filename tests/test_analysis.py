@@ -207,7 +207,7 @@ def test_cli_profile_explain_compare(tmp_path):
     csv_out = run_cli("profile", f"{model_file}:build", "--input", "2,3,10,10", "--format", "csv")
     assert csv_out.returncode == 0 and f",{2 * 8 * 27 * 64}," in csv_out.stdout
     module_path = run_cli("profile", "leanconv.models:digits_cnn", "--input", "1,1,32,32", "--format", "md")
-    assert module_path.returncode == 0 and "| features.0.conv |" in module_path.stdout
+    assert module_path.returncode == 0 and "| Conv2d | dense |" in module_path.stdout
     zh = run_cli("explain", "depthwise", "--input", "1,32,56,56", "--out-channels", "32", "--padding", "1", "--lang", "zh")
     assert zh.returncode == 0 and "深度卷积" in zh.stdout
     bad = run_cli("explain", "dsconv", "--input", "1,4,8,8", "--out-channels", "8", "--option", "depth_multiplier=0")
@@ -246,9 +246,13 @@ def test_profiling_resnet50_at_4096_allocates_nothing_large():
 
 def test_input_that_does_not_fit_names_the_module():
     model = models.create("resnet18")
-    with pytest.raises(ValueError, match=r"breaks at stem.0.conv \(Conv2d\) on an input of shape \(1, 4, 64, 64\), "
-                                         r"expected \(N, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"does not fit the model: it breaks at .* on an input of shape "
+                                         r"\(1, 4, 64, 64\), expected \(N, 3, H, W\)"):
         leanconv.profile(model, (1, 4, 64, 64))
+    convs = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(6, 4, 3))
+    with pytest.raises(ValueError, match=r"breaks at 2 \(Conv2d\) on an input of shape \(1, 8, 6, 6\), "
+                                         r"expected \(N, 6, H, W\)"):
+        leanconv.profile(convs, (1, 3, 8, 8))
     mlp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(10, 2))
     with pytest.raises(ValueError, match=r"breaks at 2 \(Linear\) on an input of shape \(1, 288\), expected \(\.\.\., 10\)"):
         leanconv.profile(mlp, (1, 3, 8, 8))

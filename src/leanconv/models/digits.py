@@ -1,36 +1,69 @@
-"""The small CNN the demo trains on scikit-learn's digits (upsampled to 32x32, 1 channel).
+"""A small CNN for 32x32 single-channel digit images (scikit-learn's digits upsampled, MNIST-like).
 
-Four dense 3x3 conv stages (BN + ReLU) that conversion can replace, global pooling and a
-linear classifier; about 0.1 M params, trains in about a minute on 2 CPU cores.
+Four dense 3x3 conv + BN + ReLU stages (two of them stride 2: 32 -> 16 -> 8), global average
+pooling and a linear classifier. At the default ``width=32``: about 9.7 M MACs and 66 k params
+per image, so it trains in about a minute on 2 CPU cores; the three 3x3 convs after the first
+are what a conversion to depthwise separable (or other) kinds replaces.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, List, NamedTuple
 
+import torch
 from torch import nn
 
+from leanconv._validate import check_input, check_positive_int
 from leanconv.layers import ConvNormAct
 
-# (out_channels as a multiple of width, stride) of each 3x3 conv stage.
-DIGITS_CNN_SETTINGS: List[Tuple[int, int]] = [(1, 1), (2, 2), (2, 1), (4, 2)]
+
+class DigitsRow(NamedTuple):
+    """One stage: 3x3 conv to ``width * width_factor`` channels with ``stride``, BN, ReLU."""
+
+    width_factor: int
+    stride: int
+
+
+DIGITS_CNN_SETTING: List[DigitsRow] = [
+    DigitsRow(1, 1),  # conv1: 32x32
+    DigitsRow(1, 2),  # conv2: 16x16
+    DigitsRow(2, 1),  # conv3: 16x16
+    DigitsRow(2, 2),  # conv4: 8x8
+]
 
 
 class DigitsCNN(nn.Module):
+    """``features.conv1..conv4`` (3x3 ConvNormAct, padding 1), global average pool, ``fc``.
+
+    Input ``(N, in_channels, H, W)`` (32x32 by design; any size works), output
+    ``(N, num_classes)``.
+    """
+
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
         super().__init__()
-        layers: List[nn.Module] = []
+        check_positive_int(num_classes, "num_classes")
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(width, "width")
+        self.in_channels = in_channels
         channels = in_channels
-        for multiple, stride in DIGITS_CNN_SETTINGS:
-            layers.append(ConvNormAct(channels, width * multiple, 3, stride, 1))
-            channels = width * multiple
-        self.features = nn.Sequential(*layers)
+        layers: Dict[str, nn.Module] = OrderedDict()
+        for index, row in enumerate(DIGITS_CNN_SETTING, start=1):
+            out = width * row.width_factor
+            layers[f"conv{index}"] = ConvNormAct(channels, out, 3, row.stride, padding=1)
+            channels = out
+        self.features = nn.Sequential(layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
-    def forward(self, x):
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, type(self).__name__)
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> DigitsCNN:
-    return DigitsCNN(num_classes, in_channels, width)
+def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, **kwargs: Any) -> DigitsCNN:
+    """The digits demo CNN: 4 dense 3x3 stages, about 9.7 M MACs and 66 k params at 32x32."""
+    return DigitsCNN(num_classes, in_channels, width, **kwargs)
+
+
+__all__ = ["DIGITS_CNN_SETTING", "DigitsCNN", "DigitsRow", "digits_cnn"]

@@ -150,7 +150,9 @@ class LPRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
         if not isinstance(x, torch.fx.Proxy) and tuple(x.shape[-2:]) != INPUT_SIZE:
-            raise ValueError(f"LPRNet: input must be (N, 3, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"LPRNet: input must be (N, 3, {INPUT_SIZE[0]}, {INPUT_SIZE[1]}), got shape {tuple(x.shape)}"
+            )
         context: List[torch.Tensor] = []
         for name, stage in self.stages.items():
             x = stage(x)

@@ -91,7 +91,8 @@ class MobileNetV1(nn.Module):
 
     Each layer (``features.layer{i}``) is a conv of kind ``conv`` followed by BN + ReLU; with
     the default ``'dsconv'`` the conv is depthwise 3x3 + BN + ReLU then pointwise 1x1 (the
-    paper's layer), with ``'dense'`` it is one full 3x3 conv ("Conv MobileNet"). Conv biases
+    paper's layer), with ``'dense'`` it is one full 3x3 conv ("Conv MobileNet"). ``conv_options``
+    are the kind's own options (for 'dsconv' they default to the inner BN + ReLU). Conv biases
     are off (every conv is followed by a BN); the classifier has one. Input ``(N, C, H, W)``,
     output ``(N, num_classes)``.
     """

@@ -122,8 +122,13 @@ class ResNet(nn.Module):
         super().__init__()
         check_choice(block, "block", BLOCKS)
         if isinstance(setting, (str, bytes)) or not isinstance(setting, Sequence) or len(setting) == 0:
-            raise ValueError(f"setting={setting!r} must be a non-empty sequence of (blocks, out_channels, stride)")
-        rows = [StageRow(*row) for row in setting]
+            raise ValueError(
+                f"setting={setting!r} must be a non-empty sequence of (blocks, out_channels, stride)"
+            )
+        try:
+            rows = [StageRow(*row) for row in setting]
+        except TypeError:
+            raise ValueError(f"setting={setting!r} rows must be (blocks, out_channels, stride)") from None
         for row in rows:
             check_positive_int(row.blocks, "blocks")
             check_positive_int(row.out_channels, "out_channels")
