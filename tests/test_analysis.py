@@ -256,3 +256,14 @@ def test_input_that_does_not_fit_names_the_module():
     mlp = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(10, 2))
     with pytest.raises(ValueError, match=r"breaks at 2 \(Linear\) on an input of shape \(1, 288\), expected \(\.\.\., 10\)"):
         leanconv.profile(mlp, (1, 3, 8, 8))
+
+
+def test_peak_inference_memory_closed_form():
+    """Sequential convs: at the peak the previous and the current output are both alive."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 3, padding=1), nn.ReLU())
+    report = leanconv.profile(model, (2, 3, 16, 16))
+    out1, out2, x = 2 * 8 * 256 * 4, 2 * 4 * 256 * 4, 2 * 3 * 256 * 4
+    assert report.peak_activation_bytes == out1 + out2  # the in-place ReLU allocates nothing
+    weights = (8 * 27 + 8 + 4 * 72 + 4) * 4
+    assert report.peak_memory_bytes == x + weights + out1 + out2
+    assert json.loads(report.to_json())["peak_memory_bytes"] == report.peak_memory_bytes

@@ -17,6 +17,7 @@ Counting conventions (MAC = one multiply-accumulate; FLOPs = 2 x MACs):
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -102,6 +103,7 @@ class ModuleCall:
     transposed: bool = False
     groups: int = 1
     is_conv: bool = False
+    peak_bytes: int = 0  # on the outermost call: peak live activation bytes of the whole pass
 
 
 def _first_tensor(value: Any) -> Optional[torch.Tensor]:
@@ -112,9 +114,34 @@ def _first_tensor(value: Any) -> Optional[torch.Tensor]:
 
 
 class _Counter(TorchDispatchMode):
+    """Charges each op to the innermost running module, and tracks live activation memory.
+
+    Memory: every op output that is not an alias of an input (per the op's schema) is counted
+    from its creation until its tensor is freed (a weakref finalizer); ``peak_bytes`` is the
+    largest total seen, i.e. the peak activation memory of an inference pass.
+    """
+
     def __init__(self, stack: List[ModuleCall], calls: List[ModuleCall], root: ModuleCall) -> None:
         super().__init__()
         self.stack, self.calls, self.root = stack, calls, root
+        self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def _release(self, nbytes: int) -> None:
+        self.live_bytes -= nbytes
+
+    def _track(self, func: Any, out: Any) -> None:
+        returns = getattr(getattr(func, "_schema", None), "returns", ())
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for index, tensor in enumerate(outs):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            if index < len(returns) and returns[index].alias_info is not None:
+                continue  # a view or an in-place result: no new memory
+            nbytes = tensor.numel() * tensor.element_size()
+            self.live_bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            weakref.finalize(tensor, self._release, nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D401
         if func is aten.native_batch_norm.default and args[0].is_meta:
@@ -124,6 +151,7 @@ class _Counter(TorchDispatchMode):
             out = (torch.empty_like(x), stats, torch.empty_like(stats))
         else:
             out = func(*args, **(kwargs or {}))
+        self._track(func, out)
         owner = self.stack[-1] if self.stack else self.root
         packet = func.overloadpacket if hasattr(func, "overloadpacket") else func
         if func in _MAC_OPS:
@@ -196,14 +224,17 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(post_hook))
     root = ModuleCall("", model)
+    counter = _Counter(stack, calls, root)
     try:
-        with torch.no_grad(), _Counter(stack, calls, root):
+        with torch.no_grad(), counter:
             output = model(*inputs, **(kwargs or {}))
     except (RuntimeError, ValueError, IndexError) as error:
         raise ValueError(_misfit_message(stack, inputs, error)) from error
     finally:
         for handle in handles:
             handle.remove()
+    if calls:
+        calls[0].peak_bytes = counter.peak_bytes
     return calls, output
 
 

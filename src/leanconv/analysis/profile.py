@@ -79,6 +79,14 @@ class Profile:
     device: str
     include_other: bool = False
     by_kind: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    peak_activation_bytes: int = 0
+    input_bytes: int = 0
+    param_bytes: int = 0
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        """Inference memory at the peak: inputs + weights + live intermediate activations."""
+        return self.input_bytes + self.param_bytes + self.peak_activation_bytes
 
     @property
     def total_macs(self) -> int:
@@ -122,6 +130,8 @@ class Profile:
             "total_flops": self.total_flops,
             "total_other_ops": self.total_other_ops,
             "by_kind": self.by_kind,
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "peak_activation_bytes": self.peak_activation_bytes,
             "rows": [{**asdict(r), "flops": r.flops} for r in self.rows],
         }
 
@@ -154,7 +164,9 @@ class Profile:
     def summary_text(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
         return (f"input {shapes}: {self.total_params:,} params, {self.total_macs:,} MACs "
-                f"({self.total_flops / 1e9:.3f} GFLOPs = 2 x MACs), conv + linear only")
+                f"({self.total_flops / 1e9:.3f} GFLOPs = 2 x MACs), conv + linear only; peak inference memory "
+                f"{self.peak_memory_bytes / 2**20:.1f} MiB (inputs + weights + "
+                f"{self.peak_activation_bytes / 2**20:.1f} MiB live activations)")
 
     def print(self, console=None) -> None:
         """Render as a terminal table (rich)."""
@@ -309,6 +321,9 @@ def profile(
         ))
     result = Profile(rows, sum(p.numel() for p in model.parameters()), sizes, str(device), include_other)
     result.by_kind = _by_kind(rows)
+    result.peak_activation_bytes = calls[0].peak_bytes if calls else 0
+    result.input_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    result.param_bytes = sum(p.numel() * p.element_size() for p in work.parameters())
     return result
 
 
