@@ -212,6 +212,8 @@ def test_cli_profile_explain_compare(tmp_path):
     assert zh.returncode == 0 and "深度卷积" in zh.stdout
     bad = run_cli("explain", "dsconv", "--input", "1,4,8,8", "--out-channels", "8", "--option", "depth_multiplier=0")
     assert bad.returncode == 2 and "depth_multiplier=0 must be >= 1" in bad.stderr
+    unknown = run_cli("profile", "resnet101")
+    assert unknown.returncode != 0 and "mobilenet_v1" in unknown.stderr and "resnet50" in unknown.stderr
     cmp_md = run_cli("compare", "--in-channels", "32", "--out-channels", "32", "--size", "28,28", "--format", "md")
     assert cmp_md.returncode == 0 and "| depthwise separable | dsconv |" in cmp_md.stdout
 

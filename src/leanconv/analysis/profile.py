@@ -173,11 +173,15 @@ class Profile:
         from rich.console import Console
         from rich.table import Table
 
-        console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal or console.width < 160:
+                console = Console(width=max(console.width, 200) if not console.is_terminal else console.width)
         cols = self._visible_columns()
         table = Table(title="leanconv profile", show_footer=False)
         for i in cols:
-            table.add_column(self.COLUMNS[i], justify="right" if self.COLUMNS[i] in _NUMERIC else "left")
+            table.add_column(self.COLUMNS[i], justify="right" if self.COLUMNS[i] in _NUMERIC else "left",
+                             overflow="fold")
         for r in self.rows:
             cells = self._cells(r)
             table.add_row(*[cells[i] for i in cols])
