@@ -36,7 +36,7 @@ def conv_kind(call: ModuleCall) -> str:
         return "linear" if call.macs else "other"
     if call.transposed:
         return "transposed"
-    out_channels, in_per_group = call.weight_shape[0], call.weight_shape[1]
+    in_per_group = call.weight_shape[1]
     in_channels = in_per_group * call.groups
     if call.groups > 1 and call.groups == in_channels:
         return "depthwise"

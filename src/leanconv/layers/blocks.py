@@ -39,7 +39,7 @@ ModuleFactory = Callable[..., nn.Module]
 _NOT_SPATIAL_KINDS = ("pointwise", "dsconv_transpose", "resize_conv")
 
 
-def _check_spatial_kind(conv: Any, name: str = "conv") -> str:
+def check_spatial_kind(conv: Any, name: str = "conv") -> str:
     if not isinstance(conv, str):
         raise ValueError(f"{name}={conv!r} must be the name of a conv kind (e.g. 'dense', 'dsconv')")
     get_kind(conv)  # ValueError listing the kinds when unknown
@@ -51,7 +51,7 @@ def _check_spatial_kind(conv: Any, name: str = "conv") -> str:
     return conv
 
 
-def _check_options(options: Any, name: str = "conv_options") -> Dict[str, Any]:
+def check_conv_options(options: Any, name: str = "conv_options") -> Dict[str, Any]:
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -110,7 +110,7 @@ class KindConvNormAct(nn.Module):
         super().__init__()
         if not isinstance(kind, str):
             raise ValueError(f"kind={kind!r} must be the name of a conv kind (e.g. 'dense', 'dsconv')")
-        options = _check_options(conv_options)
+        options = check_conv_options(conv_options)
         check_callable_or_none(norm_layer, "norm_layer")
         check_callable_or_none(act_layer, "act_layer")
         use_bias = norm_layer is None if bias is None else bool(bias)
@@ -152,6 +152,15 @@ def _bottleneck_kind(conv: str, options: Dict[str, Any], groups: int) -> Tuple[s
     return conv, options
 
 
+def residual_shortcut(in_channels: int, out_channels: int, stride: IntPair,
+                      norm_layer: Optional[ModuleFactory] = nn.BatchNorm2d, device=None, dtype=None) -> nn.Module:
+    """ResNet's shortcut: the identity when the shape is kept, else a strided 1x1 conv + norm."""
+    if check_positive_pair(stride, "stride") == (1, 1) and in_channels == out_channels:
+        return nn.Identity()
+    return ConvNormAct(in_channels, out_channels, 1, stride, padding=0, norm_layer=norm_layer, act_layer=None,
+                       device=device, dtype=dtype)
+
+
 class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck: 1x1 reduce, kxk (3x3) with the stride, 1x1 expand, plus a shortcut.
 
@@ -190,8 +199,8 @@ class Bottleneck(nn.Module):
         check_positive_int(groups, "groups")
         strides = check_positive_pair(stride, "stride")
         check_positive_int(dilation, "dilation")
-        _check_spatial_kind(conv)
-        kind, options = _bottleneck_kind(conv, _check_options(conv_options), groups)
+        check_spatial_kind(conv)
+        kind, options = _bottleneck_kind(conv, check_conv_options(conv_options), groups)
         if "groups" in options:
             check_positive_int(options["groups"], "groups")
             check_divisible(mid_channels, "mid_channels", options["groups"], "groups")
@@ -209,12 +218,7 @@ class Bottleneck(nn.Module):
         )
         self.expand = ConvNormAct(mid_channels, out_channels, 1, padding=0, norm_layer=norm_layer,
                                   act_layer=None, **factory)
-        self.shortcut: nn.Module
-        if strides == (1, 1) and in_channels == out_channels:
-            self.shortcut = nn.Identity()
-        else:
-            self.shortcut = ConvNormAct(in_channels, out_channels, 1, strides, padding=0,
-                                        norm_layer=norm_layer, act_layer=None, **factory)
+        self.shortcut = residual_shortcut(in_channels, out_channels, strides, norm_layer, **factory)
         self.act = make_act(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -401,8 +405,8 @@ class ASPP(nn.Module):
             raise ValueError(f"rates={rates!r} must be a non-empty sequence of ints >= 1")
         if len(set(rates)) != len(rates):
             raise ValueError(f"rates={rates!r} must be distinct (one atrous branch per rate)")
-        _check_spatial_kind(conv)
-        options = _check_options(conv_options)
+        check_spatial_kind(conv)
+        options = check_conv_options(conv_options)
         if not isinstance(image_pooling, bool):
             raise ValueError(f"image_pooling={image_pooling!r} must be a bool")
         if not isinstance(bias, bool):

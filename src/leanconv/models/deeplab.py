@@ -19,7 +19,7 @@ from torch import nn
 
 from leanconv._validate import check_input, check_positive_int, check_probability
 from leanconv.layers import ASPP, Conv2d, ConvNormAct
-from leanconv.layers.blocks import KindConvNormAct, _check_options, _check_spatial_kind
+from leanconv.layers.blocks import KindConvNormAct, check_conv_options, check_spatial_kind
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -71,8 +71,8 @@ class DeepLabV3PlusHead(nn.Module):
         check_positive_int(num_classes, "num_classes")
         check_positive_int(aspp_channels, "aspp_channels")
         check_positive_int(low_level_out, "low_level_out")
-        _check_spatial_kind(conv)
-        options = _check_options(conv_options)
+        check_spatial_kind(conv)
+        options = check_conv_options(conv_options)
         p = check_probability(dropout, "dropout")
         self.in_channels, self.low_level_channels = in_channels, low_level_channels
         self.conv_kind = conv

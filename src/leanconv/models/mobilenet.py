@@ -19,7 +19,7 @@ from torch import nn
 
 from leanconv._validate import check_callable_or_none, check_input, check_positive_int, check_probability
 from leanconv.layers import ConvNormAct, InvertedResidual
-from leanconv.layers.blocks import KindConvNormAct, _check_options, _check_spatial_kind
+from leanconv.layers.blocks import KindConvNormAct, check_conv_options, check_spatial_kind
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -111,8 +111,8 @@ class MobileNetV1(nn.Module):
         check_positive_int(num_classes, "num_classes")
         check_positive_int(in_channels, "in_channels")
         alpha = _check_width_mult(width_mult)
-        _check_spatial_kind(conv)
-        options = _check_options(conv_options)
+        check_spatial_kind(conv)
+        options = check_conv_options(conv_options)
         check_callable_or_none(norm_layer, "norm_layer")
         check_callable_or_none(act_layer, "act_layer")
         if conv == "dsconv" and conv_options is None:

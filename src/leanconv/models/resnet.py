@@ -17,7 +17,7 @@ from torch import nn
 
 from leanconv._validate import check_callable_or_none, check_choice, check_input, check_positive_int
 from leanconv.layers import Bottleneck, ConvNormAct
-from leanconv.layers.blocks import KindConvNormAct, _check_options, _check_spatial_kind
+from leanconv.layers.blocks import KindConvNormAct, residual_shortcut, check_conv_options, check_spatial_kind
 from leanconv.layers.conv import make_act
 
 ModuleFactory = Callable[..., nn.Module]
@@ -48,8 +48,8 @@ class BasicBlock(nn.Module):
         check_positive_int(in_channels, "in_channels")
         check_positive_int(out_channels, "out_channels")
         check_positive_int(stride, "stride")
-        _check_spatial_kind(conv)
-        options = _check_options(conv_options)
+        check_spatial_kind(conv)
+        options = check_conv_options(conv_options)
         check_callable_or_none(norm_layer, "norm_layer")
         check_callable_or_none(act_layer, "act_layer")
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
@@ -60,12 +60,7 @@ class BasicBlock(nn.Module):
         self.conv2 = KindConvNormAct(conv, out_channels, out_channels, 3, 1, padding=1,
                                      conv_options=options, norm_layer=norm_layer, act_layer=None,
                                      **factory)
-        self.shortcut: nn.Module
-        if stride == 1 and in_channels == out_channels:
-            self.shortcut = nn.Identity()
-        else:
-            self.shortcut = ConvNormAct(in_channels, out_channels, 1, stride, padding=0,
-                                        norm_layer=norm_layer, act_layer=None, **factory)
+        self.shortcut = residual_shortcut(in_channels, out_channels, stride, norm_layer, **factory)
         self.act = make_act(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +131,8 @@ class ResNet(nn.Module):
         check_positive_int(num_classes, "num_classes")
         check_positive_int(in_channels, "in_channels")
         check_positive_int(stem_channels, "stem_channels")
-        _check_spatial_kind(conv)
-        options = _check_options(conv_options)
+        check_spatial_kind(conv)
+        options = check_conv_options(conv_options)
         self.in_channels = in_channels
         self.block_kind = block
         self.conv_kind = conv
