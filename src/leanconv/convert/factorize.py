@@ -1,0 +1,193 @@
+"""Factorize a dense conv kernel into the weights of an efficient kind (pure tensor math).
+
+Each function takes a conv weight ``W`` of shape ``(O, C/g, kh, kw)`` and returns the new
+stages' weights plus the energy it discarded (squared Frobenius norm of the weight error). The
+SVD-based ones are optimal in weight space (Eckart-Young) and exact at full rank:
+
+* :func:`dsconv` — per input channel ``i``, the ``(O/g) x (kh*kw)`` slice ``W[:, i]`` keeps
+  its rank-``m`` SVD: ``P_i = U_m S_m^(1/2)`` (pointwise), ``D_i = S_m^(1/2) V_m^T`` (depthwise).
+* :func:`asymmetric` — ``W`` reshaped to ``M[(c,h), (o,w)]`` keeps its rank-``K`` SVD: a
+  ``kh x 1`` stage ``C -> K`` and a ``1 x kw`` stage ``K -> O``.
+* :func:`asymmetric_depthwise` — each 2-D kernel of a depthwise conv keeps its rank-1 SVD.
+* :func:`tucker2` — HOSVD of the output and input modes (optionally refined by HOOI):
+  ``1x1`` reduce ``C -> r1``, ``kxk`` core ``r1 -> r2``, ``1x1`` expand ``r2 -> O``.
+* :func:`grouped` — keep the block diagonal of a dense conv (``g`` groups).
+
+Where the new stages go (stride, padding, dilation on the spatial stage, bias on the last)
+is the surgery's business; these functions only produce weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+
+from leanconv._validate import check_divisible, check_positive_int
+
+
+@dataclass
+class Factorization:
+    """New stage weights by stage name, and the discarded energy ``||W - W_hat||_F^2``."""
+
+    weights: Dict[str, torch.Tensor]
+    discarded_energy: float
+    total_energy: float
+
+    @property
+    def relative_error(self) -> float:
+        """``||W - W_hat||_F / ||W||_F``."""
+        return (self.discarded_energy / self.total_energy) ** 0.5 if self.total_energy else 0.0
+
+
+def _check_weight(weight: torch.Tensor) -> None:
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"weight must be a 4-D conv weight (O, C/g, kh, kw), got {getattr(weight, 'shape', weight)}")
+
+
+def _truncated_svd(matrix: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """``(left, right, discarded)`` with ``left @ right`` the best rank-``rank`` approximation.
+
+    The factors split the singular values evenly (``U S^(1/2)``, ``S^(1/2) V^T``); a rank above
+    the matrix's is padded with zero columns/rows so shapes stay as asked.
+    """
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    keep = min(rank, s.numel())
+    root = s[:keep].sqrt()
+    left = u[:, :keep] * root
+    right = root[:, None] * vh[:keep]
+    if keep < rank:
+        left = torch.cat([left, left.new_zeros(left.shape[0], rank - keep)], dim=1)
+        right = torch.cat([right, right.new_zeros(rank - keep, right.shape[1])], dim=0)
+    discarded = float((s[keep:] ** 2).sum())
+    return left.to(matrix.dtype), right.to(matrix.dtype), discarded
+
+
+def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1) -> Factorization:
+    """Depthwise (``C -> C*m``, groups C) then pointwise (``C*m -> O``, groups g).
+
+    Returns ``weights['depthwise']`` ``(C*m, 1, kh, kw)`` and ``weights['pointwise']``
+    ``(O, C*m/g, 1, 1)``. MAC ratio to dense: ``m/O + m/(kh*kw)``.
+    """
+    _check_weight(weight)
+    m = check_positive_int(depth_multiplier, "depth_multiplier")
+    g = check_positive_int(groups, "groups")
+    out_channels, c_per_group, kh, kw = weight.shape
+    check_divisible(out_channels, "out_channels", g, "groups")
+    o_per_group = out_channels // g
+    in_channels = c_per_group * g
+    depthwise = weight.new_zeros(in_channels * m, 1, kh, kw)
+    pointwise = weight.new_zeros(out_channels, c_per_group * m, 1, 1)
+    discarded = 0.0
+    for j in range(g):
+        outs = slice(j * o_per_group, (j + 1) * o_per_group)
+        for local in range(c_per_group):
+            i = j * c_per_group + local
+            left, right, lost = _truncated_svd(weight[outs, local].reshape(o_per_group, kh * kw), m)
+            depthwise[i * m:(i + 1) * m, 0] = right.reshape(m, kh, kw)
+            pointwise[outs, local * m:(local + 1) * m, 0, 0] = left
+            discarded += lost
+    return Factorization({"depthwise": depthwise, "pointwise": pointwise}, discarded, float(weight.double().pow(2).sum()))
+
+
+def asymmetric(weight: torch.Tensor, mid_channels: int) -> Factorization:
+    """``kh x 1`` conv (``C -> K``) then ``1 x kw`` conv (``K -> O``), ``K = mid_channels``.
+
+    Returns ``weights['conv_kx1']`` ``(K, C, kh, 1)`` and ``weights['conv_1xk']`` ``(O, K, 1, kw)``;
+    their composition is ``sum_k B[o,k,w] A[k,c,h]``, the rank-``K`` SVD of ``M[(c,h),(o,w)]``.
+    Full rank is ``K = min(C*kh, O*kw)``. Dense (groups 1) kernels only.
+    """
+    _check_weight(weight)
+    k = check_positive_int(mid_channels, "mid_channels")
+    out_channels, in_channels, kh, kw = weight.shape
+    matrix = weight.permute(1, 2, 0, 3).reshape(in_channels * kh, out_channels * kw)
+    left, right, discarded = _truncated_svd(matrix, k)
+    conv_kx1 = left.reshape(in_channels, kh, k).permute(2, 0, 1).unsqueeze(-1).contiguous()
+    conv_1xk = right.reshape(k, out_channels, kw).permute(1, 0, 2).unsqueeze(2).contiguous()
+    return Factorization({"conv_kx1": conv_kx1, "conv_1xk": conv_1xk}, discarded, float(weight.double().pow(2).sum()))
+
+
+def asymmetric_depthwise(weight: torch.Tensor) -> Factorization:
+    """A depthwise ``kh x kw`` kernel ``(C, 1, kh, kw)`` as depthwise ``kh x 1`` then ``1 x kw``.
+
+    Each channel's 2-D kernel keeps its rank-1 SVD (exact for separable kernels such as box or
+    Gaussian filters).
+    """
+    _check_weight(weight)
+    channels, one, kh, kw = weight.shape
+    if one != 1:
+        raise ValueError(f"weight must be depthwise (C, 1, kh, kw), got {tuple(weight.shape)}")
+    vertical = weight.new_zeros(channels, 1, kh, 1)
+    horizontal = weight.new_zeros(channels, 1, 1, kw)
+    discarded = 0.0
+    for c in range(channels):
+        left, right, lost = _truncated_svd(weight[c, 0], 1)
+        vertical[c, 0, :, 0] = left[:, 0]
+        horizontal[c, 0, 0, :] = right[0]
+        discarded += lost
+    return Factorization({"conv_kx1": vertical, "conv_1xk": horizontal}, discarded, float(weight.double().pow(2).sum()))
+
+
+def tucker2(weight: torch.Tensor, ranks: Tuple[int, int], hooi_iterations: int = 0) -> Factorization:
+    """``1x1`` reduce (``C -> r1``), ``kxk`` core (``r1 -> r2``), ``1x1`` expand (``r2 -> O``).
+
+    HOSVD: the expand factor is the top-``r2`` left singular vectors of the output-mode
+    unfolding, the reduce factor the top-``r1`` of the input-mode unfolding, the core the
+    projection of ``W`` on both. ``hooi_iterations`` alternating refinements (HOOI) never
+    increase the error. Exact at ``ranks = (C, O)``.
+    """
+    _check_weight(weight)
+    if not isinstance(ranks, (tuple, list)) or len(ranks) != 2:
+        raise ValueError(f"ranks={ranks!r} must be a pair (r1, r2) of ints >= 1")
+    r1, r2 = (check_positive_int(r, "ranks") for r in ranks)
+    w = weight.double()
+    out_channels, in_channels, kh, kw = w.shape
+
+    def leading(unfolded: torch.Tensor, rank: int) -> torch.Tensor:
+        u = torch.linalg.svd(unfolded, full_matrices=False)[0][:, :rank]
+        if u.shape[1] < rank:
+            u = torch.cat([u, u.new_zeros(u.shape[0], rank - u.shape[1])], dim=1)
+        return u
+
+    u_out = leading(w.reshape(out_channels, -1), r2)
+    u_in = leading(w.permute(1, 0, 2, 3).reshape(in_channels, -1), r1)
+    for _ in range(hooi_iterations):
+        projected_in = torch.einsum("ochw,cr->orhw", w, u_in)
+        u_out = leading(projected_in.reshape(out_channels, -1), r2)
+        projected_out = torch.einsum("ochw,os->schw", w, u_out)
+        u_in = leading(projected_out.permute(1, 0, 2, 3).reshape(in_channels, -1), r1)
+    core = torch.einsum("ochw,os,cr->srhw", w, u_out, u_in)
+    total = float(w.pow(2).sum())
+    discarded = max(total - float(core.pow(2).sum()), 0.0)
+    dtype = weight.dtype
+    return Factorization(
+        {
+            "reduce": u_in.t().reshape(r1, in_channels, 1, 1).to(dtype).contiguous(),
+            "core": core.to(dtype).contiguous(),
+            "expand": u_out.reshape(out_channels, r2, 1, 1).to(dtype).contiguous(),
+        },
+        discarded,
+        total,
+    )
+
+
+def grouped(weight: torch.Tensor, groups: int) -> Factorization:
+    """Keep the block diagonal of a dense kernel: ``(O, C, kh, kw) -> (O, C/g, kh, kw)``.
+
+    Output channel ``o`` of group ``j`` keeps its weights on input channels ``j*C/g ...``;
+    the discarded energy is that of the off-diagonal blocks.
+    """
+    _check_weight(weight)
+    g = check_positive_int(groups, "groups")
+    out_channels, in_channels = weight.shape[:2]
+    check_divisible(out_channels, "out_channels", g, "groups")
+    check_divisible(in_channels, "in_channels", g, "groups")
+    o_per, c_per = out_channels // g, in_channels // g
+    blocks = [weight[j * o_per:(j + 1) * o_per, j * c_per:(j + 1) * c_per] for j in range(g)]
+    kept = torch.cat(blocks, dim=0).contiguous()
+    total = float(weight.double().pow(2).sum())
+    return Factorization({"weight": kept}, total - float(kept.double().pow(2).sum()), total)
+
+
+__all__ = ["Factorization", "asymmetric", "asymmetric_depthwise", "dsconv", "grouped", "tucker2"]

@@ -1,0 +1,166 @@
+"""Factorization math: exact at full rank, Eckart-Young error at lower rank, never beaten by
+perturbing the factors; composed convs checked with explicit F.conv2d (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leanconv.convert import factorize
+
+F64 = torch.float64
+
+
+def pad(x, ph, pw, mode):
+    if ph == pw == 0:
+        return x
+    return F.pad(x, (pw, pw, ph, ph)) if mode == "zeros" else F.pad(x, (pw, pw, ph, ph), mode=mode)
+
+
+def dense(x, w, stride, padding, dilation, mode, groups=1):
+    return F.conv2d(pad(x, *padding, mode), w, None, stride, 0, dilation, groups)
+
+
+configs = st.fixed_dictionaries({
+    "kernel": st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    "padding": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    "mode": st.sampled_from(["zeros", "reflect", "replicate", "circular"]),
+})
+
+
+@settings(max_examples=40)
+@given(cfg=configs, c=st.integers(1, 4), o=st.integers(1, 5), g=st.sampled_from([1, 2]))
+def test_dsconv_full_rank_is_exact(cfg, c, o, g):
+    c, o = c * g, o * g
+    kh, kw = cfg["kernel"]
+    w = torch.randn(o, c // g, kh, kw, dtype=F64)
+    m = min(o // g, kh * kw)
+    result = factorize.dsconv(w, m, groups=g)
+    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    x = torch.randn(2, c, 9, 10, dtype=F64)
+    expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], g)
+    y = dense(x, result.weights["depthwise"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], c)
+    torch.testing.assert_close(F.conv2d(y, result.weights["pointwise"], groups=g), expected)
+
+
+def reconstruct_dsconv(result, c, g):
+    d, p = result.weights["depthwise"], result.weights["pointwise"]
+    m = d.shape[0] // c
+    o = p.shape[0]
+    w = torch.zeros(o, c // g, *d.shape[2:], dtype=d.dtype)
+    for i in range(c):
+        j, local = divmod(i, c // g)
+        outs = slice(j * o // g, (j + 1) * o // g)
+        for r in range(m):
+            w[outs, local] += p[outs, local * m + r, 0, 0][:, None, None] * d[i * m + r, 0]
+    return w
+
+
+@pytest.mark.parametrize("m, g", [(1, 1), (2, 1), (1, 2)])
+def test_dsconv_error_is_discarded_energy_and_optimal(m, g):
+    torch.manual_seed(1)
+    c, o = 4, 6
+    w = torch.randn(o, c // g, 3, 3, dtype=F64)
+    result = factorize.dsconv(w, m, groups=g)
+    error = float((w - reconstruct_dsconv(result, c, g)).pow(2).sum())
+    assert error == pytest.approx(result.discarded_energy, rel=1e-9)
+    # Eckart-Young per channel: the sum of the squared discarded singular values
+    expected = 0.0
+    for i in range(c):
+        j, local = divmod(i, c // g)
+        s = torch.linalg.svdvals(w[j * o // g:(j + 1) * o // g, local].reshape(o // g, 9))
+        expected += float((s[m:] ** 2).sum())
+    assert result.discarded_energy == pytest.approx(expected, rel=1e-12)
+    for _ in range(20):  # no perturbation of the factors does better
+        noisy = factorize.Factorization({k: v + 1e-3 * torch.randn_like(v) for k, v in result.weights.items()}, 0, 0)
+        assert float((w - reconstruct_dsconv(noisy, c, g)).pow(2).sum()) >= error
+
+
+@settings(max_examples=40)
+@given(cfg=configs, c=st.integers(1, 4), o=st.integers(1, 4))
+def test_asymmetric_full_rank_is_exact_with_stage_placement(cfg, c, o):
+    kh, kw = cfg["kernel"]
+    w = torch.randn(o, c, kh, kw, dtype=F64)
+    result = factorize.asymmetric(w, min(c * kh, o * kw))
+    assert result.discarded_energy == pytest.approx(0, abs=1e-18)
+    (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
+    x = torch.randn(1, c, 9, 8, dtype=F64)
+    expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"])
+    # stage 1 takes the height's stride/padding/dilation, stage 2 the width's (DESIGN.md)
+    y = dense(x, result.weights["conv_kx1"], (sh, 1), (ph, 0), (dh, 1), cfg["mode"])
+    y = dense(y, result.weights["conv_1xk"], (1, sw), (0, pw), (1, dw), cfg["mode"])
+    torch.testing.assert_close(y, expected)
+
+
+def test_asymmetric_low_rank_error_and_optimality():
+    w = torch.randn(5, 4, 3, 3, dtype=F64)
+    result = factorize.asymmetric(w, 2)
+    a, b = result.weights["conv_kx1"], result.weights["conv_1xk"]
+    composed = torch.einsum("okw,kch->ochw", b[:, :, 0], a[..., 0])
+    error = float((w - composed).pow(2).sum())
+    s = torch.linalg.svdvals(w.permute(1, 2, 0, 3).reshape(12, 15))
+    assert error == pytest.approx(float((s[2:] ** 2).sum()), rel=1e-9) == pytest.approx(result.discarded_energy)
+    for _ in range(20):
+        a2, b2 = a + 1e-3 * torch.randn_like(a), b + 1e-3 * torch.randn_like(b)
+        assert float((w - torch.einsum("okw,kch->ochw", b2[:, :, 0], a2[..., 0])).pow(2).sum()) >= error
+
+
+def test_asymmetric_depthwise_is_exact_for_separable_kernels():
+    col, row = torch.randn(6, 5, dtype=F64), torch.randn(6, 3, dtype=F64)
+    w = torch.einsum("ch,cw->chw", col, row).unsqueeze(1)
+    result = factorize.asymmetric_depthwise(w)
+    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    x = torch.randn(1, 6, 11, 9, dtype=F64)
+    y = F.conv2d(F.conv2d(x, result.weights["conv_kx1"], padding=(2, 0), groups=6),
+                 result.weights["conv_1xk"], padding=(0, 1), groups=6)
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=(2, 1), groups=6))
+
+
+@pytest.mark.parametrize("ranks", [(4, 6), (2, 3)])
+def test_tucker2_exact_at_full_rank_and_hooi_never_worse(ranks):
+    w = torch.randn(6, 4, 3, 3, dtype=F64)
+    result = factorize.tucker2(w, ranks)
+    red, core, exp = result.weights["reduce"], result.weights["core"], result.weights["expand"]
+    composed = torch.einsum("os,srhw,rc->ochw", exp[:, :, 0, 0], core, red[:, :, 0, 0])
+    error = float((w - composed).pow(2).sum())
+    assert error == pytest.approx(result.discarded_energy, abs=1e-9)
+    x = torch.randn(2, 4, 8, 8, dtype=F64)
+    y = F.conv2d(F.conv2d(F.conv2d(x, red), core, stride=2, padding=1), exp)
+    torch.testing.assert_close(y, F.conv2d(x, composed, stride=2, padding=1))
+    if ranks == (4, 6):
+        assert error == pytest.approx(0, abs=1e-18)
+    else:
+        assert factorize.tucker2(w, ranks, hooi_iterations=5).discarded_energy <= result.discarded_energy + 1e-12
+
+
+def test_grouped_keeps_the_block_diagonal():
+    w = torch.randn(6, 4, 3, 3, dtype=F64)
+    result = factorize.grouped(w, 2)
+    mask = torch.zeros_like(w)
+    mask[:3, :2] = 1
+    mask[3:, 2:] = 1
+    assert result.discarded_energy == pytest.approx(float((w * (1 - mask)).pow(2).sum()))
+    x = torch.randn(1, 4, 7, 7, dtype=F64)
+    torch.testing.assert_close(F.conv2d(x, result.weights["weight"], groups=2), F.conv2d(x, w * mask))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: factorize.dsconv(torch.zeros(3, 3), 1), "weight must be a 4-D conv weight"),
+        (lambda: factorize.dsconv(torch.zeros(4, 2, 3, 3), 0), "depth_multiplier=0 must be >= 1"),
+        (lambda: factorize.dsconv(torch.zeros(5, 2, 3, 3), 1, groups=2), "out_channels=5 must be divisible by groups=2"),
+        (lambda: factorize.asymmetric(torch.zeros(4, 2, 3, 3), 0), "mid_channels=0 must be >= 1"),
+        (lambda: factorize.asymmetric_depthwise(torch.zeros(4, 2, 3, 3)), "must be depthwise"),
+        (lambda: factorize.tucker2(torch.zeros(4, 2, 3, 3), (2,)), "ranks=.* must be a pair"),
+        (lambda: factorize.grouped(torch.zeros(4, 3, 3, 3), 2), "in_channels=3 must be divisible by groups=2"),
+    ],
+)
+def test_invalid_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
