@@ -1,5 +1,8 @@
-"""Conversion of trained convs into efficient kinds. ``factorize`` holds the pure tensor math."""
+"""Conversion of trained convs into efficient kinds: ``factorize`` (pure tensor math) and
+``surgery`` (``convert`` a model, record a plan, ``apply_plan`` to rebuild it)."""
 
 from leanconv.convert.factorize import Factorization, asymmetric, asymmetric_depthwise, dsconv, grouped, tucker2
+from leanconv.convert.surgery import ConversionResult, LayerReport, apply_plan, convert, save_plan
 
-__all__ = ["Factorization", "asymmetric", "asymmetric_depthwise", "dsconv", "grouped", "tucker2"]
+__all__ = ["ConversionResult", "Factorization", "LayerReport", "apply_plan", "asymmetric", "asymmetric_depthwise",
+           "convert", "dsconv", "grouped", "save_plan", "tucker2"]

@@ -1,0 +1,288 @@
+"""Turn a trained model's convs into efficient kinds: build each replacement with optimal
+weights (``factorize``), swap it in with ``setattr`` on the parent, and record a plan.
+
+The input model is never modified unless ``inplace=True``. A layer stays as it is when the
+target would not save MACs on it; the report says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from leanconv._validate import check_choice, pair
+from leanconv.convert import factorize
+from leanconv.kinds import ConvSpec, get_kind
+
+TARGETS = ("dsconv", "asymmetric", "tucker2", "grouped")
+PLAN_VERSION = 1
+
+
+@dataclass
+class LayerReport:
+    """What happened to one conv."""
+
+    path: str
+    converted: bool
+    kind: str
+    options: Dict[str, Any]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    relative_weight_error: float
+    reason: str = ""
+
+
+@dataclass
+class ConversionResult:
+    """The converted model, the plan that rebuilds its architecture, and a per-layer report."""
+
+    model: nn.Module
+    plan: Dict[str, Any]
+    layers: List[LayerReport] = field(default_factory=list)
+
+    @property
+    def macs_before(self) -> int:
+        return sum(r.macs_before for r in self.layers)
+
+    @property
+    def macs_after(self) -> int:
+        return sum(r.macs_after if r.converted else r.macs_before for r in self.layers)
+
+    def to_markdown(self) -> str:
+        lines = ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | note |",
+                 "|---|---|---|---|---:|---:|---:|---|"]
+        for r in self.layers:
+            lines.append(f"| {r.path} | {'yes' if r.converted else 'no'} | {r.kind} | {json.dumps(r.options)} | "
+                         f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {r.reason} |")
+        lines.append(f"\nconvertible layers: {self.macs_before:,} MACs before, {self.macs_after:,} after "
+                     f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
+        return "\n".join(lines) + "\n"
+
+
+def _padding_arg(conv: nn.Conv2d):
+    """What the conv was asked for: 'same'/'valid' or an (h, w) pair (leanconv keeps the original)."""
+    padding = getattr(conv, "padding_arg", conv.padding)
+    return padding if isinstance(padding, str) else pair(padding, "padding")
+
+
+def _spec(conv: nn.Conv2d, **options) -> ConvSpec:
+    padding = _padding_arg(conv)
+    return ConvSpec.create(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                           padding, conv.dilation,
+                           conv.bias is not None, **options)
+
+
+def _out_hw(conv: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int]:
+    return get_kind("dense").output_shape(_spec(conv), in_hw)[1:]  # type: ignore[return-value]
+
+
+def _full_rank(target: str, conv: nn.Conv2d) -> Dict[str, Any]:
+    o, c, (kh, kw) = conv.out_channels, conv.in_channels, conv.kernel_size
+    if target == "dsconv":
+        return {"depth_multiplier": min(o, kh * kw)}
+    if target == "asymmetric":
+        return {"mid_channels": min(c * kh, o * kw)}
+    if target == "tucker2":
+        return {"ranks": (c, o)}
+    raise ValueError(f"target={target!r} has no rank")
+
+
+def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[int, int]]]) -> Dict[str, Any]:
+    if target == "grouped":
+        return {"groups": int(rank or 2)}
+    if rank is None:
+        return _full_rank(target, conv)
+    if target == "dsconv":
+        return {"depth_multiplier": int(rank)}
+    if target == "asymmetric":
+        return {"mid_channels": int(rank)}
+    ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
+    return {"ranks": (min(ranks[0], conv.in_channels), min(ranks[1], conv.out_channels))}
+
+
+def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> factorize.Factorization:
+    """The target's weights for this conv (pure math on its weight)."""
+    w = conv.weight.detach()
+    if target == "dsconv":
+        return factorize.dsconv(w, options["depth_multiplier"])
+    if target == "asymmetric":
+        return factorize.asymmetric(w, options["mid_channels"])
+    if target == "tucker2":
+        return factorize.tucker2(w, options["ranks"])
+    return factorize.grouped(w, options["groups"])
+
+
+def _energy_rank(conv: nn.Conv2d, target: str, energy: float) -> Dict[str, Any]:
+    """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
+    full = _full_rank(target, conv)
+    key = next(iter(full))
+    top = full[key] if target != "tucker2" else min(conv.in_channels, conv.out_channels)
+    for r in range(1, top + 1):
+        options = _options_for(target, conv, r)
+        result = factorize_conv(conv, target, options)
+        if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
+            return options
+    return full
+
+
+def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any], weights: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
+    """The leanconv module of kind ``target`` standing in for ``conv`` (same arguments).
+
+    With ``weights`` (from :func:`factorize_conv`) the stages get them and the last stage gets
+    the conv's bias; without, the module is freshly initialized (for :func:`apply_plan`).
+    """
+    from leanconv.kinds import create_conv2d
+
+    padding = _padding_arg(conv)
+    module = create_conv2d(
+        target, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+        padding, conv.dilation, conv.bias is not None,
+        conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype, **options,
+    )
+    if weights is None:
+        return module
+    with torch.no_grad():
+        for name, value in weights.items():
+            target_param = module.get_parameter(f"{name}.weight" if name != "weight" else "weight")
+            target_param.copy_(value)
+        if conv.bias is not None:
+            last = {"dsconv": "pointwise", "asymmetric": _last_asymmetric_stage(options), "tucker2": "expand",
+                    "grouped": ""}[target]
+            module.get_parameter(f"{last}.bias" if last else "bias").copy_(conv.bias)
+    return module
+
+
+def _last_asymmetric_stage(options: Dict[str, Any]) -> str:
+    return "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
+
+
+def _matches(path: str, patterns: Optional[Sequence[str]]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns or ())
+
+
+def _input_sizes(model: nn.Module, input_size: Optional[Sequence[int]]) -> Dict[str, Tuple[int, int]]:
+    """Spatial input size of every conv, from one meta-device pass (for MAC figures)."""
+    if input_size is None:
+        return {}
+    from leanconv.analysis.counting import trace_calls
+    from leanconv.analysis.profile import meta_copy
+
+    calls, _ = trace_calls(meta_copy(model).eval(), [torch.empty(tuple(input_size), device="meta")])
+    return {c.path: tuple(c.input_shape[2:]) for c in calls if c.input_shape is not None and c.is_conv}
+
+
+def convert(
+    model: nn.Module,
+    to: str = "dsconv",
+    rank: Optional[Union[int, Tuple[int, int]]] = None,
+    energy: Optional[float] = None,
+    input_size: Optional[Sequence[int]] = None,
+    include: Optional[Sequence[str]] = None,
+    exclude: Optional[Sequence[str]] = None,
+    inplace: bool = False,
+    only_if_cheaper: bool = True,
+) -> ConversionResult:
+    """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
+
+    ``rank``: depth multiplier (dsconv), mid channels (asymmetric), ``(r1, r2)`` or one int
+    (tucker2), groups (grouped); None means full rank (exact). ``energy``: per layer, the
+    smallest rank keeping that share of the kernel's energy. ``include``/``exclude``: glob
+    patterns on module paths. ``input_size`` (N, C, H, W) gives MACs per layer; without it
+    MACs are per output pixel. A layer where the target saves no MACs is left as it is
+    (``only_if_cheaper=False`` converts it anyway, e.g. to check exactness at full rank).
+    """
+    check_choice(to, "to", TARGETS)
+    if rank is not None and energy is not None:
+        raise ValueError("pass rank or energy, not both")
+    if energy is not None and not 0 < energy <= 1:
+        raise ValueError(f"energy={energy!r} must be in (0, 1]")
+    if to == "grouped" and energy is not None:
+        raise ValueError("to='grouped' takes rank=<groups>, not energy")
+    sizes = _input_sizes(model, input_size)
+    model = model if inplace else copy.deepcopy(model)
+    plan: Dict[str, Any] = {"version": PLAN_VERSION, "target": to, "layers": {}}
+    reports: List[LayerReport] = []
+    for path, conv in list(model.named_modules()):
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.kernel_size == (1, 1):
+            continue
+        if (include and not _matches(path, include)) or _matches(path, exclude):
+            continue
+        options = _energy_rank(conv, to, energy) if energy is not None else _options_for(to, conv, rank)
+        hw = sizes.get(path, _min_hw(conv))
+        dense_spec = _spec(conv)
+        macs_before = get_kind("dense").macs(dense_spec, hw)
+        params_before = sum(p.numel() for p in conv.parameters())
+        try:
+            target_spec = _spec(conv, **options)
+            macs_after = get_kind(to).macs(target_spec, hw)
+            params_after = get_kind(to).params(target_spec)
+        except ValueError as error:
+            reports.append(LayerReport(path, False, to, options, macs_before, macs_before, params_before,
+                                       params_before, 0.0, f"not applicable: {error}"))
+            continue
+        if only_if_cheaper and macs_after >= macs_before:
+            reports.append(LayerReport(path, False, to, options, macs_before, macs_after, params_before, params_after,
+                                       0.0, f"{to} would cost {macs_after / macs_before:.2f}x the MACs: kept dense"))
+            continue
+        result = factorize_conv(conv, to, options)
+        replacement = build_module(conv, to, options, result.weights)
+        replacement.train(conv.training)
+        _set_module(model, path, replacement)
+        plan["layers"][path] = {"kind": to, "options": _jsonable(options)}
+        reports.append(LayerReport(path, True, to, _jsonable(options), macs_before, macs_after, params_before,
+                                   params_after, result.relative_error))
+    return ConversionResult(model, plan, reports)
+
+
+def _min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
+    """A spatial size giving exactly one output pixel (MACs per output pixel)."""
+    return tuple(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))  # type: ignore[return-value]
+
+
+def _jsonable(options: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, name, module)
+
+
+def apply_plan(model: nn.Module, plan: Union[Dict[str, Any], str, Path], inplace: bool = False) -> nn.Module:
+    """Rebuild a converted architecture on a freshly constructed ``model`` so a saved
+    ``state_dict`` of the converted model loads into it."""
+    if not isinstance(plan, dict):
+        plan = json.loads(Path(plan).read_text())
+    if plan.get("version") != PLAN_VERSION:
+        raise ValueError(f"plan version={plan.get('version')!r} must be {PLAN_VERSION}")
+    model = model if inplace else copy.deepcopy(model)
+    for path, entry in plan["layers"].items():
+        try:
+            conv = model.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"plan layer {path!r} is not a module of this model") from None
+        if not isinstance(conv, nn.Conv2d):
+            raise ValueError(f"plan layer {path!r} is a {type(conv).__name__}, expected the original nn.Conv2d")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["options"].items()}
+        _set_module(model, path, build_module(conv, entry["kind"], options))
+    return model
+
+
+def save_plan(plan: Dict[str, Any], path: Union[str, Path]) -> None:
+    from leanconv.analysis.profile import write_atomic
+
+    write_atomic(Path(path), json.dumps(plan, indent=2))
+
+
+__all__ = ["ConversionResult", "LayerReport", "TARGETS", "apply_plan", "build_module", "convert", "factorize_conv",
+           "save_plan"]

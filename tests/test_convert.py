@@ -1,0 +1,151 @@
+"""convert(): exact at full rank on real layers, plans rebuild the architecture, the seed ASPP."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import leanconv
+from leanconv.convert import apply_plan, convert, save_plan
+from support import randomize_norms
+
+F64 = torch.float64
+
+
+class Mixed(nn.Module):
+    """Plain nn.Conv2d layers with the arguments conversion must place correctly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.b = nn.Conv2d(8, 8, (3, 5), padding=(2, 4), dilation=2, padding_mode="reflect", bias=False)
+        self.c = leanconv.Conv2d(8, 12, 3, stride=2, padding="same")
+        self.d = nn.Conv2d(12, 6, 3, padding="valid", padding_mode="circular")
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.d(F.relu(self.c(F.relu(self.b(F.relu(self.a(x)))))))))
+
+
+@pytest.mark.parametrize("target", ["dsconv", "asymmetric", "tucker2"])
+def test_full_rank_conversion_is_exact(target):
+    model = Mixed().double().eval()
+    x = torch.randn(2, 3, 23, 21, dtype=F64)
+    result = convert(model, to=target, only_if_cheaper=False)
+    assert sorted(result.plan["layers"]) == ["a", "b", "c", "d"]  # the 1x1 head is not a kxk conv
+    assert all(r.relative_weight_error < 1e-7 for r in result.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x))
+
+
+def test_input_model_untouched_unless_inplace():
+    model = Mixed()
+    before = copy.deepcopy(model.state_dict())
+    result = convert(model, to="dsconv", rank=1)
+    assert isinstance(model.b, nn.Conv2d) and isinstance(result.model.b, leanconv.DepthwiseSeparableConv2d)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    same = convert(model, to="dsconv", rank=1, inplace=True)
+    assert same.model is model and isinstance(model.b, leanconv.DepthwiseSeparableConv2d)
+
+
+def test_low_rank_reports_and_skips_layers_that_would_not_save():
+    model = Mixed()
+    result = convert(model, to="dsconv", rank=1, input_size=(1, 3, 32, 32))
+    by_path = {r.path: r for r in result.layers}
+    assert by_path["b"].converted and by_path["b"].macs_after < by_path["b"].macs_before
+    full = convert(model, to="dsconv", input_size=(1, 3, 32, 32))  # full rank never saves MACs
+    assert not any(r.converted for r in full.layers)
+    assert "kept dense" in full.layers[0].reason
+    assert "| b | no | dsconv |" in full.to_markdown()
+
+
+def test_energy_selects_the_smallest_sufficient_rank():
+    conv = nn.Conv2d(4, 8, 3)
+    with torch.no_grad():  # each input channel's 8x9 slice has rank 2
+        conv.weight.copy_(torch.einsum("oir,irk->oik", torch.randn(8, 4, 2), torch.randn(4, 2, 9)).reshape(8, 4, 3, 3))
+    result = convert(nn.Sequential(conv), to="dsconv", energy=0.999999)
+    assert result.layers[0].options == {"depth_multiplier": 2} and result.layers[0].relative_weight_error < 1e-5
+
+
+def test_plan_round_trip_loads_state_dict(tmp_path):
+    model = Mixed().eval()
+    result = convert(model, to="asymmetric", rank=4)
+    save_plan(result.plan, tmp_path / "plan.json")
+    torch.save(result.model.state_dict(), tmp_path / "weights.pt")
+    rebuilt = apply_plan(Mixed(), tmp_path / "plan.json")
+    rebuilt.load_state_dict(torch.load(tmp_path / "weights.pt"), strict=True)
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), result.model(x))
+    assert json.loads((tmp_path / "plan.json").read_text())["layers"]["b"]["kind"] == "asymmetric"
+
+
+def seed_aspp(dim_in, dim_out, rate=1, bn_mom=0.1):
+    """Seed 000's ASPP as the user wrote it (with the lost '*' signs restored)."""
+
+    class ASPP(nn.Module):
+        def __init__(self):
+            super().__init__()
+
+            def branch(k, d):
+                return nn.Sequential(nn.Conv2d(dim_in, dim_out, k, 1, padding=0 if k == 1 else d, dilation=d, bias=True),
+                                     nn.BatchNorm2d(dim_out, momentum=bn_mom), nn.ReLU(inplace=True))
+            self.branch1 = branch(1, rate)
+            for i, r in enumerate((4, 8, 12, 16, 20, 24), start=2):
+                setattr(self, f"branch{i}", branch(3, r * rate))
+            self.branch8_conv = nn.Conv2d(dim_in, dim_out, 1, 1, 0, bias=True)
+            self.branch8_bn = nn.BatchNorm2d(dim_out, momentum=bn_mom)
+            self.branch8_relu = nn.ReLU(inplace=True)
+            self.conv_cat = nn.Sequential(nn.Conv2d(dim_out * 8, dim_out, 1, 1, padding=0, bias=True),
+                                          nn.BatchNorm2d(dim_out, momentum=bn_mom), nn.ReLU(inplace=True))
+
+        def forward(self, x):
+            b, c, row, col = x.size()
+            feats = [getattr(self, f"branch{i}")(x) for i in range(1, 8)]
+            g = torch.mean(torch.mean(x, 2, True), 3, True)
+            g = self.branch8_relu(self.branch8_bn(self.branch8_conv(g)))
+            feats.append(F.interpolate(g, (row, col), None, "bilinear", True))
+            return self.conv_cat(torch.cat(feats, dim=1))
+
+    return ASPP()
+
+
+def test_seed_aspp_converts_to_atrous_separable():
+    aspp = randomize_norms(seed_aspp(16, 8)).double().eval()
+    x = torch.randn(2, 16, 13, 17, dtype=F64)
+    result = convert(aspp, to="dsconv", only_if_cheaper=False)
+    assert sorted(result.plan["layers"]) == [f"branch{i}.0" for i in range(2, 8)]
+    separable = result.model.branch4[0]
+    assert isinstance(separable, leanconv.DepthwiseSeparableConv2d) and separable.depthwise.dilation == (12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), aspp(x))  # full rank: exact
+        low = convert(aspp, to="dsconv", rank=1).model
+        assert low(x).shape == aspp(x).shape
+    assert sum(p.numel() for p in low.parameters()) < sum(p.numel() for p in aspp.parameters()) / 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(to="octave"), "to='octave' must be one of"),
+        (dict(rank=1, energy=0.9), "rank or energy, not both"),
+        (dict(energy=1.5), "energy=1.5 must be in"),
+        (dict(to="grouped", energy=0.5), "takes rank=<groups>"),
+    ],
+)
+def test_invalid_convert_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        convert(Mixed(), **kwargs)
+
+
+def test_apply_plan_rejects_mismatched_models():
+    plan = convert(Mixed(), to="dsconv", rank=1).plan
+    with pytest.raises(ValueError, match="plan layer 'a' is not a module of this model"):
+        apply_plan(nn.Sequential(nn.Conv2d(3, 3, 3)), plan)
+    with pytest.raises(ValueError, match="plan version"):
+        apply_plan(Mixed(), {"version": 99, "layers": {}})
