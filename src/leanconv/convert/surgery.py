@@ -10,8 +10,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
