@@ -2,7 +2,8 @@
 ``surgery`` (``convert`` a model, record a plan, ``apply_plan`` to rebuild it)."""
 
 from leanconv.convert.factorize import Factorization, asymmetric, asymmetric_depthwise, dsconv, grouped, tucker2
+from leanconv.convert.refit import RefitReport, reestimate_bn, refit
 from leanconv.convert.surgery import ConversionResult, LayerReport, apply_plan, convert, save_plan
 
-__all__ = ["ConversionResult", "Factorization", "LayerReport", "apply_plan", "asymmetric", "asymmetric_depthwise",
+__all__ = ["RefitReport", "reestimate_bn", "refit", "ConversionResult", "Factorization", "LayerReport", "apply_plan", "asymmetric", "asymmetric_depthwise",
            "convert", "dsconv", "grouped", "save_plan", "tucker2"]

@@ -1,0 +1,149 @@
+"""Data-aware refit: least-squares fit of each converted layer's last linear stage.
+
+With a few calibration batches, layer by layer in network order: the target is the original
+layer's output on the original network's activations; the input is what the converted
+network (with every earlier layer already refit) feeds that stage. The last stage (the
+pointwise conv of a depthwise separable conv, the ``1 x kw`` conv of an asymmetric pair, the
+expand conv of a Tucker-2 bottleneck) is linear in its weights, so the best weights and bias
+are a ridge-regularized least-squares solution over all output pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanconv.padding import pad_same
+
+_LAST_STAGE = {"dsconv": "pointwise", "tucker2": "expand", "grouped": ""}
+
+
+@dataclass
+class RefitReport:
+    """Relative output error of one layer on the calibration data, before and after the refit."""
+
+    path: str
+    error_before: float
+    error_after: float
+
+
+def last_stage(module: nn.Module, kind: str, options: Dict) -> nn.Conv2d:
+    """The conv whose weights the refit solves for."""
+    if kind == "asymmetric":
+        name = "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
+    else:
+        name = _LAST_STAGE[kind]
+    return module.get_submodule(name) if name else module
+
+
+def _capture(model: nn.Module, module: nn.Module, batches: Sequence[torch.Tensor], want: str) -> List[torch.Tensor]:
+    """The input (``want='input'``) or output of ``module`` for each batch run through ``model``."""
+    seen: List[torch.Tensor] = []
+
+    def hook(_, args, output):
+        seen.append((args[0] if want == "input" else output).detach())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        handle.remove()
+    return seen
+
+
+def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``(pixels, C*kh*kw)`` input patches of ``conv`` (its padding and padding mode applied)."""
+    if getattr(conv, "dynamic_same", False):
+        x = pad_same(x, conv.kernel_size, conv.stride, conv.dilation, conv.padding_mode)
+        padding = (0, 0)
+    elif conv.padding_mode != "zeros":
+        ph, pw = conv.padding
+        x = F.pad(x, (pw, pw, ph, ph), mode=conv.padding_mode)
+        padding = (0, 0)
+    else:
+        padding = conv.padding
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)  # (N, C*k, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@torch.no_grad()
+def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ridge: float = 1e-6) -> None:
+    """Set ``conv``'s weight (and bias) to the least-squares fit of ``targets`` from ``inputs``."""
+    if conv.groups != 1:
+        raise ValueError(f"refit needs a groups=1 last stage, got groups={conv.groups}")
+    a = torch.cat([_patches(conv, x.double()) for x in inputs])
+    y = torch.cat([t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in targets])
+    if conv.bias is not None:
+        a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+    gram = a.T @ a
+    gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, a.T @ y)  # (features, O)
+    if conv.bias is not None:
+        conv.bias.copy_(solution[-1].to(conv.bias.dtype))
+        solution = solution[:-1]
+    conv.weight.copy_(solution.T.reshape(conv.weight.shape).to(conv.weight.dtype))
+
+
+def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
+    num = sum(float((o.double() - t.double()).pow(2).sum()) for o, t in zip(outputs, targets))
+    den = sum(float(t.double().pow(2).sum()) for t in targets)
+    return (num / den) ** 0.5 if den else 0.0
+
+
+def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable[torch.Tensor],
+          ridge: float = 1e-6) -> List[RefitReport]:
+    """Refit every converted layer of ``converted`` (in place), in network order.
+
+    ``plan`` is :func:`leanconv.convert.convert`'s plan; ``calib`` yields input batches. Both
+    models are used in eval mode; their training flags are restored afterwards.
+    """
+    batches = [x for x in calib]
+    if not batches:
+        raise ValueError("calib must yield at least one input batch")
+    modes = converted.training, original.training
+    converted.eval(), original.eval()
+    order = [name for name, _ in original.named_modules() if name in plan["layers"]]
+    reports = []
+    try:
+        for path in order:
+            entry = plan["layers"][path]
+            targets = _capture(original, original.get_submodule(path), batches, "output")
+            layer = converted.get_submodule(path)
+            before = _relative_error(_capture(converted, layer, batches, "output"), targets)
+            stage = last_stage(layer, entry["kind"], entry["options"])
+            solve_stage(stage, _capture(converted, stage, batches, "input"), targets, ridge)
+            after = _relative_error(_capture(converted, layer, batches, "output"), targets)
+            reports.append(RefitReport(path, before, after))
+    finally:
+        converted.train(modes[0]), original.train(modes[1])
+    return reports
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
+    """Recompute every BatchNorm's running statistics on the calibration batches (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.training) for m in norms]
+    was_training = model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for x in calib:
+            model(x)
+    finally:
+        for m, (momentum, training) in zip(norms, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+
+
+__all__ = ["RefitReport", "last_stage", "reestimate_bn", "refit", "solve_stage"]
