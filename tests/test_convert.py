@@ -133,9 +133,9 @@ def test_seed_aspp_converts_to_atrous_separable():
     "kwargs, match",
     [
         (dict(to="octave"), "to='octave' must be one of"),
-        (dict(rank=1, energy=0.9), "rank or energy, not both"),
+        (dict(rank=1, energy=0.9), "at most one of rank, energy and mac_budget"),
         (dict(energy=1.5), "energy=1.5 must be in"),
-        (dict(to="grouped", energy=0.5), "takes rank=<groups>"),
+        (dict(to="grouped", energy=0.5), "takes rank=<groups>, not energy or mac_budget"),
     ],
 )
 def test_invalid_convert_arguments(kwargs, match):
@@ -149,3 +149,41 @@ def test_apply_plan_rejects_mismatched_models():
         apply_plan(nn.Sequential(nn.Conv2d(3, 3, 3)), plan)
     with pytest.raises(ValueError, match="plan version"):
         apply_plan(Mixed(), {"version": 99, "layers": {}})
+
+
+def test_mac_budget_is_met_with_least_discarded_energy_first():
+    from leanconv.convert.select import Choice, allocate
+
+    model = Mixed().eval()
+    total = leanconv.profile(model, (1, 3, 32, 32)).total_macs
+    for fraction in (0.6, 0.3):
+        result = convert(model, to="dsconv", mac_budget=int(total * fraction), input_size=(1, 3, 32, 32))
+        assert leanconv.profile(result.model, (1, 3, 32, 32)).total_macs <= total * fraction
+    with pytest.raises(ValueError, match="mac_budget=10 is below"):
+        convert(model, to="dsconv", mac_budget=10, input_size=(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="mac_budget needs input_size"):
+        convert(model, to="dsconv", mac_budget=10)
+    # the greedy rule on a hand-made ladder: the cheaper damage per MAC is taken first
+    ladders = {"x": [Choice(None, 100, 0.0), Choice({"r": 1}, 50, 0.5)],
+               "y": [Choice(None, 100, 0.0), Choice({"r": 1}, 60, 0.1)]}
+    chosen = allocate(ladders, 160)
+    assert chosen["x"].options is None and chosen["y"].options == {"r": 1}
+
+
+def test_convert_with_calib_refits_and_reports_output_error():
+    model = Mixed().eval()
+    calib = [torch.randn(4, 3, 24, 24) for _ in range(2)]
+    result = convert(model, to="dsconv", rank=1, calib=calib)
+    converted = [r for r in result.layers if r.converted]
+    assert converted and all(r.output_error is not None and r.output_error <= r.output_error_before_refit + 1e-9
+                             for r in converted)
+    assert "->" in result.to_markdown()
+
+
+def test_converted_models_trace_export_and_compile():
+    from support import check_traceable
+
+    model = Mixed().eval()
+    for target in ("dsconv", "asymmetric", "tucker2"):
+        converted = convert(model, to=target, rank=2).model
+        check_traceable(converted, torch.randn(1, 3, 20, 20), compile=target == "dsconv")

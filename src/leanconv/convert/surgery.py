@@ -12,7 +12,7 @@ import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -39,6 +39,8 @@ class LayerReport:
     params_after: int
     relative_weight_error: float
     reason: str = ""
+    output_error: Optional[float] = None  # relative, on the calibration data, after the refit
+    output_error_before_refit: Optional[float] = None
 
 
 @dataclass
@@ -58,11 +60,13 @@ class ConversionResult:
         return sum(r.macs_after if r.converted else r.macs_before for r in self.layers)
 
     def to_markdown(self) -> str:
-        lines = ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | note |",
-                 "|---|---|---|---|---:|---:|---:|---|"]
+        lines = ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | "
+                 "rel. output error (calib) | note |",
+                 "|---|---|---|---|---:|---:|---:|---:|---|"]
         for r in self.layers:
+            output = "-" if r.output_error is None else f"{r.output_error_before_refit:.3f} -> {r.output_error:.3f}"
             lines.append(f"| {r.path} | {'yes' if r.converted else 'no'} | {r.kind} | {json.dumps(r.options)} | "
-                         f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {r.reason} |")
+                         f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
         lines.append(f"\nconvertible layers: {self.macs_before:,} MACs before, {self.macs_after:,} after "
                      f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
         return "\n".join(lines) + "\n"
@@ -185,7 +189,9 @@ def convert(
     to: str = "dsconv",
     rank: Optional[Union[int, Tuple[int, int]]] = None,
     energy: Optional[float] = None,
+    mac_budget: Optional[int] = None,
     input_size: Optional[Sequence[int]] = None,
+    calib: Optional[Iterable[torch.Tensor]] = None,
     include: Optional[Sequence[str]] = None,
     exclude: Optional[Sequence[str]] = None,
     inplace: bool = False,
@@ -193,34 +199,52 @@ def convert(
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
 
-    ``rank``: depth multiplier (dsconv), mid channels (asymmetric), ``(r1, r2)`` or one int
-    (tucker2), groups (grouped); None means full rank (exact). ``energy``: per layer, the
-    smallest rank keeping that share of the kernel's energy. ``include``/``exclude``: glob
-    patterns on module paths. ``input_size`` (N, C, H, W) gives MACs per layer; without it
-    MACs are per output pixel. A layer where the target saves no MACs is left as it is
-    (``only_if_cheaper=False`` converts it anyway, e.g. to check exactness at full rank).
+    Choose the ranks with one of: ``rank`` (depth multiplier for dsconv, mid channels for
+    asymmetric, ``(r1, r2)`` or one int for tucker2, groups for grouped; None = full rank,
+    exact), ``energy`` (per layer, the smallest rank keeping that share of the kernel's
+    energy) or ``mac_budget`` (the whole model's conv + linear MACs at ``input_size``, met by
+    greedy allocation of discarded energy per MAC saved; see :mod:`leanconv.convert.select`).
+    ``input_size`` (N, C, H, W) gives real MACs per layer; without it they are per output
+    pixel. ``calib`` (input batches) refits each converted layer's last stage by least
+    squares (:mod:`leanconv.convert.refit`) and reports its output error.
+    ``include``/``exclude``: glob patterns on module paths. A layer where the target saves no
+    MACs stays as it is (``only_if_cheaper=False`` converts it anyway).
     """
     check_choice(to, "to", TARGETS)
-    if rank is not None and energy is not None:
-        raise ValueError("pass rank or energy, not both")
+    if sum(x is not None for x in (rank, energy, mac_budget)) > 1:
+        raise ValueError("pass at most one of rank, energy and mac_budget")
     if energy is not None and not 0 < energy <= 1:
         raise ValueError(f"energy={energy!r} must be in (0, 1]")
-    if to == "grouped" and energy is not None:
-        raise ValueError("to='grouped' takes rank=<groups>, not energy")
+    if to == "grouped" and (energy is not None or mac_budget is not None):
+        raise ValueError("to='grouped' takes rank=<groups>, not energy or mac_budget")
+    if mac_budget is not None and input_size is None:
+        raise ValueError("mac_budget needs input_size (N, C, H, W) to count MACs")
+    original = model
     sizes = _input_sizes(model, input_size)
     model = model if inplace else copy.deepcopy(model)
+    if calib is not None and inplace:
+        original = copy.deepcopy(model)  # refit needs the original layers' outputs
+    eligible = [
+        (path, conv) for path, conv in model.named_modules()
+        if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
+        and not (include and not _matches(path, include)) and not _matches(path, exclude)
+    ]
+    if mac_budget is not None:
+        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes)
     plan: Dict[str, Any] = {"version": PLAN_VERSION, "target": to, "layers": {}}
     reports: List[LayerReport] = []
-    for path, conv in list(model.named_modules()):
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.kernel_size == (1, 1):
-            continue
-        if (include and not _matches(path, include)) or _matches(path, exclude):
-            continue
-        options = _energy_rank(conv, to, energy) if energy is not None else _options_for(to, conv, rank)
+    for path, conv in eligible:
         hw = sizes.get(path, _min_hw(conv))
-        dense_spec = _spec(conv)
-        macs_before = get_kind("dense").macs(dense_spec, hw)
+        macs_before = get_kind("dense").macs(_spec(conv), hw)
         params_before = sum(p.numel() for p in conv.parameters())
+        if mac_budget is not None:
+            options = chosen[path]
+            if options is None:
+                reports.append(LayerReport(path, False, to, {}, macs_before, macs_before, params_before,
+                                           params_before, 0.0, "kept dense by the MAC budget"))
+                continue
+        else:
+            options = _energy_rank(conv, to, energy) if energy is not None else _options_for(to, conv, rank)
         try:
             target_spec = _spec(conv, **options)
             macs_after = get_kind(to).macs(target_spec, hw)
@@ -240,7 +264,26 @@ def convert(
         plan["layers"][path] = {"kind": to, "options": _jsonable(options)}
         reports.append(LayerReport(path, True, to, _jsonable(options), macs_before, macs_after, params_before,
                                    params_after, result.relative_error))
+    if calib is not None and plan["layers"]:
+        from leanconv.convert.refit import refit
+
+        errors = {r.path: r for r in refit(model, original, plan, calib)}
+        for report in reports:
+            if report.path in errors:
+                report.output_error_before_refit = errors[report.path].error_before
+                report.output_error = errors[report.path].error_after
     return ConversionResult(model, plan, reports)
+
+
+def _budget_options(model, eligible, to, mac_budget, input_size, sizes) -> Dict[str, Optional[Dict[str, Any]]]:
+    """Per-layer options meeting ``mac_budget`` (None: stays dense)."""
+    from leanconv.analysis.profile import profile
+    from leanconv.convert.select import allocate, ladder
+
+    total = profile(model, tuple(input_size)).total_macs
+    ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv))) for path, conv in eligible}
+    fixed = total - sum(rungs[0].macs for rungs in ladders.values())
+    return {path: choice.options for path, choice in allocate(ladders, mac_budget, fixed).items()}
 
 
 def _min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
