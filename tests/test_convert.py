@@ -187,3 +187,23 @@ def test_converted_models_trace_export_and_compile():
     for target in ("dsconv", "asymmetric", "tucker2"):
         converted = convert(model, to=target, rank=2).model
         check_traceable(converted, torch.randn(1, 3, 20, 20), compile=target == "dsconv")
+
+
+def test_cli_convert_writes_a_loadable_folder(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "converted"
+    args = [sys.executable, "-m", "leanconv.cli", "convert", "digits_cnn", "--rank", "1", "--calib", "random:32",
+            "--out", str(out)]
+    first = subprocess.run(args, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "plan.json", "report.md"]
+    rebuilt = apply_plan(leanconv.models.create("digits_cnn"), out / "plan.json")
+    rebuilt.load_state_dict(torch.load(out / "model.pt"), strict=True)
+    assert "rel. output error" in (out / "report.md").read_text()
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode != 0 and "pass --force" in again.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "plan.json", "report.md"]
+    forced = subprocess.run(args + ["--force"], capture_output=True, text=True)
+    assert forced.returncode == 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

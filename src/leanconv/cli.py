@@ -157,6 +157,69 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calib_batches(spec: Optional[str], input_shape: tuple, batch: int = 64):
+    """Calibration batches from 'digits', 'random:N' or a .pt file holding an (N, C, H, W) tensor."""
+    import torch
+
+    if spec is None:
+        return None
+    if spec == "digits":
+        from leanconv.data import load_digits
+
+        return list(load_digits(size=input_shape[-1]).train_x[:256].split(batch))
+    if spec.startswith("random:"):
+        count = int(spec.split(":", 1)[1])
+        generator = torch.Generator().manual_seed(0)
+        return list(torch.randn((count, *input_shape[1:]), generator=generator).split(batch))
+    tensor = torch.load(spec, map_location="cpu")
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+        raise SystemExit(f"leanconv: --calib {spec!r} must hold an (N, C, H, W) tensor")
+    return list(tensor.split(batch))
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a model's dense convs; write state_dict, plan.json and report.md to --out."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from leanconv.convert import convert, save_plan
+    from leanconv.models import DEFAULT_INPUTS
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SystemExit(f"leanconv: {out} exists; pass --force to replace it")
+    model = load_model(args.model).eval()
+    if args.weights:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    input_shape = tuple(args.input) if args.input else (DEFAULT_INPUTS.get(args.model, (None,))[0])
+    if input_shape is None and (args.mac_budget or args.calib):
+        raise SystemExit("leanconv: --input N,C,H,W is required with --mac-budget or --calib for this model")
+    rank = None
+    if args.rank:
+        rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
+    result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
+                     input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
+                     exclude=args.exclude)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        torch.save(result.model.state_dict(), staging / "model.pt")
+        save_plan(result.plan, staging / "plan.json")
+        (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(result.to_markdown())
+    print(f"wrote {out}/model.pt, plan.json, report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leanconv",
@@ -208,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", default=None)
     cmp_.add_argument("--force", action="store_true")
     cmp_.set_defaults(func=cmd_compare)
+
+    conv = sub.add_parser("convert", help="convert a model's dense convs to an efficient kind, with optimal weights")
+    conv.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
+    conv.add_argument("--to", choices=("dsconv", "asymmetric", "tucker2", "grouped"), default="dsconv")
+    conv.add_argument("--weights", default=None, help="a state_dict (.pt) to load into the model first")
+    conv.add_argument("--rank", type=int, nargs="+", default=None, help="rank (two ints for tucker2)")
+    conv.add_argument("--energy", type=float, default=None, help="keep this share of each kernel's energy")
+    conv.add_argument("--mac-budget", type=int, default=None, help="total MACs allowed at --input")
+    conv.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
+    conv.add_argument("--calib", default=None, help="refit on: digits | random:N | file.pt with an (N,C,H,W) tensor")
+    conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
+    conv.add_argument("--out", required=True, help="output folder (model.pt, plan.json, report.md)")
+    conv.add_argument("--force", action="store_true", help="replace --out if it exists")
+    conv.set_defaults(func=cmd_convert)
     return parser
 
 
