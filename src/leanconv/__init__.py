@@ -3,6 +3,8 @@
 Efficient conv layers with exact ``nn.Conv2d`` semantics, one registry of conv kinds with their
 shapes and costs, and fusion for deployment: ``leanconv.fuse(model)`` is the model-wide
 function; the pure algebra lives beside it (``from leanconv.fuse import fold_bn, pad_kernel``).
+Likewise ``leanconv.convert(model, ...)`` is the function; ``from leanconv.convert import refit``
+reaches the package beside it.
 Everything public is re-exported here.
 """
 
@@ -12,6 +14,8 @@ from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_
 from leanconv.padding import PaddingArg, conv_output_hw  # noqa: E402
 from leanconv.fuse import fuse, fuse_conv_bn  # noqa: E402
 from leanconv.analysis import compare, explain, profile  # noqa: E402
+from leanconv import models  # noqa: E402
+from leanconv.convert import apply_plan, convert  # noqa: E402,F811
 from leanconv.layers import *  # noqa: E402,F401,F403
 from leanconv.layers import __all__ as _layer_names  # noqa: E402
 
@@ -23,7 +27,10 @@ __all__ = [
     "PaddingArg",
     "Stage",
     "conv_output_hw",
+    "apply_plan",
     "compare",
+    "convert",
+    "models",
     "create_conv2d",
     "explain",
     "profile",
