@@ -18,16 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 
 import leanconv
+from leanconv.analysis.profile import write_atomic
 from leanconv.bench import measure_latency as time_ms
 from leanconv.kinds import ConvSpec, get_kind
 
@@ -144,17 +143,6 @@ def markdown(rows: List[Dict[str, Any]], meta: Dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def parse_shapes(text: str) -> List[Tuple[int, int]]:

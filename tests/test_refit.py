@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import leanconv
-from leanconv import models
 from leanconv.convert import convert
 from leanconv.convert.refit import reestimate_bn, refit, solve_stage
 
 pytest.importorskip("sklearn")
 from leanconv.data import load_digits  # noqa: E402
+from leanconv.models.digits import train_digits_cnn  # noqa: E402
 
 F64 = torch.float64
 
@@ -51,23 +50,6 @@ def test_reestimate_bn_matches_batch_statistics():
     assert model[1].momentum == 0.1 and model.training  # settings restored as they were
 
 
-def train_digits(data, epochs=6, seed=0):
-    torch.manual_seed(seed)
-    model = models.create("digits_cnn")
-    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(data.train_y), generator=generator)
-        for i in range(0, len(order), 64):
-            idx = order[i:i + 64]
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
-
-
 def accuracy(model, data):
     with torch.no_grad():
         return (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
@@ -76,7 +58,7 @@ def accuracy(model, data):
 def test_rank1_dsconv_with_refit_keeps_digits_accuracy():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_digits()
-    model = train_digits(data)
+    model = train_digits_cnn(data, epochs=6)
     original = accuracy(model, data)
     assert original >= 0.95
     # The 1-channel stem stays dense (as MobileNet's does): a rank-1 separable version of it

@@ -9,7 +9,6 @@ transposed conv (both orders) and resize-then-conv (dense and separable).
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -81,11 +80,9 @@ class Comparison:
         if fmt == "md":
             return self.to_markdown()
         if fmt == "table":
-            from rich.console import Console
+            from leanconv.analysis.profile import render_text
 
-            console = Console(record=True, width=200, file=io.StringIO())
-            self.print(console)
-            return console.export_text()
+            return render_text(self.print)
         raise ValueError(f"fmt={fmt!r} must be one of ('table', 'json', 'md')")
 
 

@@ -203,11 +203,7 @@ class Profile:
         if fmt == "md":
             return self.to_markdown()
         if fmt == "table":
-            from rich.console import Console
-
-            console = Console(record=True, width=200, file=io.StringIO())
-            self.print(console)
-            return console.export_text()
+            return render_text(self.print)
         raise ValueError(f"fmt={fmt!r} must be one of ('table', 'csv', 'json', 'md')")
 
     def save(self, path: Union[str, os.PathLike], fmt: Optional[str] = None, force: bool = False) -> Path:
@@ -225,6 +221,15 @@ _NUMERIC = {"params", "macs", "other_ops", "activation_bytes", "intensity", "lat
 
 def _join(shape: Optional[Tuple[int, ...]]) -> str:
     return "x".join(str(v) for v in shape) if shape else ""
+
+
+def render_text(print_to_console) -> str:
+    """What ``print_to_console(console)`` shows on a 200-column terminal, as plain text."""
+    from rich.console import Console
+
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_to_console(console)
+    return console.export_text()
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -384,4 +389,4 @@ def _measure(model: nn.Module, sizes, inputs, repeats: int, dtype: torch.dtype) 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["LayerRow", "Profile", "conv_kind", "profile", "write_atomic"]
+__all__ = ["LayerRow", "Profile", "conv_kind", "meta_copy", "profile", "render_text", "write_atomic"]

