@@ -19,30 +19,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
 import leanconv
 from leanconv.analysis.profile import write_atomic
 from leanconv.data import load_digits
+from leanconv.models.digits import train_digits_cnn
 
 TARGETS = ("dsconv", "asymmetric", "tucker2")
-
-
-def train_digits(data, epochs: int = 8, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = leanconv.models.create("digits_cnn")
-    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(data.train_y), generator=generator)
-        for i in range(0, len(order), 64):
-            idx = order[i:i + 64]
-            loss = F.cross_entropy(model(data.train_x[idx]), data.train_y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
 
 
 @torch.no_grad()
@@ -52,7 +35,7 @@ def accuracy(model, data) -> float:
 
 def digits_rows(budgets: List[float]) -> List[Dict]:
     data = load_digits()
-    model = train_digits(data)
+    model = train_digits_cnn(data, epochs=8)
     shape = (1, 1, 32, 32)
     total = leanconv.profile(model, shape).total_macs
     calib = list(data.train_x[:256].split(64))
