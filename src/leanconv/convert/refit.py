@@ -11,7 +11,7 @@ are a ridge-regularized least-squares solution over all output pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,14 +73,25 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], ridge: float = 1e-6) -> None:
-    """Set ``conv``'s weight (and bias) to the least-squares fit of ``targets`` from ``inputs``."""
+def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                ridge: Optional[float] = None) -> None:
+    """Set ``conv``'s weight (and bias) to the ridge least-squares fit of ``targets`` from ``inputs``.
+
+    ``ridge`` is relative to the mean diagonal of the Gram matrix. ``None`` picks it from the
+    sample/feature ratio: ``1e-6 + 1e-2 * min(1, 10 * features / samples)`` -- nearly plain
+    least squares when there are many more pixels than features, and enough shrinkage to
+    avoid overfitting the calibration set where deep layers have few pixels (measured: on
+    ResNet-18 at 64x64 with 128 images, a fixed 1e-6 tripled the logit error on held-out
+    inputs while fitting the calibration set almost perfectly).
+    """
     if conv.groups != 1:
         raise ValueError(f"refit needs a groups=1 last stage, got groups={conv.groups}")
     a = torch.cat([_patches(conv, x.double()) for x in inputs])
     y = torch.cat([t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in targets])
     if conv.bias is not None:
         a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+    if ridge is None:
+        ridge = 1e-6 + 1e-2 * min(1.0, 10 * a.shape[1] / a.shape[0])
     gram = a.T @ a
     gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
     solution = torch.linalg.solve(gram, a.T @ y)  # (features, O)
@@ -97,7 +108,7 @@ def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Ten
 
 
 def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable[torch.Tensor],
-          ridge: float = 1e-6) -> List[RefitReport]:
+          ridge: Optional[float] = None) -> List[RefitReport]:
     """Refit every converted layer of ``converted`` (in place), in network order.
 
     ``plan`` is :func:`leanconv.convert.convert`'s plan; ``calib`` yields input batches. Both
