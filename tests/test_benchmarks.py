@@ -8,21 +8,51 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "layers.py"
+ALL_KINDS = ["dense", "grouped", "depthwise", "dsconv", "asymmetric", "asym_parallel", "acblock",
+             "acblock_fused", "tucker2"]
+
+
+def _cells(table: str, label: str) -> list:
+    rows = [line for line in table.splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, f"expected one {label!r} row in:\n{table}"
+    return [cell.strip() for cell in rows[0].strip("|").split("|")]
 
 
 def test_layers_benchmark_quick(tmp_path):
-    args = [sys.executable, str(SCRIPT), "--quick", "--kinds", "dense,dsconv,acblock_fused", "--out", str(tmp_path)]
+    args = [sys.executable, str(SCRIPT), "--quick", "--min-run-time", "0.005", "--out", str(tmp_path)]
     first = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     data = json.loads((tmp_path / "layers.json").read_text())
-    assert [row["kind"] for row in data["rows"]] == ["dense", "dsconv", "acblock_fused"]
-    dense, dsconv, fused = data["rows"]
-    assert dense["speedup_nchw"] == 1.0 and dense["mac_ratio"] == 1.0
-    # MAC ratio of a depthwise separable 3x3, C -> C: 1/C + 1/9 (C = 32 in the quick run)
-    assert abs(dsconv["mac_ratio"] - (1 / 32 + 1 / 9)) < 1e-12
-    assert fused["macs"] == dense["macs"]
+    meta = data["meta"]
+    assert meta["threads"] >= 1 and meta["dtype"] == "float32" and meta["batches"] == [1]
+    assert meta["memory_formats"] == ["nchw", "channels_last"] and meta["torch"] and meta["cpu"]
+
+    # one row per kind that built, in the requested order; the rest are listed as skipped
+    skipped = {s["kind"] for s in data["skipped"]}
+    assert "dense" not in skipped
+    assert [row["kind"] for row in data["rows"]] == [k for k in ALL_KINDS if k not in skipped]
+    rows = {row["kind"]: row for row in data["rows"]}
+    dense = rows["dense"]
+    assert dense["speedup_nchw"] == 1.0 and dense["speedup_channels_last"] == 1.0 and dense["mac_ratio"] == 1.0
+    assert dense["macs"] == 32 * 32 * 9 * 28 * 28 and dense["params"] == 32 * 32 * 9  # quick: 32@28, batch 1
+    for row in data["rows"]:
+        assert row["latency_ms_nchw"] > 0 and row["latency_ms_channels_last"] > 0
+        assert abs(row["speedup_nchw"] - dense["latency_ms_nchw"] / row["latency_ms_nchw"]) < 1e-9
+    if "dsconv" in rows:  # depthwise separable 3x3, C -> C: MAC ratio 1/C + 1/9
+        assert abs(rows["dsconv"]["mac_ratio"] - (1 / 32 + 1 / 9)) < 1e-12
+    if "grouped" in rows:  # default groups=4
+        assert rows["grouped"]["mac_ratio"] == 0.25
+    if "acblock_fused" in rows:
+        assert rows["acblock_fused"]["macs"] == dense["macs"]
+
     table = (tmp_path / "layers.md").read_text()
-    assert "| dense 3x3 |" in table and "| 1.00 |" in table
+    assert "| kind | params | MACs | MAC ratio vs dense | latency NCHW ms | speedup NCHW |" in table
+    cells = _cells(table, "dense 3x3")
+    assert cells[3] == "1.000" and cells[5] == "1.00" and cells[7] == "1.00"
+
+    before = {name: (tmp_path / name).read_bytes() for name in ("layers.json", "layers.md")}
     again = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
-    assert json.loads((tmp_path / "layers.json").read_text()) == data
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr and "--force" in again.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.json", "layers.md"]  # no temp files left

@@ -38,6 +38,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
