@@ -18,6 +18,7 @@ module, and every declared or sequential conv->BatchNorm pair is folded.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
@@ -54,6 +55,7 @@ def fold_bn(
     weight is ``(C, O/g, kh, kw)``: output channel ``o`` of group ``j`` is column
     ``o - j*O/g`` of rows ``j*C/g ... (j+1)*C/g - 1``.
     """
+    _check_fold_shapes(weight, bias, running_mean, running_var, gamma, beta, transposed, groups)
     scale = torch.rsqrt(running_var + eps)
     if gamma is not None:
         scale = scale * gamma
@@ -65,6 +67,23 @@ def fold_bn(
     grouped = weight.reshape(groups, c_in // groups, o_per_group, *weight.shape[2:])
     scaled = grouped * scale.reshape(groups, 1, o_per_group, 1, 1)
     return scaled.reshape(weight.shape), new_bias
+
+
+def _check_fold_shapes(weight, bias, running_mean, running_var, gamma, beta, transposed, groups) -> None:
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D, got shape {tuple(weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups={groups!r} must be an int >= 1")
+    if transposed and weight.shape[0] % groups:
+        raise ValueError(f"groups={groups} must divide the transposed weight's C_in={weight.shape[0]}")
+    out_channels = weight.shape[1] * groups if transposed else weight.shape[0]
+    for name, t in (("bias", bias), ("running_mean", running_mean), ("running_var", running_var),
+                    ("gamma", gamma), ("beta", beta)):
+        if t is not None and tuple(t.shape) != (out_channels,):
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}, must be ({out_channels},): one value per output "
+                f"channel of weight {tuple(weight.shape)} (transposed={transposed}, groups={groups})"
+            )
 
 
 def add_branches(branches: Iterable[WeightBias]) -> WeightBias:
@@ -156,8 +175,12 @@ def fuse_conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     return fused
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path) if path else root
+def _get(root: nn.Module, path: str) -> Optional[nn.Module]:
+    """``root.<path>``, or None when the path does not resolve (e.g. a block fused away)."""
+    try:
+        return root.get_submodule(path) if path else root
+    except AttributeError:
+        return None
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -166,33 +189,62 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _fold_pair(owner: nn.Module, conv_path: str, norm_path: str) -> bool:
-    """Fold ``owner.<norm_path>`` into ``owner.<conv_path>`` when both are foldable."""
+    """Fold ``owner.<norm_path>`` into ``owner.<conv_path>`` when both are foldable.
+
+    Skipped (False) when a path does not resolve, the conv is not a conv, the norm is not a
+    BatchNorm with running statistics (``nn.Identity`` included), or the channels differ.
+    """
     conv, norm = _get(owner, conv_path), _get(owner, norm_path)
     if not isinstance(conv, _CONVS) or not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return False
-    if norm.running_mean is None or norm.num_features != conv.out_channels:
+    if norm.running_mean is None or norm.running_var is None or norm.num_features != conv.out_channels:
         return False
     _set(owner, conv_path, fuse_conv_bn(conv, norm))
     _set(owner, norm_path, nn.Identity())
     return True
 
 
-def _replace_fusable_blocks(module: nn.Module) -> None:
-    """Replace every child that has ``fuse()`` (e.g. ACBlock) by the single module it returns."""
+def _fuse_method(module: nn.Module):
+    """``module.fuse`` when it is a method callable without arguments, else None.
+
+    A child module that happens to be *named* ``fuse`` is callable too, but is no method.
+    """
+    method = getattr(module, "fuse", None)
+    if not inspect.ismethod(method):
+        return None
+    try:
+        inspect.signature(method).bind()
+    except (TypeError, ValueError):
+        return None
+    return method
+
+
+def _fuse_block(module: nn.Module) -> nn.Module:
+    """``module.fuse()`` when it has one and it returns a module, else ``module``; then the same
+    for every child of the result (a fused block's result may itself hold fusable blocks)."""
+    method = _fuse_method(module)
+    if method is not None:
+        result = method()
+        if isinstance(result, nn.Module):
+            module = result
     for name, child in list(module.named_children()):
-        fuse_method = getattr(child, "fuse", None)
-        if callable(fuse_method):
-            setattr(module, name, fuse_method())
-        else:
-            _replace_fusable_blocks(child)
+        fused = _fuse_block(child)
+        if fused is not child:
+            setattr(module, name, fused)
+    return module
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fuse a whole model for deployment; the result is in eval mode with the same eval output.
 
-    1. every submodule with a ``fuse()`` method (``ACBlock``) becomes the module it returns;
+    1. every submodule (the model included) with a ``fuse()`` method callable without
+       arguments (``ACBlock``) becomes the module it returns, when it returns one;
     2. every module's declared ``conv_norm_pairs`` (attribute paths relative to it) are folded;
     3. inside every ``nn.Sequential``, a conv directly followed by a BatchNorm is folded.
+
+    A pair is skipped when its norm is not a BatchNorm with running statistics
+    (``nn.Identity``, GroupNorm, ...), its conv is not an ``nn.Conv2d``/``nn.ConvTranspose2d``,
+    the channel counts differ, or a path no longer resolves after step 1.
 
     Folded norms become ``nn.Identity`` so module paths and Sequential indices keep their
     meaning. The input model is left untouched unless ``inplace=True``.
@@ -201,9 +253,9 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         raise ValueError(f"model={type(model).__name__} must be an nn.Module")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
-    if callable(getattr(model, "fuse", None)):
-        return model.fuse().eval()
-    _replace_fusable_blocks(model)
+    # A model that is itself a fusable block becomes its fused module (a new object even
+    # with inplace=True); the folding below still runs on it.
+    model = _fuse_block(model)
     for owner in list(model.modules()):
         for conv_path, norm_path in getattr(owner, "conv_norm_pairs", ()):
             _fold_pair(owner, conv_path, norm_path)

@@ -88,8 +88,6 @@ class KindConvNormAct(nn.Module):
     ends in parallel branches.
     """
 
-    conv_norm_pairs: Tuple[Tuple[str, str], ...] = (("conv", "norm"),)
-
     def __init__(
         self,
         kind: str,
@@ -124,9 +122,16 @@ class KindConvNormAct(nn.Module):
         self.act = make_act(act_layer)
         spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding, dilation,
                                use_bias, **options)
-        path = _output_conv_path(kind, spec, self.conv)
-        # Instance attribute: which conv the norm may be folded into depends on the kind.
-        self.conv_norm_pairs = () if path is None else ((f"conv.{path}" if path else "conv", "norm"),)
+        self._output_conv = _output_conv_path(kind, spec, self.conv)
+
+    @property
+    def conv_norm_pairs(self) -> Tuple[Tuple[str, str], ...]:  # type: ignore[override]
+        """Which conv the norm folds into: the kind's last conv, or ``conv`` itself once a block
+        such as ACBlock has been fused into a single conv."""
+        if isinstance(self.conv, (nn.Conv2d, nn.ConvTranspose2d)):
+            return (("conv", "norm"),)
+        path = self._output_conv
+        return () if path is None else ((f"conv.{path}" if path else "conv", "norm"),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
