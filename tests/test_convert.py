@@ -207,3 +207,18 @@ def test_cli_convert_writes_a_loadable_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model.pt", "plan.json", "report.md"]
     forced = subprocess.run(args + ["--force"], capture_output=True, text=True)
     assert forced.returncode == 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_seed_convblock_order_conversion_is_exact_and_low_rank_keeps_shape():
+    """Seed 000's ConvBlock runs 1x3 first: convert a 3x3 into that order."""
+    conv = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1)).double().eval()
+    x = torch.randn(2, 4, 10, 12, dtype=F64)
+    full = convert(conv, to="asymmetric", order="1xk_first", only_if_cheaper=False)
+    layer = full.model[0]
+    assert isinstance(layer, leanconv.AsymmetricConv2d) and layer.order == "1xk_first"
+    with torch.no_grad():
+        torch.testing.assert_close(full.model(x), conv(x))
+    low = convert(conv, to="asymmetric", order="1xk_first", rank=2)
+    assert low.layers[0].converted and low.model(x).shape == conv(x).shape
+    with pytest.raises(ValueError, match="order='1xk_first' applies only to to='asymmetric'"):
+        convert(conv, to="dsconv", order="1xk_first")

@@ -164,3 +164,21 @@ def test_grouped_keeps_the_block_diagonal():
 def test_invalid_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@settings(max_examples=25)
+@given(cfg=configs, c=st.integers(1, 3), o=st.integers(1, 3))
+def test_asymmetric_1xk_first_full_rank_is_exact(cfg, c, o):
+    kh, kw = cfg["kernel"]
+    w = torch.randn(o, c, kh, kw, dtype=F64)
+    result = factorize.asymmetric(w, min(c * kw, o * kh), order="1xk_first")
+    assert result.weights["conv_1xk"].shape == (min(c * kw, o * kh), c, 1, kw)
+    assert result.weights["conv_kx1"].shape == (o, min(c * kw, o * kh), kh, 1)
+    (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
+    x = torch.randn(1, c, 9, 8, dtype=F64)
+    expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"])
+    y = dense(x, result.weights["conv_1xk"], (1, sw), (0, pw), (1, dw), cfg["mode"])
+    y = dense(y, result.weights["conv_kx1"], (sh, 1), (ph, 0), (dh, 1), cfg["mode"])
+    torch.testing.assert_close(y, expected)
+    with pytest.raises(ValueError, match="order='diagonal' must be one of"):
+        factorize.asymmetric(w, 1, order="diagonal")

@@ -202,7 +202,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
     result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
                      input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
-                     exclude=args.exclude)
+                     exclude=args.exclude, order=args.order)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
     conv.add_argument("--calib", default=None, help="refit on: digits | random:N | file.pt with an (N,C,H,W) tensor")
     conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
+    conv.add_argument("--order", choices=("kx1_first", "1xk_first"), default=None, help="asymmetric stage order")
     conv.add_argument("--out", required=True, help="output folder (model.pt, plan.json, report.md)")
     conv.add_argument("--force", action="store_true", help="replace --out if it exists")
     conv.set_defaults(func=cmd_convert)

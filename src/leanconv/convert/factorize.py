@@ -91,15 +91,28 @@ def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1) -> 
     return Factorization({"depthwise": depthwise, "pointwise": pointwise}, discarded, float(weight.double().pow(2).sum()))
 
 
-def asymmetric(weight: torch.Tensor, mid_channels: int) -> Factorization:
+def asymmetric(weight: torch.Tensor, mid_channels: int, order: str = "kx1_first") -> Factorization:
     """``kh x 1`` conv (``C -> K``) then ``1 x kw`` conv (``K -> O``), ``K = mid_channels``.
 
-    Returns ``weights['conv_kx1']`` ``(K, C, kh, 1)`` and ``weights['conv_1xk']`` ``(O, K, 1, kw)``;
-    their composition is ``sum_k B[o,k,w] A[k,c,h]``, the rank-``K`` SVD of ``M[(c,h),(o,w)]``.
-    Full rank is ``K = min(C*kh, O*kw)``. Dense (groups 1) kernels only.
+    Returns ``weights['conv_kx1']`` and ``weights['conv_1xk']``. With ``order='kx1_first'`` they
+    are ``(K, C, kh, 1)`` and ``(O, K, 1, kw)``, whose composition ``sum_k B[o,k,w] A[k,c,h]`` is
+    the rank-``K`` SVD of ``M[(c,h),(o,w)]``; full rank is ``K = min(C*kh, O*kw)``. With
+    ``order='1xk_first'`` the ``1 x kw`` stage comes first (``(K, C, 1, kw)`` then
+    ``(O, K, kh, 1)``, the SVD of ``M[(c,w),(o,h)]``), as in seed 000's ConvBlock. Dense (groups 1)
+    kernels only.
     """
     _check_weight(weight)
     k = check_positive_int(mid_channels, "mid_channels")
+    if order not in ("kx1_first", "1xk_first"):
+        raise ValueError(f"order={order!r} must be one of ('kx1_first', '1xk_first')")
+    if order == "1xk_first":
+        # The same problem with height and width swapped; swap the stage kernels back.
+        swapped = asymmetric(weight.transpose(2, 3), k)
+        return Factorization(
+            {"conv_1xk": swapped.weights["conv_kx1"].transpose(2, 3).contiguous(),
+             "conv_kx1": swapped.weights["conv_1xk"].transpose(2, 3).contiguous()},
+            swapped.discarded_energy, swapped.total_energy,
+        )
     out_channels, in_channels, kh, kw = weight.shape
     matrix = weight.permute(1, 2, 0, 3).reshape(in_channels * kh, out_channels * kw)
     left, right, discarded = _truncated_svd(matrix, k)

@@ -26,17 +26,17 @@ class Choice:
     discarded: float  # relative discarded energy (0 for dense)
 
 
-def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int]) -> List[Choice]:
+def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Dict] = None) -> List[Choice]:
     """Dense, then every rank of ``target`` that saves MACs, in decreasing MAC order."""
     from leanconv.convert.surgery import _full_rank, _options_for, _spec, factorize_conv
 
     dense = Choice(None, get_kind("dense").macs(_spec(conv), in_hw), 0.0)
     rungs = [dense]
-    full = _full_rank(target, conv)
-    top = next(iter(full.values()))
+    full = _full_rank(target, conv, extra)
+    top = next(v for v in full.values() if not isinstance(v, str))
     top = top if isinstance(top, int) else min(conv.in_channels, conv.out_channels)
     for rank in range(top, 0, -1):
-        options = _options_for(target, conv, rank)
+        options = _options_for(target, conv, rank, extra)
         macs = get_kind(target).macs(_spec(conv, **options), in_hw)
         if macs >= rungs[-1].macs:
             continue

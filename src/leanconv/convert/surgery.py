@@ -89,26 +89,29 @@ def _out_hw(conv: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int]:
     return get_kind("dense").output_shape(_spec(conv), in_hw)[1:]  # type: ignore[return-value]
 
 
-def _full_rank(target: str, conv: nn.Conv2d) -> Dict[str, Any]:
+def _full_rank(target: str, conv: nn.Conv2d, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     o, c, (kh, kw) = conv.out_channels, conv.in_channels, conv.kernel_size
     if target == "dsconv":
         return {"depth_multiplier": min(o, kh * kw)}
     if target == "asymmetric":
-        return {"mid_channels": min(c * kh, o * kw)}
+        if (extra or {}).get("order", "kx1_first") == "1xk_first":
+            return {"mid_channels": min(c * kw, o * kh), **(extra or {})}
+        return {"mid_channels": min(c * kh, o * kw), **(extra or {})}
     if target == "tucker2":
         return {"ranks": (c, o)}
     raise ValueError(f"target={target!r} has no rank")
 
 
-def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[int, int]]]) -> Dict[str, Any]:
+def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[int, int]]],
+                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     if target == "grouped":
         return {"groups": int(rank or 2)}
     if rank is None:
-        return _full_rank(target, conv)
+        return _full_rank(target, conv, extra)
     if target == "dsconv":
         return {"depth_multiplier": int(rank)}
     if target == "asymmetric":
-        return {"mid_channels": int(rank)}
+        return {"mid_channels": int(rank), **(extra or {})}
     ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
     return {"ranks": (min(ranks[0], conv.in_channels), min(ranks[1], conv.out_channels))}
 
@@ -119,19 +122,18 @@ def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> fac
     if target == "dsconv":
         return factorize.dsconv(w, options["depth_multiplier"])
     if target == "asymmetric":
-        return factorize.asymmetric(w, options["mid_channels"])
+        return factorize.asymmetric(w, options["mid_channels"], options.get("order", "kx1_first"))
     if target == "tucker2":
         return factorize.tucker2(w, options["ranks"])
     return factorize.grouped(w, options["groups"])
 
 
-def _energy_rank(conv: nn.Conv2d, target: str, energy: float) -> Dict[str, Any]:
+def _energy_rank(conv: nn.Conv2d, target: str, energy: float, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
-    full = _full_rank(target, conv)
-    key = next(iter(full))
-    top = full[key] if target != "tucker2" else min(conv.in_channels, conv.out_channels)
+    full = _full_rank(target, conv, extra)
+    top = full.get("mid_channels", full.get("depth_multiplier")) if target != "tucker2" else min(conv.in_channels, conv.out_channels)
     for r in range(1, top + 1):
-        options = _options_for(target, conv, r)
+        options = _options_for(target, conv, r, extra)
         result = factorize_conv(conv, target, options)
         if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
             return options
@@ -196,6 +198,7 @@ def convert(
     exclude: Optional[Sequence[str]] = None,
     inplace: bool = False,
     only_if_cheaper: bool = True,
+    order: Optional[str] = None,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
 
@@ -208,9 +211,15 @@ def convert(
     pixel. ``calib`` (input batches) refits each converted layer's last stage by least
     squares (:mod:`leanconv.convert.refit`) and reports its output error.
     ``include``/``exclude``: glob patterns on module paths. A layer where the target saves no
-    MACs stays as it is (``only_if_cheaper=False`` converts it anyway).
+    MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order`` (asymmetric
+    only): ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then 3x1).
     """
     check_choice(to, "to", TARGETS)
+    if order is not None:
+        if to != "asymmetric":
+            raise ValueError(f"order={order!r} applies only to to='asymmetric'")
+        check_choice(order, "order", ("kx1_first", "1xk_first"))
+    extra = {"order": order} if order is not None else None
     if sum(x is not None for x in (rank, energy, mac_budget)) > 1:
         raise ValueError("pass at most one of rank, energy and mac_budget")
     if energy is not None and not 0 < energy <= 1:
@@ -230,7 +239,7 @@ def convert(
         and not (include and not _matches(path, include)) and not _matches(path, exclude)
     ]
     if mac_budget is not None:
-        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes)
+        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes, extra)
     plan: Dict[str, Any] = {"version": PLAN_VERSION, "target": to, "layers": {}}
     reports: List[LayerReport] = []
     for path, conv in eligible:
@@ -244,7 +253,8 @@ def convert(
                                            params_before, 0.0, "kept dense by the MAC budget"))
                 continue
         else:
-            options = _energy_rank(conv, to, energy) if energy is not None else _options_for(to, conv, rank)
+            options = (_energy_rank(conv, to, energy, extra) if energy is not None
+                       else _options_for(to, conv, rank, extra))
         try:
             target_spec = _spec(conv, **options)
             macs_after = get_kind(to).macs(target_spec, hw)
@@ -275,13 +285,13 @@ def convert(
     return ConversionResult(model, plan, reports)
 
 
-def _budget_options(model, eligible, to, mac_budget, input_size, sizes) -> Dict[str, Optional[Dict[str, Any]]]:
+def _budget_options(model, eligible, to, mac_budget, input_size, sizes, extra=None) -> Dict[str, Optional[Dict[str, Any]]]:
     """Per-layer options meeting ``mac_budget`` (None: stays dense)."""
     from leanconv.analysis.profile import profile
     from leanconv.convert.select import allocate, ladder
 
     total = profile(model, tuple(input_size)).total_macs
-    ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv))) for path, conv in eligible}
+    ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv)), extra) for path, conv in eligible}
     fixed = total - sum(rungs[0].macs for rungs in ladders.values())
     return {path: choice.options for path, choice in allocate(ladders, mac_budget, fixed).items()}
 
