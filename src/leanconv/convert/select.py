@@ -10,7 +10,9 @@ until the model's convertible MACs fit the budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from torch import nn
 
@@ -23,12 +25,22 @@ class Choice:
 
     options: Optional[Dict]  # None: stay dense
     macs: int
-    discarded: float  # relative discarded energy (0 for dense)
+    discarded: float  # relative discarded energy, or relative squared output error (0 for dense)
 
 
-def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Dict] = None) -> List[Choice]:
-    """Dense, then every rank of ``target`` that saves MACs, in decreasing MAC order."""
-    from leanconv.convert.surgery import _full_rank, _options_for, _spec, factorize_conv
+def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Dict] = None,
+           inputs: Optional[Sequence[torch.Tensor]] = None) -> List[Choice]:
+    """Dense, then every rank of ``target`` that saves MACs, in decreasing MAC order.
+
+    A rung's damage is the relative discarded weight energy, or, when ``inputs`` (this
+    layer's inputs on calibration data) are given, the squared relative error of the layer's
+    output on them, which weighs the kernel's directions by how the data excites them.
+    """
+    from leanconv.convert.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv
+
+    with torch.no_grad():
+        reference = [conv(x) for x in inputs] if inputs else None
+        scale = sum(float(y.double().pow(2).sum()) for y in reference) if reference else 0.0
 
     dense = Choice(None, get_kind("dense").macs(_spec(conv), in_hw), 0.0)
     rungs = [dense]
@@ -41,7 +53,13 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
         if macs >= rungs[-1].macs:
             continue
         result = factorize_conv(conv, target, options)
-        rungs.append(Choice(options, macs, result.discarded_energy / max(result.total_energy, 1e-30)))
+        damage = result.discarded_energy / max(result.total_energy, 1e-30)
+        if reference:
+            module = build_module(conv, target, options, result.weights).eval()
+            with torch.no_grad():
+                error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
+            damage = error / max(scale, 1e-30)
+        rungs.append(Choice(options, macs, damage))
     return rungs
 
 

@@ -239,7 +239,8 @@ def convert(
         and not (include and not _matches(path, include)) and not _matches(path, exclude)
     ]
     if mac_budget is not None:
-        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes, extra)
+        calib = None if calib is None else list(calib)
+        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes, extra, calib)
     plan: Dict[str, Any] = {"version": PLAN_VERSION, "target": to, "layers": {}}
     reports: List[LayerReport] = []
     for path, conv in eligible:
@@ -285,13 +286,24 @@ def convert(
     return ConversionResult(model, plan, reports)
 
 
-def _budget_options(model, eligible, to, mac_budget, input_size, sizes, extra=None) -> Dict[str, Optional[Dict[str, Any]]]:
-    """Per-layer options meeting ``mac_budget`` (None: stays dense)."""
+def _budget_options(model, eligible, to, mac_budget, input_size, sizes, extra=None,
+                    calib=None) -> Dict[str, Optional[Dict[str, Any]]]:
+    """Per-layer options meeting ``mac_budget`` (None: stays dense); with ``calib``, the damage
+    of each rank is measured as output error on the layer's calibration inputs."""
     from leanconv.analysis.profile import profile
+    from leanconv.convert.refit import _capture
     from leanconv.convert.select import allocate, ladder
 
     total = profile(model, tuple(input_size)).total_macs
-    ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv)), extra) for path, conv in eligible}
+    layer_inputs: Dict[str, Any] = {}
+    if calib:
+        was_training = model.training
+        model.eval()
+        for path, _ in eligible:
+            layer_inputs[path] = _capture(model, model.get_submodule(path), calib[:2], "input")
+        model.train(was_training)
+    ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv)), extra, layer_inputs.get(path))
+               for path, conv in eligible}
     fixed = total - sum(rungs[0].macs for rungs in ladders.values())
     return {path: choice.options for path, choice in allocate(ladders, mac_budget, fixed).items()}
 
