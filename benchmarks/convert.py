@@ -1,8 +1,9 @@
 """Conversion quality vs MACs: digits CNN accuracy and ResNet-18 output error, with and without refit.
 
 Digits: the digits CNN is trained here (seeded, about 10 s), then converted to dsconv,
-asymmetric and tucker2 under several global MAC budgets, each with and without a refit on 256
-calibration images; test accuracy is measured. ResNet-18 (random weights, 64x64 inputs):
+asymmetric and tucker2 under several global MAC budgets, each without calibration data and
+with 256 calibration images (which choose the ranks by each layer's output error and refit
+each layer); test accuracy is measured. ResNet-18 (random weights, 64x64 inputs):
 relative logit error vs MACs at a few fixed ranks, with and without refit on 128 random
 inputs. Writes ``convert.json``, ``convert.md`` and ``convert.png`` under ``--out``.
 

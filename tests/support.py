@@ -1,11 +1,13 @@
-"""Helpers shared by the tests: traceability checks and BN randomization."""
+"""Helpers shared by the tests: BN randomization, traceability and input/factory checks, and the
+independent references (padding, output sizes, eval-mode BN, hypothesis conv configurations).
+"""
 
 from __future__ import annotations
 
 import copy
-
 import math
 
+import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -51,6 +53,23 @@ def check_traceable(module: nn.Module, *inputs: torch.Tensor, compile: bool = Fa
             torch.testing.assert_close(compiled(*inputs), expected, rtol=1e-4, atol=1e-5)
 
 
+def check_rejects_bad_input(layer: nn.Module, channels: int) -> None:
+    """A 3-D input and one with ``channels - 1`` channels raise, naming the layer and the shape."""
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"{name}: input must be 4-D .* got shape \({channels}, 9, 9\)"):
+        layer(torch.randn(channels, 9, 9))
+    with pytest.raises(ValueError, match=rf"{name}: input has {channels - 1} channels, expected {channels}"):
+        layer(torch.randn(1, channels - 1, 9, 9))
+
+
+def check_device_and_dtype(make) -> None:
+    """``make(dtype=float64)`` and ``make(device='meta')`` reach every parameter and buffer."""
+    layer = make(dtype=torch.float64)
+    assert all(t.dtype == torch.float64 for t in layer.state_dict().values() if t.is_floating_point())
+    meta = make(device="meta")
+    assert all(t.device.type == "meta" for t in meta.state_dict().values())
+
+
 # ------------------------------------------------------------------ independent references
 # Written out from the formulas; they never call leanconv's own padding code.
 
@@ -62,6 +81,8 @@ paddings = st.one_of(
     st.tuples(st.integers(0, 3), st.integers(0, 3)),
     st.sampled_from(["same", "valid"]),
 )
+kernels = st.tuples(st.integers(1, 7), st.integers(1, 7))
+small_pairs = st.tuples(small, small)
 
 
 def tf_same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -96,6 +117,32 @@ def expected_hw(h, w, kernel, stride, padding, dilation):
 
 
 def bn_eval(x, norm):
+    """Eval-mode batch norm from the module's running stats and affine parameters; Identity: x."""
     if isinstance(norm, nn.Identity):
         return x
     return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+
+
+@st.composite
+def conv_config(draw, odd: bool = False) -> dict:
+    """Kernel (odd sides only with ``odd``), stride, dilation, padding form, padding mode, and an
+    input (H, W) that the dilated kernel fits with 3 to 9 pixels to spare."""
+    sides = st.sampled_from([1, 3, 5, 7]) if odd else st.integers(1, 7)
+    kernel = (draw(sides), draw(sides))
+    stride = (draw(small), draw(small))
+    dilation = (draw(small), draw(small))
+    padding = draw(paddings)
+    mode = draw(st.sampled_from(MODES))
+    h = dilation[0] * (kernel[0] - 1) + 1 + draw(st.integers(3, 9))
+    w = dilation[1] * (kernel[1] - 1) + 1 + draw(st.integers(3, 9))
+    return dict(kernel=kernel, stride=stride, dilation=dilation, padding=padding, mode=mode, hw=(h, w))
+
+
+def config_args(cfg: dict) -> tuple:
+    """(kernel, stride, padding, dilation) of a conv_config draw, in nn.Conv2d's argument order."""
+    return cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"]
+
+
+def config_out_hw(cfg: dict) -> tuple[int, int]:
+    """Output (H, W) of a conv with a conv_config draw's arguments (see expected_hw)."""
+    return expected_hw(*cfg["hw"], *config_args(cfg))

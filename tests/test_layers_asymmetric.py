@@ -24,8 +24,8 @@ from leanconv.layers.asymmetric import (
     pad_kernel,
 )
 from leanconv.layers.conv import Conv2d
-from support import F64, MODES, bn_eval, check_traceable, expected_hw, paddings, randomize_norms, ref_pad, small
-
+from support import F64, bn_eval, config_args, config_out_hw, conv_config, expected_hw, ref_pad
+from support import check_device_and_dtype, check_rejects_bad_input, check_traceable, randomize_norms
 
 
 # ----------------------------------------------------------------------------- references
@@ -42,27 +42,6 @@ def embed(weight, kernel, branch):
     return out
 
 
-@st.composite
-def conv_config(draw, odd=False):
-    sizes = st.sampled_from([1, 3, 5, 7]) if odd else st.integers(1, 7)
-    kernel = (draw(sizes), draw(sizes))
-    stride = (draw(small), draw(small))
-    dilation = (draw(small), draw(small))
-    padding = draw(paddings)
-    mode = draw(st.sampled_from(MODES))
-    h = dilation[0] * (kernel[0] - 1) + 1 + draw(st.integers(3, 9))
-    w = dilation[1] * (kernel[1] - 1) + 1 + draw(st.integers(3, 9))
-    return dict(kernel=kernel, stride=stride, dilation=dilation, padding=padding, mode=mode, hw=(h, w))
-
-
-def _args(cfg):
-    return cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"]
-
-
-def _out_hw(cfg):
-    return expected_hw(*cfg["hw"], *_args(cfg))
-
-
 # ----------------------------------------------------------------------------- AsymmetricConv2d
 
 
@@ -70,16 +49,16 @@ def _out_hw(cfg):
        mid=st.one_of(st.none(), st.integers(1, 4)), order=st.sampled_from(["kx1_first", "1xk_first"]))
 @settings(max_examples=40)
 def test_asymmetric_shape_matches_conv2d(cfg, c, o, mid, order):
-    layer = AsymmetricConv2d(c, o, *_args(cfg), padding_mode=cfg["mode"], mid_channels=mid, order=order)
+    layer = AsymmetricConv2d(c, o, *config_args(cfg), padding_mode=cfg["mode"], mid_channels=mid, order=order)
     y = layer(torch.randn(1, c, *cfg["hw"]))
-    assert tuple(y.shape) == (1, o, *_out_hw(cfg))
+    assert tuple(y.shape) == (1, o, *config_out_hw(cfg))
 
 
 @given(cfg=conv_config(), order=st.sampled_from(["kx1_first", "1xk_first"]), bias=st.booleans())
 @settings(max_examples=30)
 def test_asymmetric_is_a_rank_factored_kxk_conv(cfg, order, bias):
     """Zeros padding: the two stages equal one kh x kw conv with W = sum_m B[o,m] A[m,c]."""
-    layer = AsymmetricConv2d(3, 4, *_args(cfg), bias, mid_channels=5, order=order, dtype=F64)
+    layer = AsymmetricConv2d(3, 4, *config_args(cfg), bias, mid_channels=5, order=order, dtype=F64)
     kx1, row = layer.conv_kx1.weight, layer.conv_1xk.weight
     if order == "kx1_first":  # A = kx1 (mid, C, kh, 1), B = 1xk (O, mid, 1, kw)
         kernel = torch.einsum("omw,mch->ochw", row[:, :, 0, :], kx1[:, :, :, 0])
@@ -88,7 +67,7 @@ def test_asymmetric_is_a_rank_factored_kxk_conv(cfg, order, bias):
         kernel = torch.einsum("omh,mcw->ochw", kx1[:, :, :, 0], row[:, :, 0, :])
         second = layer.conv_kx1
     x = torch.randn(2, 3, *cfg["hw"], dtype=F64)
-    k, s, p, d = _args(cfg)
+    k, s, p, d = config_args(cfg)
     ref = F.conv2d(ref_pad(x, p, k, s, d), kernel, second.bias, s, 0, d)
     torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
 
@@ -157,19 +136,19 @@ def test_seed_convblock_is_asymmetric_1xk_first():
 @given(cfg=conv_config(odd=True), c=st.integers(1, 4), o=st.integers(2, 7))
 @settings(max_examples=40)
 def test_parallel_shape_matches_conv2d(cfg, c, o):
-    layer = ParallelAsymmetricConv2d(c, o, *_args(cfg), padding_mode=cfg["mode"])
+    layer = ParallelAsymmetricConv2d(c, o, *config_args(cfg), padding_mode=cfg["mode"])
     assert layer.branches["1xk"].out_channels == (o + 1) // 2
     assert layer.branches["kx1"].out_channels == o // 2
     y = layer(torch.randn(1, c, *cfg["hw"]))
-    assert tuple(y.shape) == (1, o, *_out_hw(cfg))
+    assert tuple(y.shape) == (1, o, *config_out_hw(cfg))
 
 
 @given(cfg=conv_config(odd=True), o=st.integers(2, 5), bias=st.booleans())
 @settings(max_examples=30)
 def test_parallel_equals_kxk_conv_with_centre_cross_kernel(cfg, o, bias):
     """concat[1xk, kx1] == one kxk conv whose kernel is zero off the centre row / column."""
-    layer = ParallelAsymmetricConv2d(3, o, *_args(cfg), bias, cfg["mode"], dtype=F64)
-    k, s, p, d = _args(cfg)
+    layer = ParallelAsymmetricConv2d(3, o, *config_args(cfg), bias, cfg["mode"], dtype=F64)
+    k, s, p, d = config_args(cfg)
     wide, tall = layer.branches["1xk"], layer.branches["kx1"]
     kernel = torch.cat([embed(wide.weight, k, "1xk"), embed(tall.weight, k, "kx1")])
     b = torch.cat([wide.bias, tall.bias]) if bias else None
@@ -184,17 +163,17 @@ def test_parallel_equals_kxk_conv_with_centre_cross_kernel(cfg, o, bias):
 @given(cfg=conv_config(odd=True), c=st.integers(1, 3), o=st.integers(1, 3), g=st.sampled_from([1, 2]))
 @settings(max_examples=30)
 def test_acblock_shape_matches_conv2d(cfg, c, o, g):
-    layer = ACBlock(c * g, o * g, *_args(cfg), groups=g, padding_mode=cfg["mode"])
+    layer = ACBlock(c * g, o * g, *config_args(cfg), groups=g, padding_mode=cfg["mode"])
     y = layer(torch.randn(2, c * g, *cfg["hw"]))
-    assert tuple(y.shape) == (2, o * g, *_out_hw(cfg))
+    assert tuple(y.shape) == (2, o * g, *config_out_hw(cfg))
 
 
 @given(cfg=conv_config(odd=True), g=st.sampled_from([1, 2]))
 @settings(max_examples=25)
 def test_acblock_matches_functional_branches(cfg, g):
     """Eval output == sum over branches of BN(conv(padded x, branch kernel embedded in kxk))."""
-    layer = randomize_norms(ACBlock(4, 6, *_args(cfg), groups=g, padding_mode=cfg["mode"], dtype=F64)).eval()
-    k, s, p, d = _args(cfg)
+    layer = randomize_norms(ACBlock(4, 6, *config_args(cfg), groups=g, padding_mode=cfg["mode"], dtype=F64)).eval()
+    k, s, p, d = config_args(cfg)
     x = torch.randn(2, 4, *cfg["hw"], dtype=F64)
     xp = ref_pad(x, p, k, s, d, cfg["mode"])
     ref = 0
@@ -302,10 +281,7 @@ def test_pad_kernel_centres_and_rejects_uneven():
     ],
 )
 def test_device_and_dtype_reach_every_parameter(make):
-    layer = make(dtype=F64)
-    assert all(t.dtype == F64 for t in layer.state_dict().values() if t.is_floating_point())
-    meta = make(device="meta")
-    assert all(t.device.type == "meta" for t in meta.state_dict().values())
+    check_device_and_dtype(make)
 
 
 # ----------------------------------------------------------------------------- invalid arguments
@@ -344,11 +320,7 @@ def test_invalid_arguments_raise(build, match):
     ids=lambda m: type(m).__name__,
 )
 def test_wrong_input_rank_or_channels_raise(layer):
-    name = type(layer).__name__
-    with pytest.raises(ValueError, match=rf"{name}: input must be 4-D .* got shape \(4, 9, 9\)"):
-        layer(torch.randn(4, 9, 9))
-    with pytest.raises(ValueError, match=rf"{name}: input has 3 channels, expected 4"):
-        layer(torch.randn(1, 3, 9, 9))
+    check_rejects_bad_input(layer, 4)
 
 
 # ----------------------------------------------------------------------------- tracing

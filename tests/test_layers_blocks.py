@@ -24,14 +24,7 @@ from leanconv.layers.blocks import (
     KindConvNormAct,
     SmallBasicBlock,
 )
-from support import check_traceable, randomize_norms
-
-F64 = torch.float64
-
-
-def _bn(x: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
-    """Eval-mode batch norm from the module's buffers and affine parameters."""
-    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+from support import F64, bn_eval, check_traceable, randomize_norms
 
 
 def _eval(module: nn.Module) -> nn.Module:
@@ -52,12 +45,12 @@ def _conv_out(n: int, k: int, s: int, p: int, d: int) -> int:
 
 def _ref_bottleneck(b: Bottleneck, x: torch.Tensor, stride: int, dilation: int, groups: int,
                     projection: bool) -> torch.Tensor:
-    y = F.relu(_bn(F.conv2d(x, b.reduce.conv.weight), b.reduce.norm))
+    y = F.relu(bn_eval(F.conv2d(x, b.reduce.conv.weight), b.reduce.norm))
     y = F.conv2d(y, b.conv.conv.weight, None, stride, dilation, dilation, groups)
-    y = F.relu(_bn(y, b.conv.norm))
-    y = _bn(F.conv2d(y, b.expand.conv.weight), b.expand.norm)
+    y = F.relu(bn_eval(y, b.conv.norm))
+    y = bn_eval(F.conv2d(y, b.expand.conv.weight), b.expand.norm)
     if projection:
-        s = _bn(F.conv2d(x, b.shortcut.conv.weight, None, stride), b.shortcut.norm)
+        s = bn_eval(F.conv2d(x, b.shortcut.conv.weight, None, stride), b.shortcut.norm)
     else:
         s = x
     return F.relu(y + s)
@@ -147,11 +140,11 @@ def test_bottleneck_dsconv_3x3():
     x = torch.randn(2, 16, 9, 10, dtype=F64)
     with torch.no_grad():
         y = b(x)
-        t = F.relu(_bn(F.conv2d(x, b.reduce.conv.weight), b.reduce.norm))
+        t = F.relu(bn_eval(F.conv2d(x, b.reduce.conv.weight), b.reduce.norm))
         t = F.conv2d(t, b.conv.conv.depthwise.weight, None, 2, 1, 1, mid)
-        t = F.relu(_bn(F.conv2d(t, b.conv.conv.pointwise.weight), b.conv.norm))
-        t = _bn(F.conv2d(t, b.expand.conv.weight), b.expand.norm)
-        s = _bn(F.conv2d(x, b.shortcut.conv.weight, None, 2), b.shortcut.norm)
+        t = F.relu(bn_eval(F.conv2d(t, b.conv.conv.pointwise.weight), b.conv.norm))
+        t = bn_eval(F.conv2d(t, b.expand.conv.weight), b.expand.norm)
+        s = bn_eval(F.conv2d(x, b.shortcut.conv.weight, None, 2), b.shortcut.norm)
     torch.testing.assert_close(y, F.relu(t + s), rtol=1e-10, atol=1e-10)
 
 
@@ -161,10 +154,10 @@ def test_bottleneck_dsconv_3x3():
 def _ref_inverted_residual(m: InvertedResidual, x, stride, kernel, dilation, hidden, residual):
     y = x
     if not isinstance(m.expand, nn.Identity):
-        y = F.relu6(_bn(F.conv2d(y, m.expand.conv.weight), m.expand.norm))
+        y = F.relu6(bn_eval(F.conv2d(y, m.expand.conv.weight), m.expand.norm))
     pad = dilation * (kernel - 1) // 2
-    y = F.relu6(_bn(F.conv2d(y, m.depthwise.conv.weight, None, stride, pad, dilation, hidden), m.depthwise.norm))
-    y = _bn(F.conv2d(y, m.project.conv.weight), m.project.norm)
+    y = F.relu6(bn_eval(F.conv2d(y, m.depthwise.conv.weight, None, stride, pad, dilation, hidden), m.depthwise.norm))
+    y = bn_eval(F.conv2d(y, m.project.conv.weight), m.project.norm)
     return x + y if residual else y
 
 
@@ -271,9 +264,9 @@ def test_small_basic_block_structure_and_norm():
     n = _eval(SmallBasicBlock(6, 8, norm_layer=nn.BatchNorm2d, dtype=F64))
     assert n.reduce.bias is None and n.expand.bias is not None  # the norm's shift replaces the bias
     x = torch.randn(2, 6, 5, 7, dtype=F64)
-    y = F.relu(_bn(F.conv2d(x, n.reduce.weight), n.norm1))
-    y = F.relu(_bn(F.conv2d(y, n.conv_kx1.weight, None, 1, (1, 0)), n.norm2))
-    y = F.relu(_bn(F.conv2d(y, n.conv_1xk.weight, None, 1, (0, 1)), n.norm3))
+    y = F.relu(bn_eval(F.conv2d(x, n.reduce.weight), n.norm1))
+    y = F.relu(bn_eval(F.conv2d(y, n.conv_kx1.weight, None, 1, (1, 0)), n.norm2))
+    y = F.relu(bn_eval(F.conv2d(y, n.conv_1xk.weight, None, 1, (0, 1)), n.norm3))
     y = F.conv2d(y, n.expand.weight, n.expand.bias)
     with torch.no_grad():
         torch.testing.assert_close(n(x), y, rtol=1e-10, atol=1e-10)
@@ -285,8 +278,16 @@ def test_small_basic_block_structure_and_norm():
 # --------------------------------------------------------------------------- ASPP
 
 
+SEED_ATROUS = (4, 8, 12, 16, 20, 24)  # the seed ASPP's dilations, in units of ``rate``
+
+
 def _seed_aspp_class():
-    """The seed page's ASPP, as the user wrote it (the page lost the '*' signs; restored here).
+    """The seed page's ASPP: its module names, layer settings and forward as the user wrote them.
+
+    The page lost the '*' signs (``padding=4*rate``); restored here. The page spells out the
+    six atrous branches (``branch2`` .. ``branch7``, dilation 4r .. 24r) one by one; here one
+    loop builds the same ``nn.Sequential(conv, bn, relu)`` under the same names, in the same
+    order, so the state_dict keys and the computation are the page's.
 
     Defined in a function so that its own ``super(ASPP, self)`` finds the seed class, not
     leanconv's ASPP imported at the top of this file.
@@ -295,41 +296,17 @@ def _seed_aspp_class():
     class ASPP(nn.Module):
         def __init__(self, dim_in, dim_out, rate=1, bn_mom=0.1):
             super(ASPP, self).__init__()
-            self.branch1 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 1, 1, padding=0, dilation=rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True),
-            )
-            self.branch2 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=4 * rate, dilation=4 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True),
-            )
-            self.branch3 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=8 * rate, dilation=8 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True),
-            )
-            self.branch4 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=12 * rate, dilation=12 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True),
-            )
-            self.branch5 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=16 * rate, dilation=16 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True),
-            )
-            self.branch6 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=20 * rate, dilation=20 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True)
-            )
-            self.branch7 = nn.Sequential(
-                nn.Conv2d(dim_in, dim_out, 3, 1, padding=24 * rate, dilation=24 * rate, bias=True),
-                nn.BatchNorm2d(dim_out, momentum=bn_mom),
-                nn.ReLU(inplace=True)
-            )
+
+            def branch(kernel_size, padding, dilation):
+                return nn.Sequential(
+                    nn.Conv2d(dim_in, dim_out, kernel_size, 1, padding=padding, dilation=dilation, bias=True),
+                    nn.BatchNorm2d(dim_out, momentum=bn_mom),
+                    nn.ReLU(inplace=True),
+                )
+
+            self.branch1 = branch(1, 0, rate)
+            for i, k in enumerate(SEED_ATROUS):
+                setattr(self, f"branch{i + 2}", branch(3, k * rate, k * rate))
             self.branch8_conv = nn.Conv2d(dim_in, dim_out, 1, 1, 0, bias=True)
             self.branch8_bn = nn.BatchNorm2d(dim_out, momentum=bn_mom)
             self.branch8_relu = nn.ReLU(inplace=True)
@@ -342,19 +319,14 @@ def _seed_aspp_class():
         def forward(self, x):
             [b, c, row, col] = x.size()
             conv1x1 = self.branch1(x)
-            conv3x3_1 = self.branch2(x)
-            conv3x3_2 = self.branch3(x)
-            conv3x3_3 = self.branch4(x)
-            conv3x3_4 = self.branch5(x)
-            conv3x3_5 = self.branch6(x)
-            conv3x3_6 = self.branch7(x)
+            conv3x3 = [getattr(self, f"branch{i + 2}")(x) for i in range(len(SEED_ATROUS))]
             global_feature = torch.mean(x, 2, True)
             global_feature = torch.mean(global_feature, 3, True)
             global_feature = self.branch8_conv(global_feature)
             global_feature = self.branch8_bn(global_feature)
             global_feature = self.branch8_relu(global_feature)
             global_feature = F.interpolate(global_feature, (row, col), None, 'bilinear', True)
-            feature_cat = torch.cat([conv1x1, conv3x3_1, conv3x3_2, conv3x3_3, conv3x3_4, conv3x3_5, conv3x3_6, global_feature], dim=1)
+            feature_cat = torch.cat([conv1x1, *conv3x3, global_feature], dim=1)
             result = self.conv_cat(feature_cat)
             return result
 
@@ -367,7 +339,7 @@ SeedASPP = _seed_aspp_class()
 def _seed_to_lean_names(rate: int) -> dict:
     """Module prefix in the seed's ASPP -> module prefix in ASPP.from_seed(...)."""
     names = {"branch1.0": "branches.conv1x1.conv", "branch1.1": "branches.conv1x1.norm"}
-    for i, k in enumerate((4, 8, 12, 16, 20, 24)):
+    for i, k in enumerate(SEED_ATROUS):
         names[f"branch{i + 2}.0"] = f"branches.atrous{k * rate}.conv"
         names[f"branch{i + 2}.1"] = f"branches.atrous{k * rate}.norm"
     names.update({
@@ -392,8 +364,8 @@ def test_aspp_from_seed_matches_the_seed_module(rate, h, w, dim_in):
     dim_out = 4
     seed = randomize_norms(SeedASPP(dim_in, dim_out, rate=rate, bn_mom=0.1)).double().eval()
     lean = ASPP.from_seed(dim_in, dim_out, rate=rate, bn_mom=0.1).double().eval()
-    assert lean.rates == tuple(k * rate for k in (4, 8, 12, 16, 20, 24))
-    assert list(lean.branches) == ["conv1x1"] + [f"atrous{k * rate}" for k in (4, 8, 12, 16, 20, 24)] + ["pooling"]
+    assert lean.rates == tuple(k * rate for k in SEED_ATROUS)
+    assert list(lean.branches) == ["conv1x1"] + [f"atrous{k * rate}" for k in SEED_ATROUS] + ["pooling"]
     _load_seed_into_lean(seed, lean, rate)
     x = torch.randn(2, dim_in, h, w, dtype=F64)
     with torch.no_grad():
@@ -416,17 +388,17 @@ def test_aspp_from_seed_training_step_matches_seed():
 def _ref_aspp(m: ASPP, x: torch.Tensor, rates, pooling: bool) -> torch.Tensor:
     outs = []
     b = m.branches["conv1x1"]
-    outs.append(F.relu(_bn(F.conv2d(x, b.conv.weight, b.conv.bias), b.norm)))
+    outs.append(F.relu(bn_eval(F.conv2d(x, b.conv.weight, b.conv.bias), b.norm)))
     for r in rates:
         b = m.branches[f"atrous{r}"]
-        outs.append(F.relu(_bn(F.conv2d(x, b.conv.weight, b.conv.bias, 1, r, r), b.norm)))
+        outs.append(F.relu(bn_eval(F.conv2d(x, b.conv.weight, b.conv.bias, 1, r, r), b.norm)))
     if pooling:
         b = m.branches["pooling"]
         g = x.mean(dim=(2, 3), keepdim=True)
-        g = F.relu(_bn(F.conv2d(g, b.conv.weight, b.conv.bias), b.norm))
+        g = F.relu(bn_eval(F.conv2d(g, b.conv.weight, b.conv.bias), b.norm))
         outs.append(g.expand(-1, -1, x.shape[2], x.shape[3]))
     y = torch.cat(outs, dim=1)
-    return F.relu(_bn(F.conv2d(y, m.project.conv.weight, m.project.conv.bias), m.project.norm))
+    return F.relu(bn_eval(F.conv2d(y, m.project.conv.weight, m.project.conv.bias), m.project.norm))
 
 
 @settings(max_examples=20)
@@ -478,7 +450,7 @@ def test_aspp_dsconv_atrous_separable_branches():
         assert unit.conv_norm_pairs == (("conv.pointwise", "norm"),)
         with torch.no_grad():
             ref = F.conv2d(F.conv2d(x, dw.weight, None, 1, r, r, 16), pw.weight, pw.bias)
-            torch.testing.assert_close(unit(x), F.relu(_bn(ref, unit.norm)), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(unit(x), F.relu(bn_eval(ref, unit.norm)), rtol=1e-10, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- shared behaviour

@@ -22,23 +22,8 @@ from leanconv.layers.separable import (
     PointwiseConv2d,
     Tucker2Conv2d,
 )
-from support import F64, MODES, bn_eval, check_traceable, expected_hw, paddings, randomize_norms, ref_pad, small
-
-
-
-# ----------------------------------------------------------------------------- references
-
-
-@st.composite
-def conv_config(draw):
-    kernel = (draw(st.integers(1, 7)), draw(st.integers(1, 7)))
-    stride = (draw(small), draw(small))
-    dilation = (draw(small), draw(small))
-    padding = draw(paddings)
-    mode = draw(st.sampled_from(MODES))
-    h = dilation[0] * (kernel[0] - 1) + 1 + draw(st.integers(3, 9))
-    w = dilation[1] * (kernel[1] - 1) + 1 + draw(st.integers(3, 9))
-    return dict(kernel=kernel, stride=stride, dilation=dilation, padding=padding, mode=mode, hw=(h, w))
+from support import F64, bn_eval, config_args, config_out_hw, conv_config, ref_pad, small
+from support import check_device_and_dtype, check_rejects_bad_input, check_traceable, randomize_norms
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -47,14 +32,12 @@ def conv_config(draw):
 @given(cfg=conv_config(), c=st.integers(1, 4), m=st.integers(1, 3))
 @settings(max_examples=40)
 def test_depthwise_shape_matches_conv2d(cfg, c, m):
-    layer = DepthwiseConv2d(c, c * m, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"],
-                            padding_mode=cfg["mode"])
+    layer = DepthwiseConv2d(c, c * m, *config_args(cfg), padding_mode=cfg["mode"])
     assert isinstance(layer, nn.Conv2d) and isinstance(layer, Conv2d)
     assert layer.groups == c and layer.depth_multiplier == m
     assert tuple(layer.weight.shape) == (c * m, 1, *cfg["kernel"])
     y = layer(torch.randn(2, c, *cfg["hw"]))
-    assert tuple(y.shape) == (2, c * m, *expected_hw(*cfg["hw"], cfg["kernel"], cfg["stride"],
-                                                     cfg["padding"], cfg["dilation"]))
+    assert tuple(y.shape) == (2, c * m, *config_out_hw(cfg))
 
 
 @pytest.mark.parametrize(
@@ -106,24 +89,22 @@ def test_pointwise_is_a_per_pixel_channel_mix(c, o, s, g, h, w):
 @given(cfg=conv_config(), c=st.integers(1, 4), o=st.integers(1, 5), m=st.integers(1, 2))
 @settings(max_examples=40)
 def test_separable_shape_matches_conv2d(cfg, c, o, m):
-    layer = DepthwiseSeparableConv2d(c, o, cfg["kernel"], cfg["stride"], cfg["padding"],
-                                     cfg["dilation"], padding_mode=cfg["mode"], depth_multiplier=m)
+    layer = DepthwiseSeparableConv2d(c, o, *config_args(cfg), padding_mode=cfg["mode"], depth_multiplier=m)
     y = layer(torch.randn(1, c, *cfg["hw"]))
-    assert tuple(y.shape) == (1, o, *expected_hw(*cfg["hw"], cfg["kernel"], cfg["stride"],
-                                                 cfg["padding"], cfg["dilation"]))
+    assert tuple(y.shape) == (1, o, *config_out_hw(cfg))
 
 
 @given(cfg=conv_config(), m=st.integers(1, 2), bias=st.booleans())
 @settings(max_examples=25)
 def test_separable_matches_functional_composition(cfg, m, bias):
     layer = DepthwiseSeparableConv2d(
-        3, 5, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"], bias, cfg["mode"],
+        3, 5, *config_args(cfg), bias, cfg["mode"],
         depth_multiplier=m, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU, dtype=F64,
     )
     randomize_norms(layer).eval()
-    k, s, d = cfg["kernel"], cfg["stride"], cfg["dilation"]
+    k, s, p, d = config_args(cfg)
     x = torch.randn(2, 3, *cfg["hw"], dtype=F64)
-    dw = F.conv2d(ref_pad(x, cfg["padding"], k, s, d, cfg["mode"]), layer.depthwise.weight, None,
+    dw = F.conv2d(ref_pad(x, p, k, s, d, cfg["mode"]), layer.depthwise.weight, None,
                   s, 0, d, groups=3)
     ref = F.conv2d(F.relu(bn_eval(dw, layer.norm)), layer.pointwise.weight, layer.pointwise.bias)
     torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
@@ -159,13 +140,11 @@ def test_atrous_separable_keeps_resolution():
        ranks=st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
 @settings(max_examples=40)
 def test_tucker2_shape_matches_conv2d(cfg, c, o, ranks):
-    layer = Tucker2Conv2d(c, o, cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"],
-                          padding_mode=cfg["mode"], ranks=ranks)
+    layer = Tucker2Conv2d(c, o, *config_args(cfg), padding_mode=cfg["mode"], ranks=ranks)
     r_in, r_out = ranks or (c, o)
     assert tuple(layer.core.weight.shape) == (r_out, r_in, *cfg["kernel"])
     y = layer(torch.randn(1, c, *cfg["hw"]))
-    assert tuple(y.shape) == (1, o, *expected_hw(*cfg["hw"], cfg["kernel"], cfg["stride"],
-                                                 cfg["padding"], cfg["dilation"]))
+    assert tuple(y.shape) == (1, o, *config_out_hw(cfg))
 
 
 @pytest.mark.parametrize("padding, stride, mode", [(1, 1, "zeros"), ("same", 2, "reflect"), ((0, 2), (1, 2), "zeros")])
@@ -206,10 +185,7 @@ def test_tucker2_full_rank_holds_any_dense_conv():
     ],
 )
 def test_device_and_dtype_reach_every_parameter(make):
-    layer = make(dtype=F64)
-    assert all(t.dtype == F64 for t in layer.state_dict().values() if t.is_floating_point())
-    meta = make(device="meta")
-    assert all(t.device.type == "meta" for t in meta.state_dict().values())
+    check_device_and_dtype(make)
 
 
 # ----------------------------------------------------------------------------- invalid arguments
@@ -254,11 +230,7 @@ def test_invalid_arguments_raise(build, match):
     ids=lambda m: type(m).__name__,
 )
 def test_wrong_input_rank_or_channels_raise(layer):
-    name = type(layer).__name__
-    with pytest.raises(ValueError, match=rf"{name}: input must be 4-D .* got shape \(4, 9, 9\)"):
-        layer(torch.randn(4, 9, 9))
-    with pytest.raises(ValueError, match=rf"{name}: input has 3 channels, expected 4"):
-        layer(torch.randn(1, 3, 9, 9))
+    check_rejects_bad_input(layer, 4)
 
 
 # ----------------------------------------------------------------------------- tracing

@@ -19,11 +19,8 @@ from leanconv.layers.transposed import (
     ResizeConv2d,
     make_conv,
 )
-from support import check_traceable, randomize_norms, tf_same_pads
-
-F64 = torch.float64
-small = st.integers(1, 3)
-kernels = st.tuples(st.integers(1, 7), st.integers(1, 7))
+from support import F64, bn_eval, kernels, ref_pad, small, small_pairs
+from support import check_rejects_bad_input, check_traceable, randomize_norms
 
 
 # ----------------------------------------------------------------------------- references
@@ -32,14 +29,8 @@ kernels = st.tuples(st.integers(1, 7), st.integers(1, 7))
 def conv2d_ref(x, weight, bias, stride, padding, dilation, groups=1):
     """F.conv2d with padding int/tuple/'valid'/'same' (TF rule) made explicit."""
     stride, dilation = _pair(stride), _pair(dilation)
-    if padding == "same":
-        top, bottom = tf_same_pads(x.shape[-2], weight.shape[-2], stride[0], dilation[0])
-        left, right = tf_same_pads(x.shape[-1], weight.shape[-1], stride[1], dilation[1])
-        x = F.pad(x, (left, right, top, bottom))
-        padding = 0
-    elif padding == "valid":
-        padding = 0
-    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    x = ref_pad(x, padding, weight.shape[-2:], stride, dilation)
+    return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
 
 
 def conv_transpose2d_same_ref(x, weight, stride, dilation, groups):
@@ -57,8 +48,7 @@ def _pair(v):
 
 
 def norm_act_ref(y, norm, act):
-    if isinstance(norm, nn.BatchNorm2d):
-        y = F.batch_norm(y, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+    y = bn_eval(y, norm)
     return F.relu(y) if isinstance(act, nn.ReLU) else y
 
 
@@ -114,8 +104,8 @@ def test_dsconv_transpose_matches_conv_transpose_shape_and_reference(
 
 @settings(max_examples=40)
 @given(
-    c=st.integers(1, 4), o=st.integers(1, 4), m=small, kernel=kernels, stride=st.tuples(small, small),
-    dilation=st.tuples(small, small), h=st.integers(1, 9), w=st.integers(1, 9),
+    c=st.integers(1, 4), o=st.integers(1, 4), m=small, kernel=kernels, stride=small_pairs,
+    dilation=small_pairs, h=st.integers(1, 9), w=st.integers(1, 9),
     order=st.sampled_from(["depthwise_first", "pointwise_first"]),
 )
 def test_dsconv_transpose_same_padding_gives_input_times_stride(c, o, m, kernel, stride, dilation, h, w, order):
@@ -231,11 +221,7 @@ def test_dsconv_transpose_invalid_arguments(kwargs, match):
 
 
 def test_dsconv_transpose_wrong_input():
-    layer = DepthwiseSeparableConvTranspose2d(4, 6, 3)
-    with pytest.raises(ValueError, match="input has 3 channels, expected 4"):
-        layer(torch.randn(1, 3, 5, 5))
-    with pytest.raises(ValueError, match="must be 4-D"):
-        layer(torch.randn(4, 5, 5))
+    check_rejects_bad_input(DepthwiseSeparableConvTranspose2d(4, 6, 3), 4)
 
 
 @pytest.mark.parametrize("order", ["depthwise_first", "pointwise_first"])
@@ -251,7 +237,7 @@ def test_dsconv_transpose_traceable(order):
 @settings(max_examples=40)
 @given(
     c=st.integers(1, 3), o=st.integers(1, 4), kernel=kernels, stride=small, dilation=small,
-    scale=st.tuples(small, small), h=st.integers(1, 6), w=st.integers(1, 6),
+    scale=small_pairs, h=st.integers(1, 6), w=st.integers(1, 6),
     padding=st.one_of(st.sampled_from(["same", "valid"]), st.integers(0, 3),
                       st.tuples(st.integers(0, 3), st.integers(0, 3))),
 )
@@ -375,8 +361,7 @@ def test_resize_conv_invalid_arguments(kwargs, match):
 
 
 def test_resize_conv_wrong_input():
-    with pytest.raises(ValueError, match="input has 2 channels, expected 3"):
-        ResizeConv2d(3, 4, conv=Conv2d)(torch.randn(1, 2, 4, 4))
+    check_rejects_bad_input(ResizeConv2d(3, 4, conv=Conv2d), 3)
 
 
 def test_resize_conv_traceable():
@@ -390,7 +375,7 @@ def test_resize_conv_traceable():
 
 @settings(max_examples=30)
 @given(
-    pool_k=st.tuples(st.integers(1, 3), st.integers(1, 3)), pool_s=st.one_of(st.none(), st.tuples(small, small)),
+    pool_k=st.tuples(st.integers(1, 3), st.integers(1, 3)), pool_s=st.one_of(st.none(), small_pairs),
     pad_seed=st.tuples(st.integers(0, 1), st.integers(0, 1)), h=st.integers(3, 9), w=st.integers(3, 9),
     kernel=kernels, c=st.integers(1, 3), o=st.integers(1, 3),
 )

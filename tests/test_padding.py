@@ -13,21 +13,10 @@ from torch import nn
 
 from leanconv.layers.conv import Conv2d, ConvTranspose2d
 from leanconv.padding import conv_output_hw, resolve_padding, resolve_transposed_padding
+from support import F64, MODES, check_rejects_bad_input, kernels, ref_pad, small_pairs
 
-kernels = st.tuples(st.integers(1, 7), st.integers(1, 7))
-strides = st.tuples(st.integers(1, 3), st.integers(1, 3))
-dilations = st.tuples(st.integers(1, 3), st.integers(1, 3))
+strides = dilations = small_pairs
 sizes = st.tuples(st.integers(1, 17), st.integers(1, 17))
-
-
-def tf_same_reference(x, weight, stride, dilation):
-    """TF 'same' written independently: pad = max((ceil(n/s)-1)*s + d*(k-1)+1 - n, 0), extra after."""
-    pads = []
-    for n, k, s, d in zip(x.shape[-2:], weight.shape[-2:], stride, dilation):
-        total = max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
-        pads.append((total // 2, total - total // 2))
-    (t, b), (l, r) = pads
-    return F.conv2d(F.pad(x, (l, r, t, b)), weight, None, stride, 0, dilation)
 
 
 @given(kernels, strides, dilations, sizes, st.integers(0, 3))
@@ -44,24 +33,26 @@ def test_int_padding_shape_equals_nn_conv2d(kernel, stride, dilation, size, pad)
 
 @given(kernels, strides, dilations, sizes)
 def test_same_matches_tf_rule_numerically(kernel, stride, dilation, size):
-    x = torch.randn(2, 3, *size, dtype=torch.float64)
-    conv = Conv2d(3, 4, kernel, stride, "same", dilation, bias=False, dtype=torch.float64)
+    x = torch.randn(2, 3, *size, dtype=F64)
+    conv = Conv2d(3, 4, kernel, stride, "same", dilation, bias=False, dtype=F64)
     y = conv(x)
     assert tuple(y.shape[-2:]) == tuple(math.ceil(n / s) for n, s in zip(size, stride))
-    torch.testing.assert_close(y, tf_same_reference(x, conv.weight, stride, dilation))
+    # TF 'same' written independently (support.tf_same_pads): explicit pad, then an unpadded conv
+    ref = F.conv2d(ref_pad(x, "same", kernel, stride, dilation), conv.weight, None, stride, 0, dilation)
+    torch.testing.assert_close(y, ref)
     assert conv_output_hw(size, kernel, stride, "same", dilation) == tuple(y.shape[-2:])
 
 
-@given(kernels, dilations, sizes, st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+@given(kernels, dilations, sizes, st.sampled_from(MODES))
 @settings(max_examples=40)
 def test_same_stride1_equals_pytorch_same(kernel, dilation, size, mode):
     if mode == "reflect" and any(d * (k - 1) - d * (k - 1) // 2 >= n for n, k, d in zip(size, kernel, dilation)):
         return  # reflect padding must be smaller than the input
     if mode == "circular" and any(d * (k - 1) > n for n, k, d in zip(size, kernel, dilation)):
         return
-    x = torch.randn(1, 2, *size, dtype=torch.float64)
-    ref = nn.Conv2d(2, 3, kernel, 1, "same", dilation, padding_mode=mode, dtype=torch.float64)
-    ours = Conv2d(2, 3, kernel, 1, "same", dilation, padding_mode=mode, dtype=torch.float64)
+    x = torch.randn(1, 2, *size, dtype=F64)
+    ref = nn.Conv2d(2, 3, kernel, 1, "same", dilation, padding_mode=mode, dtype=F64)
+    ours = Conv2d(2, 3, kernel, 1, "same", dilation, padding_mode=mode, dtype=F64)
     ours.load_state_dict(ref.state_dict())
     torch.testing.assert_close(ours(x), ref(x))
 
@@ -77,10 +68,10 @@ def test_same_is_static_whenever_possible():
 @given(kernels, strides, dilations, st.tuples(st.integers(1, 9), st.integers(1, 9)))
 def test_transposed_same_is_adjoint_of_conv_same(kernel, stride, dilation, size):
     """Transposed 'same' = the input gradient of conv 'same' (checked with autograd)."""
-    conv = Conv2d(3, 2, kernel, stride, "same", dilation, bias=False, dtype=torch.float64)
-    conv_t = ConvTranspose2d(2, 3, kernel, stride, "same", dilation=dilation, bias=False, dtype=torch.float64)
+    conv = Conv2d(3, 2, kernel, stride, "same", dilation, bias=False, dtype=F64)
+    conv_t = ConvTranspose2d(2, 3, kernel, stride, "same", dilation=dilation, bias=False, dtype=F64)
     conv_t.weight.data.copy_(conv.weight.data)
-    x = torch.randn(1, 3, size[0] * stride[0], size[1] * stride[1], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 3, size[0] * stride[0], size[1] * stride[1], dtype=F64, requires_grad=True)
     y = conv(x)
     assert tuple(y.shape[-2:]) == size
     g = torch.randn_like(y)
@@ -140,8 +131,4 @@ def test_invalid_transposed_arguments():
 
 
 def test_wrong_input_rank_and_channels():
-    conv = Conv2d(4, 8, 3)
-    with pytest.raises(ValueError, match=r"input must be 4-D .* got shape \(4, 9, 9\)"):
-        conv(torch.randn(4, 9, 9))
-    with pytest.raises(ValueError, match="input has 3 channels, expected 4"):
-        conv(torch.randn(1, 3, 9, 9))
+    check_rejects_bad_input(Conv2d(4, 8, 3), 4)
