@@ -21,6 +21,7 @@ from torch import nn
 from leanconv._validate import check_choice, check_divisible, check_positive_int, check_positive_pair, pair
 from leanconv.padding import (
     PaddingArg,
+    axis_padding,
     check_padding,
     conv_output_hw,
     conv_transpose_output_size,
@@ -241,13 +242,6 @@ def _has_norm(spec: ConvSpec) -> bool:
     return spec.options.get("norm_layer") is not None
 
 
-def _axis_padding(padding: PaddingArg, axis: int) -> PaddingArg:
-    """The padding of a stage that spans only ``axis`` (0: h, 1: w) of a kxk conv."""
-    if isinstance(padding, str):
-        return padding
-    return (padding[0], 0) if axis == 0 else (0, padding[1])
-
-
 def _axis_only(value: Tuple[int, int], axis: int) -> Tuple[int, int]:
     return (value[0], 1) if axis == 0 else (1, value[1])
 
@@ -329,7 +323,7 @@ def _asymmetric_stages(spec: ConvSpec) -> List[Stage]:
         kernel = (spec.kernel_size[0], 1) if axis == 0 else (1, spec.kernel_size[1])
         stages.append(_conv(
             names[axis], cin, cout, kernel, stride=_axis_only(spec.stride, axis),
-            padding=_axis_padding(spec.padding, axis), dilation=_axis_only(spec.dilation, axis),
+            padding=axis_padding(spec.padding, axis), dilation=_axis_only(spec.dilation, axis),
             bias=spec.bias and position == 1,
         ))
         if position == 0 and _has_norm(spec):

@@ -83,6 +83,17 @@ def resolve_padding(
     return pair(padding, "padding")
 
 
+def axis_padding(padding: PaddingArg, axis: int) -> PaddingArg:
+    """Padding of a stage whose kernel spans only ``axis`` (0: rows, 1: columns) of a kxk conv.
+
+    'same' and 'valid' act per dimension, so they pass through; numbers keep only that axis.
+    """
+    if isinstance(padding, str):
+        return padding
+    ph, pw = pair(padding, "padding")
+    return (ph, 0) if axis == 0 else (0, pw)
+
+
 def pad_same(
     x: torch.Tensor,
     kernel_size: Tuple[int, int],
@@ -183,6 +194,7 @@ __all__ = [
     "PaddingArg",
     "PADDING_MODES",
     "TransposedPadding",
+    "axis_padding",
     "check_padding",
     "check_padding_mode",
     "check_positive_pair",

@@ -10,6 +10,7 @@ transposed conv (both orders) and resize-then-conv (dense and separable).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -168,12 +169,12 @@ def compare(
             spec = ConvSpec.create(in_channels, out_channels, kernel, stride, padding, dilation, **options)
         if kind == "dense_transpose":
             params, macs, out_shape = _dense_transpose_costs(spec, hw)
-            act = (in_channels * hw[0] * hw[1] + _prod(out_shape)) * _BYTES
+            act = (in_channels * hw[0] * hw[1] + math.prod(out_shape)) * _BYTES
         else:
             registry = get_kind(kind)
             walk = registry.walk(spec, hw)
             params, macs, out_shape = registry.params(spec), registry.macs(spec, hw), registry.output_shape(spec, hw)
-            act = (in_channels * hw[0] * hw[1] + sum(_prod(r.output_shape) for r in walk)) * _BYTES
+            act = (in_channels * hw[0] * hw[1] + sum(math.prod(r.output_shape) for r in walk)) * _BYTES
         candidates.append(Candidate(label, kind, options, params, macs * batch_size, act * batch_size,
                                     (batch_size, *out_shape)))
     base = candidates[0]
@@ -183,13 +184,6 @@ def compare(
         _measure(candidates, in_channels, out_channels, kernel, stride, padding, dilation, hw, batch_size,
                  torch.device(device), min_run_time)
     return Comparison(candidates, (batch_size, in_channels, *hw), str(device))
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
 
 
 def _measure(candidates, c_in, c_out, kernel, stride, padding, dilation, hw, batch, device, min_run_time) -> None:

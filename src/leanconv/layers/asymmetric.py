@@ -26,7 +26,7 @@ from torch import nn
 from leanconv._validate import check_choice, check_input, check_positive_int
 from leanconv.fuse import add_branches, fold_bn, pad_kernel
 from leanconv.layers.conv import Conv2d, ConvNormAct, check_conv_args, make_act, make_norm
-from leanconv.padding import PaddingArg, pad_same, resolve_padding
+from leanconv.padding import PaddingArg, axis_padding, pad_same, resolve_padding
 
 # pad_same reads input sizes; under torch.fx symbolic tracing it becomes one graph node.
 torch.fx.wrap("pad_same")
@@ -108,14 +108,6 @@ class CenterTapPad(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _stage_padding(padding: PaddingArg, axis: int) -> PaddingArg:
-    """Padding of the stage whose kernel spans ``axis`` only (0: rows, 1: columns)."""
-    if isinstance(padding, str):
-        return padding  # 'same' / 'valid' act per dimension
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    return (ph, 0) if axis == 0 else (0, pw)
-
-
 class AsymmetricConv2d(nn.Module):
     """Spatially separable conv: ``kh x 1`` then ``1 x kw`` (or the reverse), in series.
 
@@ -160,11 +152,11 @@ class AsymmetricConv2d(nn.Module):
         kx1_io = (in_channels, mid) if kx1_first else (mid, out_channels)
         row_io = (mid, out_channels) if kx1_first else (in_channels, mid)
         self.conv_kx1 = Conv2d(
-            *kx1_io, (kernel[0], 1), (strides[0], 1), _stage_padding(padding, 0),
+            *kx1_io, (kernel[0], 1), (strides[0], 1), axis_padding(padding, 0),
             (dilations[0], 1), 1, bias and not kx1_first, padding_mode, device=device, dtype=dtype,
         )
         self.conv_1xk = Conv2d(
-            *row_io, (1, kernel[1]), (1, strides[1]), _stage_padding(padding, 1),
+            *row_io, (1, kernel[1]), (1, strides[1]), axis_padding(padding, 1),
             (1, dilations[1]), 1, bias and kx1_first, padding_mode, device=device, dtype=dtype,
         )
         self.norm = make_norm(norm_layer, mid, device, dtype)
