@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import List, Optional, Sequence
 
 from leanconv import __version__
 from leanconv.kinds import KINDS
+
+# Modules that add their own subcommands: each has ``add_subcommands(sub)`` taking the
+# ``argparse`` subparsers object and calling ``sub.add_parser(...).set_defaults(func=...)``.
+# Their heavy imports stay inside the command functions so ``leanconv --help`` stays fast.
+COMMAND_MODULES: tuple = ()
 
 
 def _kinds_rows() -> List[dict]:
@@ -286,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="output folder (model.pt, plan.json, report.md)")
     conv.add_argument("--force", action="store_true", help="replace --out if it exists")
     conv.set_defaults(func=cmd_convert)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommands(sub)
     return parser
 
 
