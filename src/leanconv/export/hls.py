@@ -1,0 +1,581 @@
+"""HLS C++ for an apfixed-quantized conv chain, with golden data and a self-checking testbench.
+
+:func:`export_hls` writes, into a new folder:
+
+* ``leanconv_kernels.h`` / ``kernels.cpp``: one function per layer in seed 004's style
+  (``ap_uint<8>``/``ap_int<8>`` arrays with zero-padded buffers ``[C][H+2p][W+2p]``, ``ap_int<8>``
+  weights, ``ap_int<16>`` bias, ``ap_fixed<32,1>`` factor, an ``ap_int<32>`` ``mid_result``),
+  and a top function chaining them through intermediate buffers. Weights, biases and factors
+  are constant arrays (``weights='const'``) or function arguments (``weights='args'``);
+  ``pragmas=True`` adds Vitis HLS pipeline/unroll pragmas. Every layer writes zeros to its
+  output buffer's border, so the next layer's zero padding holds.
+* ``weights.h``: the integer constants (factors as exact decimals of ``F / 2**31``).
+* ``golden/``: input codes and every layer's output from the Python reference
+  (:meth:`QuantizedModel.forward_all`).
+* ``tb.cpp``: runs every layer on its golden input and the top function on the model input,
+  compares every output value (and every border value) exactly, prints the first mismatches
+  and exits 1 on any.
+* ``Makefile``: ``make check`` builds with g++ against the ``ap_types`` headers found in the
+  installed ``hls4ml`` package (:func:`find_ap_types`; never copied) and runs the testbench.
+* ``hazards.md``: the hazard report on the golden inputs.
+
+:func:`check_hls` runs ``make check`` and returns the result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from leanconv._validate import check_choice
+
+WEIGHT_MODES = ("const", "args")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CPP_KEYWORDS = {"int", "char", "void", "top", "main", "static", "const", "return", "for", "if", "else", "auto"}
+
+
+def find_ap_types() -> Optional[Path]:
+    """The ``ap_types`` folder (``ap_int.h``, ``ap_fixed.h``) inside the installed ``hls4ml`` package.
+
+    Located through the package's import spec without importing it; None when hls4ml is not
+    installed or the headers are not where hls4ml keeps them.
+    """
+    spec = importlib.util.find_spec("hls4ml")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        folder = Path(root) / "templates" / "vivado" / "ap_types"
+        if (folder / "ap_fixed.h").is_file() and (folder / "ap_int.h").is_file():
+            return folder
+    return None
+
+
+@dataclass
+class HlsProject:
+    """What :func:`export_hls` wrote."""
+
+    directory: Path
+    files: List[str]
+    top: str
+    functions: List[str]
+    vectors: int
+    ap_types: Optional[Path]
+    hazards: str
+
+
+@dataclass
+class HlsCheck:
+    """Result of building and running the testbench: ``passed`` only on an exact match."""
+
+    passed: bool
+    returncode: int
+    output: str
+    compared: int
+    mismatches: int
+
+
+@dataclass
+class _Buffer:
+    """An activation buffer: interior ``(C, H, W)``, border ``(top, bottom, left, right)``, type."""
+
+    channels: int
+    height: int
+    width: int
+    border: Tuple[int, int, int, int]
+    ctype: str
+
+    @property
+    def dims(self) -> str:
+        top, bottom, left, right = self.border
+        return f"[{self.channels}][{self.height + top + bottom}][{self.width + left + right}]"
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _layer_names(qmodel, names: Optional[Sequence[str]], top: str) -> List[str]:
+    if names is None:
+        names = [re.sub(r"\W", "_", layer.name).strip("_") or f"layer{i}" for i, layer in enumerate(qmodel.layers)]
+        names = [n if re.match(r"[A-Za-z_]", n) else f"layer_{n}" for n in names]
+        names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+    names = list(names)
+    if len(names) != len(qmodel.layers):
+        raise ValueError(f"names has {len(names)} entries, the model has {len(qmodel.layers)} layers")
+    for name in names + [top]:
+        if not isinstance(name, str) or not _IDENTIFIER.match(name) or name in _CPP_KEYWORDS:
+            raise ValueError(f"function name {name!r} must be a C identifier (letters, digits, _) and not a keyword")
+    if len(set(names + [top])) != len(names) + 1:
+        raise ValueError(f"names={names} and top={top!r} must all differ")
+    return names
+
+
+def _check_exportable(qmodel) -> None:
+    from leanconv.quant.layers import IntConv2d
+    from leanconv.quant.model import QuantizedModel
+
+    if not isinstance(qmodel, QuantizedModel):
+        raise ValueError(f"qmodel={type(qmodel).__name__} must be a leanconv.quant.QuantizedModel")
+    if qmodel.dialect.name != "apfixed":
+        raise ValueError(f"dialect={qmodel.dialect.name!r}: HLS export needs the 'apfixed' dialect (ap_fixed factors)")
+    for layer in qmodel.layers:
+        if not isinstance(layer, IntConv2d):
+            raise ValueError(f"unsupported layer: {layer.name} ({layer.kind}); HLS export covers conv layers "
+                             "(pointwise, depthwise, dense, grouped, asymmetric), not linear layers")
+
+
+def _golden_inputs(qmodel, inputs, vectors: int, seed: int) -> torch.Tensor:
+    if inputs is None:
+        if qmodel.input_shape is None or len(qmodel.input_shape) != 3:
+            raise ValueError("inputs=None needs qmodel.input_shape (C, H, W): pass inputs of shape (N, C, H, W)")
+        low, high = qmodel.input_q.range
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(low, high + 1, (vectors, *qmodel.input_shape), generator=generator)
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        raise ValueError(f"inputs must be an (N, C, H, W) tensor, got {type(inputs).__name__} "
+                         f"{tuple(getattr(inputs, 'shape', ()))}")
+    channels = qmodel.layers[0].in_channels
+    if inputs.shape[1] != channels:
+        raise ValueError(f"channel mismatch: inputs have {inputs.shape[1]} channels, {qmodel.layers[0].name} "
+                         f"takes {channels}")
+    codes = qmodel.quantize_input(inputs) if inputs.is_floating_point() else inputs.to(torch.int64)
+    qmodel.layers[0].check_input(codes)
+    return codes
+
+
+def _buffers(qmodel, hw: Tuple[int, int], margin: int) -> List[_Buffer]:
+    buffers = []
+    h, w = hw
+    for layer in qmodel.layers:
+        border = tuple(max(p, margin) for p in layer.padding)
+        buffers.append(_Buffer(layer.in_channels, h, w, border, layer.in_q.ctype))  # type: ignore[arg-type]
+        h, w = layer.output_hw(h, w)
+    last = qmodel.layers[-1]
+    buffers.append(_Buffer(last.out_channels, h, w, (margin,) * 4, last.out_q.ctype))  # type: ignore[arg-type]
+    return buffers
+
+
+# ------------------------------------------------------------------------------ C++ text
+
+
+def _weight_layout(layer) -> Tuple[str, str]:
+    """Array dims and the index expression, in the seed's shapes where they apply."""
+    out, per_group, kh, kw = layer.weight.shape
+    if per_group == 1:  # depthwise-like: weight[co][kh][kw]
+        return f"[{out}][{kh}][{kw}]", "[co][kh][kw]"
+    if (kh, kw) == (1, 1):  # pointwise: weight[co][ci]
+        return f"[{out}][{per_group}]", "[co][ci]"
+    return f"[{out}][{per_group}][{kh}][{kw}]", "[co][ci][kh][kw]"
+
+
+def _nested(values: torch.Tensor) -> str:
+    if values.dim() == 1:
+        return "{" + ", ".join(str(int(v)) for v in values) + "}"
+    return "{" + ", ".join(_nested(v) for v in values) + "}"
+
+
+def _squeezed_weight(layer) -> torch.Tensor:
+    weight = layer.weight
+    if weight.shape[1] == 1:
+        return weight[:, 0]
+    if weight.shape[2:] == (1, 1):
+        return weight[:, :, 0, 0]
+    return weight
+
+
+def _factor_literal(raw: int) -> str:
+    """An exact decimal of ``raw / 2**31`` (a double holds it exactly, so the load does not floor)."""
+    return f"{raw / 2.0**31!r}"
+
+
+def _weights_header(qmodel, names: List[str]) -> str:
+    lines = ["// Integer constants of each layer, generated by leanconv from the Python reference.",
+             "#ifndef LEANCONV_WEIGHTS_H", "#define LEANCONV_WEIGHTS_H", "", '#include "leanconv_kernels.h"', ""]
+    for name, layer in zip(names, qmodel.layers):
+        requant = layer.requant
+        dims, _ = _weight_layout(layer)
+        bias_bits = requant.settings.bias_bits
+        lines.append(f"static const ap_int<8> {name}_weight{dims} = {_nested(_squeezed_weight(layer))};")
+        lines.append(f"static const ap_int<{bias_bits}> {name}_bias[{layer.out_channels}] = {_nested(requant.bias)};")
+        raws = [int(f) for f in requant.factor]
+        if requant.per_channel:
+            literals = ", ".join(_factor_literal(f) for f in raws)
+            lines.append(f"// raw ap_fixed<32,1> values: {raws}")
+            lines.append(f"static const ap_fixed<32, 1> {name}_factor[{layer.out_channels}] = {{{literals}}};")
+        else:
+            lines.append(f"static const ap_fixed<32, 1> {name}_factor = {_factor_literal(raws[0])};  // raw {raws[0]}")
+        lines.append("")
+    return "\n".join(lines + ["#endif"]) + "\n"
+
+
+def _param_decls(layer, name: str, prefix: bool) -> List[str]:
+    """Weight/bias/factor parameters of a layer function (or of the top function with ``prefix``)."""
+    dims, _ = _weight_layout(layer)
+    p = f"{name}_" if prefix else ""
+    bias_bits = layer.requant.settings.bias_bits
+    factor = f"const ap_fixed<32, 1> {p}factor[{layer.out_channels}]" if layer.requant.per_channel \
+        else f"const ap_fixed<32, 1> {p}factor"
+    return [f"const ap_int<8> {p}weight{dims}", f"const ap_int<{bias_bits}> {p}bias[{layer.out_channels}]", factor]
+
+
+def _signature(layer, name: str, inp: _Buffer, out: _Buffer, weights: str) -> str:
+    params = [f"const {inp.ctype} bottom{inp.dims}", f"{out.ctype} top{out.dims}"]
+    if weights == "args":
+        params += _param_decls(layer, name, prefix=False)
+    return f"void {name}({', '.join(params)})"
+
+
+def _layer_function(layer, name: str, inp: _Buffer, out: _Buffer, weights: str, pragmas: bool) -> str:
+    settings = layer.requant.settings
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    out_h, out_w = out.height, out.width
+    per_group, out_per_group = layer.weight.shape[1], layer.out_channels // layer.groups
+    row0, col0 = inp.border[0] - layer.padding[0], inp.border[2] - layer.padding[2]
+    _, index = _weight_layout(layer)
+    ref = "" if weights == "args" else f"{name}_"
+    factor = f"{ref}factor[co]" if layer.requant.per_channel else f"{ref}factor"
+    acc, sum_bits = settings.acc_bits, max(settings.acc_bits, settings.bias_bits) + 1
+    low, high = layer.out_q.range
+    top_b, _, left_b, _ = out.border
+    body = [
+        f"// {layer.name}: {layer.kind} conv {layer.in_channels}->{layer.out_channels}, kernel {kh}x{kw}, "
+        f"stride {sh}x{sw}, dilation {dh}x{dw}, padding (t,b,l,r) {layer.padding}, groups {layer.groups};",
+        f"// requantization: narrowing '{settings.narrowing}', store '{settings.store}', "
+        f"relu {'on' if layer.requant.relu else 'off'}",
+        _signature(layer, name, inp, out, weights) + " {",
+    ]
+    if any(out.border):
+        oh_total, ow_total = out.height + out.border[0] + out.border[1], out.width + out.border[2] + out.border[3]
+        body += [
+            "  // zero border: the next layer's zero padding",
+            f"  for (int c = 0; c < {out.channels}; c++)",
+            f"    for (int h = 0; h < {oh_total}; h++)",
+            f"      for (int w = 0; w < {ow_total}; w++)",
+            f"        if (h < {top_b} || h >= {top_b + out_h} || w < {left_b} || w >= {left_b + out_w}) top[c][h][w] = 0;",
+        ]
+    cin = f"(co / {out_per_group}) * {per_group} + ci" if layer.groups > 1 else "ci"
+    body += [
+        f"  for (int co = 0; co < {layer.out_channels}; co++) {{",
+        f"    for (int h = 0; h < {out_h}; h++) {{",
+        f"      for (int w = 0; w < {out_w}; w++) {{",
+    ]
+    if pragmas:
+        body.append("#pragma HLS PIPELINE II=1")
+    body += [
+        f"        ap_int<{acc}> mid_result = 0;",
+        f"        for (int ci = 0; ci < {per_group}; ci++) {{",
+        f"          for (int kh = 0; kh < {kh}; kh++) {{",
+        f"            for (int kw = 0; kw < {kw}; kw++) {{",
+    ]
+    if pragmas:
+        body.append("#pragma HLS UNROLL")
+    body += [
+        f"              mid_result += {ref}weight{index} * bottom[{cin}][{row0} + h * {sh} + kh * {dh}]"
+        f"[{col0} + w * {sw} + kw * {dw}];",
+        "            }", "          }", "        }",
+        f"        ap_int<{sum_bits}> y = {ref}bias[co] + narrow_{settings.narrowing}<{acc}>(mid_result, {factor});",
+    ]
+    if layer.requant.relu:
+        body.append("        if (y < 0) y = 0;  // ReLU")
+    target = f"top[co][{top_b} + h][{left_b} + w]"
+    if settings.store == "saturate":
+        body.append(f"        {target} = y > {high} ? ap_int<{sum_bits}>({high}) : (y < {low} ? ap_int<{sum_bits}>({low}) : y);")
+    else:
+        body.append(f"        {target} = y;  // plain store: keeps the low {layer.out_q.bits} bits (wraps)")
+    body += ["      }", "    }", "  }", "}", ""]
+    return "\n".join(body)
+
+
+_NARROW_HELPERS = """// acc * factor is exact (ap_fixed<W+32, W+1>); these narrow it to an integer:
+// toward zero (assigning to ap_int), floor (a default ap_fixed, AP_TRN), half up (AP_RND).
+template <int W> ap_int<W> narrow_trunc(ap_int<W> acc, ap_fixed<32, 1> factor) {
+  ap_int<W> q = acc * factor;
+  return q;
+}
+template <int W> ap_int<W> narrow_floor(ap_int<W> acc, ap_fixed<32, 1> factor) {
+  ap_fixed<W, W> q = acc * factor;
+  return ap_int<W>(q);
+}
+template <int W> ap_int<W> narrow_round(ap_int<W> acc, ap_fixed<32, 1> factor) {
+  ap_fixed<W, W, AP_RND> q = acc * factor;
+  return ap_int<W>(q);
+}
+"""
+
+
+def _kernels(qmodel, names, buffers, top, weights, pragmas) -> Tuple[str, str]:
+    signatures = [_signature(layer, name, buffers[i], buffers[i + 1], weights)
+                  for i, (layer, name) in enumerate(zip(qmodel.layers, names))]
+    top_params = [f"const {buffers[0].ctype} input{buffers[0].dims}", f"{buffers[-1].ctype} output{buffers[-1].dims}"]
+    if weights == "args":
+        for layer, name in zip(qmodel.layers, names):
+            top_params += _param_decls(layer, name, prefix=True)
+    top_signature = f"void {top}({', '.join(top_params)})"
+    header = ["// Generated by leanconv export-hls from a quantized model (apfixed dialect).",
+              "#ifndef LEANCONV_KERNELS_H", "#define LEANCONV_KERNELS_H", "", "#include \"ap_int.h\"",
+              "#include \"ap_fixed.h\"", "", _NARROW_HELPERS]
+    header += [s + ";" for s in signatures] + ["", top_signature + ";", "", "#endif", ""]
+    source = ['#include "leanconv_kernels.h"']
+    if weights == "const":
+        source.append('#include "weights.h"')
+    source.append("")
+    for i, (layer, name) in enumerate(zip(qmodel.layers, names)):
+        source.append(_layer_function(layer, name, buffers[i], buffers[i + 1], weights, pragmas))
+    calls = []
+    for i, name in enumerate(names):
+        src = "input" if i == 0 else f"buffer{i}"
+        dst = "output" if i == len(names) - 1 else f"buffer{i + 1}"
+        args = [src, dst] + ([f"{name}_weight", f"{name}_bias", f"{name}_factor"] if weights == "args" else [])
+        calls.append(f"  {name}({', '.join(args)});")
+    source.append(f"// the whole chain: {' -> '.join(names)}")
+    source.append(top_signature + " {")
+    for i in range(1, len(names)):
+        source.append(f"  static {buffers[i].ctype} buffer{i}{buffers[i].dims};")
+    source += calls + ["}", ""]
+    return "\n".join(header), "\n".join(source)
+
+
+def _testbench(qmodel, names, buffers, top, weights, vectors) -> str:
+    lines = ["// Testbench generated by leanconv: every layer on its golden input, then the top function;",
+             "// every output value and every border value compared exactly with the Python reference.",
+             "#include <cstdio>", "#include <cstdlib>", '#include "leanconv_kernels.h"']
+    if weights == "args":
+        lines.append('#include "weights.h"')
+    lines += ["", "static long compared = 0, mismatches = 0;", "",
+              "static FILE* open_golden(const char* dir, const char* name, int c, int h, int w) {",
+              "  char path[4096];",
+              "  snprintf(path, sizeof(path), \"%s/%s.txt\", dir, name);",
+              "  FILE* f = fopen(path, \"r\");",
+              "  int n, fc, fh, fw;",
+              "  if (!f || fscanf(f, \"%d %d %d %d\", &n, &fc, &fh, &fw) != 4 || fc != c || fh != h || fw != w) {",
+              f"    fprintf(stderr, \"cannot read %s (expected header N %d %d %d with N >= {vectors})\\n\", path, c, h, w);",
+              "    exit(2);", "  }", "  return f;", "}", "",
+              "static void read_values(FILE* f, int* values, long count) {",
+              "  for (long i = 0; i < count; i++)",
+              "    if (fscanf(f, \"%d\", &values[i]) != 1) { fprintf(stderr, \"golden file ended early\\n\"); exit(2); }",
+              "}", "",
+              "// values (C, H, W) into the interior of a bordered buffer; the border set to zero",
+              "template <typename T, int C, int HB, int WB>",
+              "static void fill(T (&buf)[C][HB][WB], const int* values, int top, int left, int h, int w) {",
+              "  for (int c = 0; c < C; c++)",
+              "    for (int y = 0; y < HB; y++)",
+              "      for (int x = 0; x < WB; x++) {",
+              "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
+              "        buf[c][y][x] = inside ? values[(c * h + (y - top)) * w + (x - left)] : 0;",
+              "      }", "}", "",
+              "template <typename T, int C, int HB, int WB>",
+              "static void compare(const char* what, int vector, T (&buf)[C][HB][WB], const int* expected, int top,",
+              "                    int left, int h, int w) {",
+              "  for (int c = 0; c < C; c++)",
+              "    for (int y = 0; y < HB; y++)",
+              "      for (int x = 0; x < WB; x++) {",
+              "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
+              "        int want = inside ? expected[(c * h + (y - top)) * w + (x - left)] : 0;",
+              "        int got = buf[c][y][x].to_int();",
+              "        compared++;",
+              "        if (got != want) {",
+              "          if (mismatches < 10)",
+              "            printf(\"MISMATCH %s vector %d %s[%d][%d][%d]: got %d expected %d\\n\", what, vector,",
+              "                   inside ? \"out\" : \"border\", c, y - top, x - left, got, want);",
+              "          mismatches++;",
+              "        }",
+              "      }", "}", "",
+              "int main(int argc, char** argv) {",
+              "  const char* dir = argc > 1 ? argv[1] : \"golden\";"]
+    for i, buf in enumerate(buffers):
+        lines.append(f"  static {buf.ctype} buf{i}{buf.dims};")
+        lines.append(f"  static int gold{i}[{buf.channels * buf.height * buf.width}];")
+    lines.append(f"  static {buffers[-1].ctype} chain{buffers[-1].dims};")
+    files = ["input"] + list(names)
+    for i, (buf, file) in enumerate(zip(buffers, files)):
+        lines.append(f"  FILE* f{i} = open_golden(dir, \"{file}\", {buf.channels}, {buf.height}, {buf.width});")
+    lines.append(f"  for (int v = 0; v < {vectors}; v++) {{")
+    for i, buf in enumerate(buffers):
+        lines.append(f"    read_values(f{i}, gold{i}, {buf.channels * buf.height * buf.width}L);")
+    lines.append(f"    fill(buf0, gold0, {buffers[0].border[0]}, {buffers[0].border[2]}, {buffers[0].height}, {buffers[0].width});")
+    for i, name in enumerate(names):
+        inp, out = buffers[i], buffers[i + 1]
+        if i > 0:  # each layer on the golden input: a mismatch stays in the layer that made it
+            lines.append(f"    fill(buf{i}, gold{i}, {inp.border[0]}, {inp.border[2]}, {inp.height}, {inp.width});")
+        args = [f"buf{i}", f"buf{i + 1}"] + ([f"{name}_weight", f"{name}_bias", f"{name}_factor"] if weights == "args" else [])
+        lines.append(f"    {name}({', '.join(args)});")
+        lines.append(f"    compare(\"{name}\", v, buf{i + 1}, gold{i + 1}, {out.border[0]}, {out.border[2]}, {out.height}, {out.width});")
+    last = buffers[-1]
+    top_args = ["buf0", "chain"]
+    if weights == "args":
+        for name in names:
+            top_args += [f"{name}_weight", f"{name}_bias", f"{name}_factor"]
+    lines.append(f"    fill(buf0, gold0, {buffers[0].border[0]}, {buffers[0].border[2]}, {buffers[0].height}, {buffers[0].width});")
+    lines.append(f"    {top}({', '.join(top_args)});")
+    lines.append(f"    compare(\"{top}\", v, chain, gold{len(names)}, {last.border[0]}, {last.border[2]}, {last.height}, {last.width});")
+    lines += ["  }",
+              "  if (mismatches) {",
+              "    printf(\"FAIL: %ld of %ld values differ from the Python reference\\n\", mismatches, compared);",
+              "    return 1;",
+              "  }",
+              f"  printf(\"PASS: %ld values match the Python reference bit for bit ({vectors} vectors, "
+              f"{len(names)} layers and the top function)\\n\", compared);",
+              "  return 0;", "}", ""]
+    return "\n".join(lines)
+
+
+def _makefile(ap_types: Optional[Path]) -> str:
+    found = f"AP_TYPES ?= {ap_types}" if ap_types else \
+        "AP_TYPES ?= $(error AP_TYPES is not set: pip install hls4ml, or pass AP_TYPES=/path/to/ap_types)"
+    return "\n".join([
+        "# Generated by leanconv export-hls. `make check` builds the C simulation with g++ and runs it.",
+        "# AP_TYPES: the Xilinx ap_types headers, found inside the installed hls4ml package.",
+        found,
+        "CXX ?= g++",
+        "CXXFLAGS ?= -O1 -std=c++14",
+        "",
+        "tb: tb.cpp kernels.cpp leanconv_kernels.h weights.h",
+        "\t$(CXX) $(CXXFLAGS) -I$(AP_TYPES) -o tb tb.cpp kernels.cpp",
+        "",
+        "check: tb",
+        "\t./tb golden",
+        "",
+        "clean:",
+        "\trm -f tb",
+        "",
+        ".PHONY: check clean",
+        "",
+    ])
+
+
+def _golden_text(values: torch.Tensor) -> str:
+    n, c, h, w = values.shape
+    rows = [f"{n} {c} {h} {w}"]
+    flat = values.reshape(n * c * h, w).tolist()
+    rows += [" ".join(str(v) for v in row) for row in flat]
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def export_hls(
+    qmodel,
+    out_dir: Union[str, os.PathLike],
+    inputs: Optional[torch.Tensor] = None,
+    vectors: int = 2,
+    seed: int = 0,
+    names: Optional[Sequence[str]] = None,
+    top: str = "leanconv_top",
+    weights: str = "const",
+    pragmas: bool = False,
+    margin: int = 0,
+    force: bool = False,
+    ap_types: Optional[Union[str, os.PathLike]] = None,
+) -> HlsProject:
+    """Write an HLS C++ project for ``qmodel`` (apfixed, conv layers) into the new folder ``out_dir``.
+
+    ``inputs``: float inputs (quantized with the model's input scale) or integer codes, shape
+    ``(N, C, H, W)``; None: ``vectors`` random codes over the input type's full range (seeded),
+    at ``qmodel.input_shape``. ``names``: C function names per layer (default from the layer
+    paths). ``weights``: ``'const'`` arrays or ``'args'``. ``margin``: a border of at least this
+    many zeros around every buffer (``margin=1`` gives the seed's ``[16][34][66]`` buffers
+    everywhere). Everything is validated before anything is written; the folder is written
+    atomically and an existing one is replaced only with ``force=True``.
+    """
+    from leanconv.quant.hazards import hazard_report
+
+    _check_exportable(qmodel)
+    check_choice(weights, "weights", WEIGHT_MODES)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin={margin!r} must be an int >= 0")
+    if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
+        raise ValueError(f"vectors={vectors!r} must be an int >= 1")
+    if not isinstance(top, str) or not _IDENTIFIER.match(top):
+        raise ValueError(f"top={top!r} must be a C identifier")
+    names = _layer_names(qmodel, names, top)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise FileExistsError(f"{out_dir} exists: pass force=True (--force) to replace it")
+    codes = _golden_inputs(qmodel, inputs, vectors, seed)
+    headers = Path(ap_types) if ap_types is not None else find_ap_types()
+    if headers is not None and not (headers / "ap_fixed.h").is_file():
+        raise ValueError(f"ap_types={str(headers)!r} must be a folder holding ap_fixed.h and ap_int.h")
+    outputs = qmodel.forward_all(codes)
+    hazards = hazard_report(qmodel, codes).to_markdown()
+    buffers = _buffers(qmodel, (codes.shape[2], codes.shape[3]), margin)
+    header, source = _kernels(qmodel, names, buffers, top, weights, pragmas)
+    files: Dict[str, str] = {
+        "leanconv_kernels.h": header,
+        "kernels.cpp": source,
+        "weights.h": _weights_header(qmodel, names),
+        "tb.cpp": _testbench(qmodel, names, buffers, top, weights, codes.shape[0]),
+        "Makefile": _makefile(headers),
+        "hazards.md": "# Hazards before code generation\n\n" + hazards,
+        "golden/input.txt": _golden_text(codes),
+    }
+    for name, values in zip(names, outputs):
+        files[f"golden/{name}.txt"] = _golden_text(values)
+    _write_folder(out_dir, files)
+    return HlsProject(out_dir, sorted(files), top, names, codes.shape[0], headers, hazards)
+
+
+def _write_folder(out_dir: Path, files: Dict[str, str]) -> None:
+    """Write every file into a staging folder beside ``out_dir``, then move it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for relative, text in files.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            os.chmod(path, 0o644)
+        os.chmod(staging, 0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def check_hls(directory: Union[str, os.PathLike], timeout: float = 600.0, cxxflags: Optional[str] = None) -> HlsCheck:
+    """Build and run an exported project's testbench (``make check``); ``passed`` on an exact match.
+
+    ``cxxflags`` overrides the Makefile's ``CXXFLAGS`` (e.g. ``-O0 -std=c++14`` builds faster).
+    Raises ``RuntimeError`` when ``make`` or ``g++`` is missing, or the ``ap_types`` headers
+    cannot be found (install hls4ml), with the reason.
+    """
+    directory = Path(directory)
+    if not (directory / "Makefile").is_file():
+        raise ValueError(f"directory={str(directory)!r} must be a folder written by export_hls (no Makefile)")
+    for tool in ("make", os.environ.get("CXX", "g++")):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed: the testbench needs make and a C++ compiler")
+    env = dict(os.environ)
+    if "$(error" in (directory / "Makefile").read_text() and not env.get("AP_TYPES"):
+        found = find_ap_types()
+        if found is None:
+            raise RuntimeError("the ap_types headers were not found: pip install hls4ml (or set AP_TYPES)")
+        env["AP_TYPES"] = str(found)
+    command = ["make", "--no-print-directory", "-C", str(directory), "check"]
+    if cxxflags is not None:
+        command.append(f"CXXFLAGS={cxxflags}")
+    run = subprocess.run(command, capture_output=True,
+                         text=True, timeout=timeout, env=env)
+    output = run.stdout + run.stderr
+    passed = run.returncode == 0 and "PASS:" in run.stdout
+    compared = mismatches = 0
+    match = re.search(r"PASS: (\d+) values", run.stdout)
+    if match:
+        compared = int(match.group(1))
+    match = re.search(r"FAIL: (\d+) of (\d+) values", run.stdout)
+    if match:
+        mismatches, compared = int(match.group(1)), int(match.group(2))
+    return HlsCheck(passed, run.returncode, output, compared, mismatches)
+
+
+__all__ = ["HlsCheck", "HlsProject", "check_hls", "export_hls", "find_ap_types"]

@@ -1,0 +1,137 @@
+"""A quantized model: a chain of integer layers with an integer-only reference forward.
+
+:class:`QuantizedModel` holds the input quantization, the integer layers and the dialect.
+``forward_int`` is the bit-exact reference the generated HLS C++ must match; ``__call__``
+quantizes a float input, runs it and dequantizes the output, for accuracy comparisons.
+``save``/``load`` keep everything (integer tensors, scales, settings) in one ``.pt`` file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from leanconv.quant.dialects import Dialect, dialect_from_dict
+from leanconv.quant.layers import IntConv2d, IntLayer, IntLinear, layer_from_dict
+from leanconv.quant.qparams import QParams
+from leanconv.quant.requant import Stats
+
+
+def _same_q(a: QParams, b: QParams) -> bool:
+    return (a.zero_point, a.bits, a.signed) == (b.zero_point, b.bits, b.signed) and abs(a.scale - b.scale) <= 1e-12 * a.scale
+
+
+class QuantizedModel:
+    """Integer layers run one after the other; ``input_q`` quantizes the float input.
+
+    The chain is checked when built: each layer's input channels and input quantization must
+    be the previous layer's output ones (a "channel mismatch" raises ``ValueError``).
+    """
+
+    def __init__(self, layers: Sequence[IntLayer], dialect: Dialect, input_q: Optional[QParams] = None,
+                 input_shape: Optional[Sequence[int]] = None, source: str = "") -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("layers must contain at least one integer layer")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, (IntConv2d, IntLinear)):
+                raise ValueError(f"layers[{index}]={type(layer).__name__} must be an IntConv2d or IntLinear")
+            if layer.requant.settings != dialect:
+                raise ValueError(f"{layer.name}: its requantization settings {layer.requant.settings} differ from "
+                                 f"dialect={dialect}")
+        for previous, layer in zip(layers, layers[1:]):
+            if layer.in_channels != previous.out_channels:
+                raise ValueError(f"channel mismatch: {layer.name} takes {layer.in_channels} channels but "
+                                 f"{previous.name} gives {previous.out_channels}")
+            if not _same_q(layer.in_q, previous.out_q):
+                raise ValueError(f"{layer.name}'s input quantization {layer.in_q} differs from {previous.name}'s "
+                                 f"output {previous.out_q}")
+        self.layers: List[IntLayer] = layers
+        self.dialect = dialect
+        self.input_q = input_q or layers[0].in_q
+        if not _same_q(self.input_q, layers[0].in_q):
+            raise ValueError(f"input_q={self.input_q} differs from {layers[0].name}'s input quantization {layers[0].in_q}")
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.source = source
+
+    @property
+    def output_q(self) -> QParams:
+        return self.layers[-1].out_q
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """Float input to int64 codes."""
+        return self.input_q.quantize(x)
+
+    def forward_all(self, x: Tensor, stats: Optional[List[Stats]] = None) -> List[Tensor]:
+        """Every layer's integer output for integer input codes ``x`` (the golden data)."""
+        outputs = []
+        for index, layer in enumerate(self.layers):
+            x = layer(x, None if stats is None else stats[index])
+            outputs.append(x)
+        return outputs
+
+    def forward_int(self, x: Tensor) -> Tensor:
+        """The last layer's integer output for integer input codes ``x``."""
+        return self.forward_all(x)[-1]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Quantize a float input, run the integer chain, dequantize the output."""
+        return self.output_q.dequantize(self.forward_int(self.quantize_input(x)))
+
+    def summary_rows(self) -> List[Dict[str, object]]:
+        rows = []
+        for layer in self.layers:
+            rows.append({"layer": layer.name, "kind": layer.kind, "in": layer.in_channels, "out": layer.out_channels,
+                         "in type": layer.in_q.ctype, "out type": layer.out_q.ctype,
+                         "in scale": layer.in_q.scale, "out scale": layer.out_q.scale, "relu": layer.requant.relu})
+        return rows
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict:
+        return {"format": "leanconv.quant/1", "dialect": self.dialect.to_dict(), "input_q": self.input_q.to_dict(),
+                "input_shape": list(self.input_shape) if self.input_shape else None, "source": self.source,
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantizedModel":
+        if data.get("format") != "leanconv.quant/1":
+            raise ValueError(f"format={data.get('format')!r} must be 'leanconv.quant/1' (a file from QuantizedModel.save)")
+        dialect = dialect_from_dict(data["dialect"])
+        layers = [layer_from_dict(dialect, item) for item in data["layers"]]
+        return cls(layers, dialect, QParams(**data["input_q"]), data["input_shape"], data.get("source", ""))
+
+    def save(self, path: Union[str, os.PathLike], force: bool = False) -> Path:
+        """Write to ``path`` atomically; refuses to replace an existing file unless ``force``."""
+        path = Path(path)
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists: pass force=True to overwrite it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self.to_dict(), tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "QuantizedModel":
+        """Read a file written by :meth:`save` (tensors and plain values only: ``weights_only``)."""
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"QuantizedModel(dialect={self.dialect}, input={self.input_q.ctype} scale {self.input_q.scale:.4g},\n{inner}\n)"
+
+
+__all__ = ["QuantizedModel"]
