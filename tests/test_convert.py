@@ -133,9 +133,9 @@ def test_seed_aspp_converts_to_atrous_separable():
     "kwargs, match",
     [
         (dict(to="octave"), "to='octave' must be one of"),
-        (dict(rank=1, energy=0.9), "at most one of rank, energy and mac_budget"),
+        (dict(rank=1, energy=0.9), "at most one of rank, energy, mac_budget and latency_budget"),
         (dict(energy=1.5), "energy=1.5 must be in"),
-        (dict(to="grouped", energy=0.5), "takes rank=<groups>, not energy or mac_budget"),
+        (dict(to="grouped", energy=0.5), "takes rank=<groups>, not energy, mac_budget or latency_budget"),
     ],
 )
 def test_invalid_convert_arguments(kwargs, match):

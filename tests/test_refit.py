@@ -24,6 +24,8 @@ F64 = torch.float64
         lambda: leanconv.Conv2d(6, 4, (1, 3), stride=(1, 2), padding=(0, 1), dtype=F64),
         lambda: leanconv.Conv2d(6, 4, 3, stride=2, padding="same", padding_mode="reflect", dtype=F64),
         lambda: leanconv.Conv2d(6, 4, 3, padding=1, bias=False, dtype=F64),
+        lambda: leanconv.Conv2d(6, 4, 3, padding=1, groups=2, dtype=F64),
+        lambda: leanconv.Conv2d(6, 3, (3, 1), padding=(1, 0), groups=3, bias=False, dtype=F64),
     ],
 )
 def test_solve_stage_recovers_the_generating_weights(make):

@@ -201,12 +201,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
     input_shape = tuple(args.input) if args.input else (DEFAULT_INPUTS.get(args.model, (None,))[0])
-    if input_shape is None and (args.mac_budget or args.calib):
-        raise SystemExit("leanconv: --input N,C,H,W is required with --mac-budget or --calib for this model")
+    if input_shape is None and (args.mac_budget or args.latency_budget or args.calib):
+        raise SystemExit("leanconv: --input N,C,H,W is required with --mac-budget, --latency-budget or --calib "
+                         "for this model")
     rank = None
     if args.rank:
         rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
     result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
+                     latency_budget=args.latency_budget,
                      input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
                      exclude=args.exclude, order=args.order)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--rank", type=int, nargs="+", default=None, help="rank (two ints for tucker2)")
     conv.add_argument("--energy", type=float, default=None, help="keep this share of each kernel's energy")
     conv.add_argument("--mac-budget", type=int, default=None, help="total MACs allowed at --input")
+    conv.add_argument("--latency-budget", type=float, default=None,
+                      help="milliseconds per --input batch on this machine (per-layer timings, cached)")
     conv.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
     conv.add_argument("--calib", default=None, help="refit on: digits | random:N | file.pt with an (N,C,H,W) tensor")
     conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")

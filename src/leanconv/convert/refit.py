@@ -77,6 +77,8 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
                 ridge: Optional[float] = None) -> None:
     """Set ``conv``'s weight (and bias) to the ridge least-squares fit of ``targets`` from ``inputs``.
 
+    A grouped conv is one independent problem per group (its outputs see only its inputs).
+
     ``ridge`` is relative to the mean diagonal of the Gram matrix. ``None`` picks it from the
     sample/feature ratio: ``1e-6 + 1e-2 * min(1, 10 * features / samples)`` -- nearly plain
     least squares when there are many more pixels than features, and enough shrinkage to
@@ -84,21 +86,23 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
     ResNet-18 at 64x64 with 128 images, a fixed 1e-6 tripled the logit error on held-out
     inputs while fitting the calibration set almost perfectly).
     """
-    if conv.groups != 1:
-        raise ValueError(f"refit needs a groups=1 last stage, got groups={conv.groups}")
-    a = torch.cat([_patches(conv, x.double()) for x in inputs])
+    g = conv.groups
+    a = torch.cat([_patches(conv, x.double()) for x in inputs])  # (pixels, C*kh*kw), channel-major
     y = torch.cat([t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in targets])
+    a = a.reshape(a.shape[0], g, -1).transpose(0, 1)  # (g, pixels, C/g*kh*kw): each group its own problem
+    y = y.reshape(y.shape[0], g, -1).transpose(0, 1)  # (g, pixels, O/g)
     if conv.bias is not None:
-        a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+        a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)
     if ridge is None:
-        ridge = 1e-6 + 1e-2 * min(1.0, 10 * a.shape[1] / a.shape[0])
-    gram = a.T @ a
-    gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    solution = torch.linalg.solve(gram, a.T @ y)  # (features, O)
+        ridge = 1e-6 + 1e-2 * min(1.0, 10 * a.shape[2] / a.shape[1])
+    gram = a.transpose(1, 2) @ a
+    scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    gram += ridge * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, a.transpose(1, 2) @ y)  # (g, features, O/g)
     if conv.bias is not None:
-        conv.bias.copy_(solution[-1].to(conv.bias.dtype))
-        solution = solution[:-1]
-    conv.weight.copy_(solution.T.reshape(conv.weight.shape).to(conv.weight.dtype))
+        conv.bias.copy_(solution[:, -1].reshape(-1).to(conv.bias.dtype))
+        solution = solution[:, :-1]
+    conv.weight.copy_(solution.transpose(1, 2).reshape(conv.weight.shape).to(conv.weight.dtype))
 
 
 def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:

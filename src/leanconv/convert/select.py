@@ -1,10 +1,14 @@
-"""Rank selection: per-layer ranks that meet a global MAC budget with the least damage.
+"""Rank selection: per-layer ranks that meet a global MAC or latency budget with the least damage.
 
 Every convertible layer has a ladder of choices: dense, then the target kind at decreasing
 ranks. Each step down a ladder saves MACs and discards energy (the squared weight error,
 relative to the layer's own energy, from the exact factorization). Greedy allocation: start
-all layers dense and repeatedly take the step with the least discarded energy per MAC saved
-until the model's convertible MACs fit the budget.
+all layers dense and repeatedly take the step with the least discarded energy per MAC (or
+per measured millisecond) saved until the model fits the budget.
+
+For a latency budget each rung is timed on the current device (:mod:`leanconv.convert.latency`)
+and the ladder keeps only rungs faster than every rung above them: a layer whose efficient form
+is slower than the dense conv on this device stays dense.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Choice:
     options: Optional[Dict]  # None: stay dense
     macs: int
     discarded: float  # relative discarded energy, or relative squared output error (0 for dense)
+    latency_ms: Optional[float] = None  # measured, for a latency budget
 
 
 def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Dict] = None,
@@ -63,31 +68,65 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     return rungs
 
 
-def allocate(ladders: Dict[str, List[Choice]], mac_budget: int, fixed_macs: int = 0) -> Dict[str, Choice]:
-    """Greedy choice per layer so that ``fixed_macs + sum(chosen MACs) <= mac_budget``.
+def thin(rungs: List[Choice], keep: int = 8) -> List[Choice]:
+    """Dense, the lowest rank and rungs spread evenly in between (at most ``keep``): what a
+    latency ladder measures, since timing every rank of a wide layer would take minutes."""
+    if len(rungs) <= keep:
+        return list(rungs)
+    step = (len(rungs) - 1) / (keep - 1)
+    return [rungs[round(i * step)] for i in range(keep)]
 
-    Raises ``ValueError`` when even the lowest rank everywhere does not fit.
+
+def latency_ladder(conv: nn.Conv2d, target: str, rungs: List[Choice], input_shape: Tuple[int, ...],
+                   cache) -> List[Choice]:
+    """``rungs`` (from :func:`ladder`, thinned) with measured latencies, keeping only rungs
+    faster than every rung above them; ``[dense]`` alone when no rung beats the dense conv."""
+    from dataclasses import replace
+
+    from leanconv.convert.surgery import build_module, describe
+
+    timed: List[Choice] = []
+    for rung in thin(rungs):
+        kind = "dense" if rung.options is None else target
+        module = build_module(conv, kind, rung.options or {})  # fresh weights: timing only
+        ms = cache.latency(describe(conv, kind, rung.options or {}), module, input_shape)
+        if not timed or ms < timed[-1].latency_ms:
+            timed.append(replace(rung, latency_ms=ms))
+    return timed
+
+
+def allocate(ladders: Dict[str, List[Choice]], budget: float, fixed: float = 0, cost: str = "macs") -> Dict[str, Choice]:
+    """Greedy choice per layer so that ``fixed + sum(chosen cost) <= budget``.
+
+    ``cost`` is ``'macs'`` or ``'latency_ms'`` (the Choice field the budget is in). Raises
+    ``ValueError`` when even the lowest rank everywhere does not fit.
     """
+    name = "mac_budget" if cost == "macs" else "latency_budget"
+
+    def of(choice: Choice) -> float:
+        return getattr(choice, cost)
+
     position = {path: 0 for path in ladders}
-    total = fixed_macs + sum(rungs[0].macs for rungs in ladders.values())
-    floor = fixed_macs + sum(rungs[-1].macs for rungs in ladders.values())
-    if floor > mac_budget:
-        raise ValueError(f"mac_budget={mac_budget:,} is below {floor:,}, the MACs at the lowest rank of every "
+    total = fixed + sum(of(rungs[0]) for rungs in ladders.values())
+    floor = fixed + sum(of(rungs[-1]) for rungs in ladders.values())
+    if floor > budget:
+        unit = "MACs" if cost == "macs" else "ms (measured)"
+        raise ValueError(f"{name}={budget:,} is below {floor:,.6g} {unit}, the cost at the lowest rank of every "
                          "convertible layer (plus the layers that cannot be converted)")
-    while total > mac_budget:
-        best, best_cost = None, float("inf")
+    while total > budget:
+        best, best_price = None, float("inf")
         for path, rungs in ladders.items():
             i = position[path]
             if i + 1 >= len(rungs):
                 continue
-            saved = rungs[i].macs - rungs[i + 1].macs
-            cost = (rungs[i + 1].discarded - rungs[i].discarded) / saved
-            if cost < best_cost:
-                best, best_cost = path, cost
+            saved = of(rungs[i]) - of(rungs[i + 1])
+            price = (rungs[i + 1].discarded - rungs[i].discarded) / saved
+            if price < best_price:
+                best, best_price = path, price
         position[best] += 1  # type: ignore[index]
         rungs = ladders[best]  # type: ignore[index]
-        total -= rungs[position[best] - 1].macs - rungs[position[best]].macs  # type: ignore[index]
+        total -= of(rungs[position[best] - 1]) - of(rungs[position[best]])  # type: ignore[index]
     return {path: ladders[path][i] for path, i in position.items()}
 
 
-__all__ = ["Choice", "allocate", "ladder"]
+__all__ = ["Choice", "allocate", "ladder", "latency_ladder", "thin"]

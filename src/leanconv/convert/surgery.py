@@ -2,7 +2,8 @@
 weights (``factorize``), swap it in with ``setattr`` on the parent, and record a plan.
 
 The input model is never modified unless ``inplace=True``. A layer stays as it is when the
-target would not save MACs on it; the report says why.
+target would not save MACs on it (or, under a latency budget, is not faster on this device);
+the report says why.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from leanconv._validate import check_choice, pair
 from leanconv.convert import factorize
+from leanconv.convert.select import Choice
 from leanconv.kinds import ConvSpec, get_kind
 
 TARGETS = ("dsconv", "asymmetric", "tucker2", "grouped")
@@ -41,6 +43,8 @@ class LayerReport:
     reason: str = ""
     output_error: Optional[float] = None  # relative, on the calibration data, after the refit
     output_error_before_refit: Optional[float] = None
+    latency_before_ms: Optional[float] = None  # measured, under a latency budget
+    latency_after_ms: Optional[float] = None
 
 
 @dataclass
@@ -50,6 +54,8 @@ class ConversionResult:
     model: nn.Module
     plan: Dict[str, Any]
     layers: List[LayerReport] = field(default_factory=list)
+    original_latency_ms: Optional[float] = None  # measured whole model, under a latency budget
+    predicted_latency_ms: Optional[float] = None  # the rest of the model + the chosen layers' timings
 
     @property
     def macs_before(self) -> int:
@@ -69,6 +75,13 @@ class ConversionResult:
                          f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
         lines.append(f"\nconvertible layers: {self.macs_before:,} MACs before, {self.macs_after:,} after "
                      f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
+        if self.original_latency_ms is not None:
+            lines.append(f"\nmeasured latency: {self.original_latency_ms:.3f} ms before; predicted from per-layer "
+                         f"timings: {self.predicted_latency_ms:.3f} ms after")
+            for r in self.layers:
+                if r.latency_before_ms is not None:
+                    after = "-" if r.latency_after_ms is None else f"{r.latency_after_ms:.3f}"
+                    lines.append(f"- {r.path}: {r.latency_before_ms:.3f} ms dense -> {after} ms")
         return "\n".join(lines) + "\n"
 
 
@@ -83,6 +96,13 @@ def _spec(conv: nn.Conv2d, **options) -> ConvSpec:
     return ConvSpec.create(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                            padding, conv.dilation,
                            conv.bias is not None, **options)
+
+
+def describe(conv: nn.Conv2d, kind: str, options: Dict[str, Any]) -> str:
+    """A stable text key for ``conv``'s arguments built as ``kind`` with ``options`` (latency cache)."""
+    return (f"{kind}|C={conv.in_channels}|O={conv.out_channels}|k={tuple(conv.kernel_size)}|s={tuple(conv.stride)}|"
+            f"p={_padding_arg(conv)}|d={tuple(conv.dilation)}|g={conv.groups}|bias={conv.bias is not None}|"
+            f"{conv.padding_mode}|{json.dumps(_jsonable(options), sort_keys=True)}")
 
 
 def _out_hw(conv: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int]:
@@ -192,6 +212,7 @@ def convert(
     rank: Optional[Union[int, Tuple[int, int]]] = None,
     energy: Optional[float] = None,
     mac_budget: Optional[int] = None,
+    latency_budget: Optional[float] = None,
     input_size: Optional[Sequence[int]] = None,
     calib: Optional[Iterable[torch.Tensor]] = None,
     include: Optional[Sequence[str]] = None,
@@ -199,14 +220,19 @@ def convert(
     inplace: bool = False,
     only_if_cheaper: bool = True,
     order: Optional[str] = None,
+    latency_cache: Optional[Any] = None,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
 
     Choose the ranks with one of: ``rank`` (depth multiplier for dsconv, mid channels for
     asymmetric, ``(r1, r2)`` or one int for tucker2, groups for grouped; None = full rank,
     exact), ``energy`` (per layer, the smallest rank keeping that share of the kernel's
-    energy) or ``mac_budget`` (the whole model's conv + linear MACs at ``input_size``, met by
-    greedy allocation of discarded energy per MAC saved; see :mod:`leanconv.convert.select`).
+    energy), ``mac_budget`` (the whole model's conv + linear MACs at ``input_size``, met by
+    greedy allocation of discarded energy per MAC saved; see :mod:`leanconv.convert.select`)
+    or ``latency_budget`` (milliseconds for one ``input_size`` batch on the device the model's
+    parameters are on, from per-layer timings cached by ``latency_cache``, a
+    :class:`leanconv.convert.latency.LatencyCache`; a layer whose target form is not faster
+    than its dense conv on this device stays dense).
     ``input_size`` (N, C, H, W) gives real MACs per layer; without it they are per output
     pixel. ``calib`` (input batches) refits each converted layer's last stage by least
     squares (:mod:`leanconv.convert.refit`) and reports its output error.
@@ -220,14 +246,17 @@ def convert(
             raise ValueError(f"order={order!r} applies only to to='asymmetric'")
         check_choice(order, "order", ("kx1_first", "1xk_first"))
     extra = {"order": order} if order is not None else None
-    if sum(x is not None for x in (rank, energy, mac_budget)) > 1:
-        raise ValueError("pass at most one of rank, energy and mac_budget")
+    if sum(x is not None for x in (rank, energy, mac_budget, latency_budget)) > 1:
+        raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
+    if latency_budget is not None and not latency_budget > 0:
+        raise ValueError(f"latency_budget={latency_budget!r} must be a positive number of milliseconds")
     if energy is not None and not 0 < energy <= 1:
         raise ValueError(f"energy={energy!r} must be in (0, 1]")
-    if to == "grouped" and (energy is not None or mac_budget is not None):
-        raise ValueError("to='grouped' takes rank=<groups>, not energy or mac_budget")
-    if mac_budget is not None and input_size is None:
-        raise ValueError("mac_budget needs input_size (N, C, H, W) to count MACs")
+    budget = mac_budget if mac_budget is not None else latency_budget
+    if to == "grouped" and (energy is not None or budget is not None):
+        raise ValueError("to='grouped' takes rank=<groups>, not energy, mac_budget or latency_budget")
+    if budget is not None and input_size is None:
+        raise ValueError(f"{'mac' if mac_budget is not None else 'latency'}_budget needs input_size (N, C, H, W)")
     original = model
     sizes = _input_sizes(model, input_size)
     model = model if inplace else copy.deepcopy(model)
@@ -238,20 +267,29 @@ def convert(
         if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
         and not (include and not _matches(path, include)) and not _matches(path, exclude)
     ]
-    if mac_budget is not None:
+    timings: Dict[str, Any] = {}
+    if budget is not None:
         calib = None if calib is None else list(calib)
-        chosen = _budget_options(original, eligible, to, mac_budget, input_size, sizes, extra, calib)
+        if latency_budget is not None:
+            from leanconv.convert.latency import LatencyCache
+
+            timings["cache"] = latency_cache if latency_cache is not None else LatencyCache()
+        chosen = _budget_options(original, eligible, to, budget, input_size, sizes, extra, calib, timings)
     plan: Dict[str, Any] = {"version": PLAN_VERSION, "target": to, "layers": {}}
     reports: List[LayerReport] = []
     for path, conv in eligible:
         hw = sizes.get(path, _min_hw(conv))
         macs_before = get_kind("dense").macs(_spec(conv), hw)
         params_before = sum(p.numel() for p in conv.parameters())
-        if mac_budget is not None:
+        if budget is not None:
             options = chosen[path]
             if options is None:
+                reason = timings.get("not_faster", {}).get(path) or \
+                    f"kept dense by the {'MAC' if mac_budget is not None else 'latency'} budget"
+                dense_ms = timings.get("ladders", {}).get(path, [Choice(None, 0, 0.0)])[0].latency_ms
                 reports.append(LayerReport(path, False, to, {}, macs_before, macs_before, params_before,
-                                           params_before, 0.0, "kept dense by the MAC budget"))
+                                           params_before, 0.0, reason, latency_before_ms=dense_ms,
+                                           latency_after_ms=dense_ms))
                 continue
         else:
             options = (_energy_rank(conv, to, energy, extra) if energy is not None
@@ -273,8 +311,13 @@ def convert(
         replacement.train(conv.training)
         _set_module(model, path, replacement)
         plan["layers"][path] = {"kind": to, "options": _jsonable(options)}
-        reports.append(LayerReport(path, True, to, _jsonable(options), macs_before, macs_after, params_before,
-                                   params_after, result.relative_error))
+        report = LayerReport(path, True, to, _jsonable(options), macs_before, macs_after, params_before,
+                             params_after, result.relative_error)
+        if "ladders" in timings:
+            rungs = timings["ladders"][path]
+            report.latency_before_ms = rungs[0].latency_ms
+            report.latency_after_ms = next(r.latency_ms for r in rungs if r.options == options)
+        reports.append(report)
     if calib is not None and plan["layers"]:
         from leanconv.convert.refit import refit
 
@@ -283,18 +326,25 @@ def convert(
             if report.path in errors:
                 report.output_error_before_refit = errors[report.path].error_before
                 report.output_error = errors[report.path].error_after
-    return ConversionResult(model, plan, reports)
+    result = ConversionResult(model, plan, reports)
+    if "ladders" in timings:
+        result.original_latency_ms = timings["model_ms"]
+        result.predicted_latency_ms = timings["fixed_ms"] + sum(
+            (r.latency_after_ms if r.latency_after_ms is not None else 0.0) for r in reports)
+    return result
 
 
-def _budget_options(model, eligible, to, mac_budget, input_size, sizes, extra=None,
-                    calib=None) -> Dict[str, Optional[Dict[str, Any]]]:
-    """Per-layer options meeting ``mac_budget`` (None: stays dense); with ``calib``, the damage
-    of each rank is measured as output error on the layer's calibration inputs."""
+def _budget_options(model, eligible, to, budget, input_size, sizes, extra=None,
+                    calib=None, timings=None) -> Dict[str, Optional[Dict[str, Any]]]:
+    """Per-layer options meeting a MAC ``budget``, or a latency one when ``timings`` holds a
+    ``'cache'`` (None: stays dense). With ``calib``, the damage of each rank is measured as
+    output error on the layer's calibration inputs. Fills ``timings`` with the measured ladders,
+    the whole model's latency and the part of it outside the convertible layers."""
     from leanconv.analysis.profile import profile
     from leanconv.convert.refit import _capture
-    from leanconv.convert.select import allocate, ladder
+    from leanconv.convert.select import allocate, ladder, latency_ladder
 
-    total = profile(model, tuple(input_size)).total_macs
+    timings = {} if timings is None else timings
     layer_inputs: Dict[str, Any] = {}
     if calib:
         was_training = model.training
@@ -304,8 +354,29 @@ def _budget_options(model, eligible, to, mac_budget, input_size, sizes, extra=No
         model.train(was_training)
     ladders = {path: ladder(conv, to, sizes.get(path, _min_hw(conv)), extra, layer_inputs.get(path))
                for path, conv in eligible}
-    fixed = total - sum(rungs[0].macs for rungs in ladders.values())
-    return {path: choice.options for path, choice in allocate(ladders, mac_budget, fixed).items()}
+    if "cache" not in timings:
+        total = profile(model, tuple(input_size)).total_macs
+        fixed = total - sum(rungs[0].macs for rungs in ladders.values())
+        return {path: choice.options for path, choice in allocate(ladders, budget, fixed).items()}
+    cache = timings["cache"]
+    batch = input_size[0]
+    ladders = {path: latency_ladder(conv, to, ladders[path], (batch, conv.in_channels, *sizes[path]), cache)
+               for path, conv in eligible}
+    cache.save()
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    with torch.no_grad():
+        timings["model_ms"] = float(cache.measure(model.eval(), torch.randn(tuple(input_size), device=device)))
+    model.train(was_training)
+    timings["fixed_ms"] = max(timings["model_ms"] - sum(rungs[0].latency_ms for rungs in ladders.values()), 0.0)
+    timings["ladders"] = ladders
+    timings["not_faster"] = {
+        path: f"kept dense: no rank of {to} measured faster than the dense conv ({rungs[0].latency_ms:.3f} ms) "
+              "on this device"
+        for path, rungs in ladders.items() if len(rungs) == 1}
+    chosen = allocate(ladders, budget, timings["fixed_ms"], cost="latency_ms")
+    return {path: choice.options for path, choice in chosen.items()}
 
 
 def _min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
@@ -348,5 +419,5 @@ def save_plan(plan: Dict[str, Any], path: Union[str, Path]) -> None:
     write_atomic(Path(path), json.dumps(plan, indent=2))
 
 
-__all__ = ["ConversionResult", "LayerReport", "TARGETS", "apply_plan", "build_module", "convert", "factorize_conv",
-           "save_plan"]
+__all__ = ["ConversionResult", "LayerReport", "TARGETS", "apply_plan", "build_module", "convert", "describe",
+           "factorize_conv", "save_plan"]

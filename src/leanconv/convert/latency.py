@@ -1,0 +1,79 @@
+"""Measured per-layer latency for rank selection, cached on disk per device and setting.
+
+A conversion under a latency budget needs each candidate module's latency on the device the
+model runs on. Measuring is slow, so results are cached in ``<cache_dir>/latency.json``, keyed
+by everything that changes a timing: torch version, device, thread count, dtype, memory format,
+the module's kind and arguments, and the input shape. Weights do not change a timing, so
+candidates are timed with fresh weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from leanconv._cache import cache_dir
+
+Measure = Callable[[nn.Module, torch.Tensor], float]
+
+
+def _default_measure(module: nn.Module, x: torch.Tensor) -> float:
+    from leanconv.bench import measure_latency
+
+    return measure_latency(module, x, min_run_time=0.1)
+
+
+def device_key(device: torch.device) -> str:
+    """The device and setting part of a cache key (threads matter on CPU, the GPU model on CUDA)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu/{torch.get_num_threads()}threads"
+    return f"torch {torch.__version__}|{device.type}|{name}"
+
+
+class LatencyCache:
+    """Milliseconds per (setting, module description, input shape), persisted as JSON.
+
+    ``path=None`` uses ``<cache_dir>/latency.json``; ``measure`` (module, input) -> ms replaces
+    the real measurement (tests use it to count calls or to script timings).
+    """
+
+    def __init__(self, path: Optional[Path] = None, measure: Optional[Measure] = None) -> None:
+        self.path = Path(path) if path is not None else cache_dir() / "latency.json"
+        self.measure = measure or _default_measure
+        self.measured = 0  # timings taken by this object (cache misses)
+        try:
+            self._table: Dict[str, float] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self._table = {}
+
+    def latency(self, description: str, module: nn.Module, input_shape: Sequence[int],
+                channels_last: bool = False) -> float:
+        """Median latency in ms of ``module`` on a random input of ``input_shape`` (cached)."""
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        dtype = parameter.dtype if parameter is not None else torch.float32
+        key = (f"{device_key(device)}|{dtype}|{'channels_last' if channels_last else 'nchw'}|"
+               f"{tuple(input_shape)}|{description}")
+        if key not in self._table:
+            x = torch.randn(tuple(input_shape), device=device, dtype=dtype)
+            module = module.eval()
+            if channels_last:
+                x, module = x.contiguous(memory_format=torch.channels_last), module.to(memory_format=torch.channels_last)
+            self._table[key] = float(self.measure(module, x))
+            self.measured += 1
+        return self._table[key]
+
+    def save(self) -> None:
+        """Write the table atomically (other processes may read it at the same time)."""
+        from leanconv.analysis.profile import write_atomic
+
+        write_atomic(self.path, json.dumps(self._table, indent=1, sort_keys=True))
+
+
+__all__ = ["LatencyCache", "device_key"]
