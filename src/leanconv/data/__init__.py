@@ -1,5 +1,12 @@
-"""Datasets that need no download: scikit-learn's bundled digits (more loaders come with the demo)."""
+"""Datasets that need no download: scikit-learn's bundled digits, CIFAR-10 python batches and
+class-folder images in local folders, and ``load_data(spec)`` resolving a ``--data`` string."""
 
+from leanconv.data.cifar10 import CIFAR10
 from leanconv.data.digits import DigitsSplit, load_digits
+from leanconv.data.errors import DataNotFoundError
+from leanconv.data.folder import ImageFolder
+from leanconv.data.normalize import PRESETS
+from leanconv.data.spec import DataSplits, load_data
 
-__all__ = ["DigitsSplit", "load_digits"]
+__all__ = ["CIFAR10", "DataNotFoundError", "DataSplits", "DigitsSplit", "ImageFolder", "PRESETS", "load_data",
+           "load_digits"]
