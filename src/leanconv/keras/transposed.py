@@ -12,10 +12,11 @@ Output size per dimension, as ``Conv2DTranspose``: ``'same'`` gives ``in * strid
 crop placed by the TensorFlow rule (the transposed conv is the adjoint of a 'same' conv, which
 pads its extra pixel right/bottom), as :class:`leanconv.layers.ConvTranspose2d` does;
 ``'valid'`` gives ``(in-1)*stride + max(k_eff, stride)``, or ``(in-1)*stride + k_eff +
-output_padding`` when ``output_padding`` is given (``k_eff = d*(k-1)+1``). Keras' own
-``Conv2DTranspose`` on its torch backend crops an odd kernel's 'same' output one pixel
-differently (its documented torch limitation); these layers give the same result on every
-backend.
+output_padding`` when ``output_padding`` is given (``k_eff = d*(k-1)+1``). On one channel
+the result equals Keras' ``Conv2DTranspose`` (tested for kernels 1-5, strides 1-3, both
+paddings). PyTorch's ``nn.ConvTranspose2d`` has no 'same'; its usual stand-in
+``padding=ceil((k-s)/2), output_padding=(k-s) % 2`` gives the same size but, for an odd
+``k - s``, a window one pixel later (PyTorch adds output_padding only at the end).
 """
 
 from __future__ import annotations
