@@ -120,14 +120,15 @@ def narrow(product: Tensor, mode: str) -> Tensor:
 class ApFixed:
     """The seed's HLS dialect: ``ap_fixed<32,1>`` factor, int16 bias after rescaling, uint8 activations.
 
-    ``narrowing``: ``'trunc'`` (toward zero, as assigning to ``ap_int``), ``'floor'`` (a default
-    ``ap_fixed``) or ``'round'`` (``AP_RND``, half up). ``store``: ``'saturate'`` (explicit clamp)
+    ``narrowing``: ``'round'`` (``AP_RND``, half up; the default, the most accurate), ``'trunc'``
+    (toward zero, as assigning to ``ap_int``: what a plain cast does) or ``'floor'`` (a default
+    ``ap_fixed``). ``store``: ``'saturate'`` (explicit clamp)
     or ``'wrap'`` (plain assignment). ``acc_bits``: accumulator width (``ap_int<32>``);
     ``bias_bits``: bias width (``ap_int<16>``); ``min_factor_bits``: fewest significant bits a
     factor may keep. Activations have zero point 0: uint8 after a ReLU, int8 otherwise.
     """
 
-    narrowing: str = "trunc"
+    narrowing: str = "round"
     store: str = "saturate"
     acc_bits: int = 32
     bias_bits: int = 16
@@ -198,13 +199,14 @@ def multiply_by_quantized_multiplier(x: Tensor, multiplier: Tensor, shift: Tenso
     """TFLite's ``MultiplyByQuantizedMultiplier(x, q, shift)`` with double or single rounding.
 
     Double: ``RoundingDivideByPOT(SRDHM(x * 2**max(shift, 0), q), max(-shift, 0))`` (the left
-    shift wraps in int32 as the C++ does). Single: ``(x * q + 2**(30 - shift)) >> (31 - shift)``.
+    shift wraps in int32 as the C++ does). Single: ``(x * q + 2**(30 - shift)) >> (31 - shift)``,
+    cast to int32.
     """
     check_choice(rounding, "rounding", ROUNDINGS)
     x, multiplier, shift = torch.broadcast_tensors(x, multiplier, shift)
     if rounding == "single":
         total = 31 - shift
-        return (x * multiplier + (torch.ones_like(total) << (total - 1))) >> total
+        return wrap_signed((x * multiplier + (torch.ones_like(total) << (total - 1))) >> total, 32)
     left = shift.clamp(min=0)
     right = (-shift).clamp(min=0)
     shifted = wrap_signed(x * (torch.ones_like(left) << left), 32)
