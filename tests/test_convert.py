@@ -220,5 +220,42 @@ def test_seed_convblock_order_conversion_is_exact_and_low_rank_keeps_shape():
         torch.testing.assert_close(full.model(x), conv(x))
     low = convert(conv, to="asymmetric", order="1xk_first", rank=2)
     assert low.layers[0].converted and low.model(x).shape == conv(x).shape
-    with pytest.raises(ValueError, match="order='1xk_first' applies only to to='asymmetric'"):
+    with pytest.raises(ValueError, match="order='1xk_first' applies only to to='asymmetric' or to='dsconv'"):
+        convert(conv, to="tucker2", order="1xk_first")
+    with pytest.raises(ValueError, match="order='1xk_first' must be one of"):
         convert(conv, to="dsconv", order="1xk_first")
+
+
+def test_dsconv_pointwise_first_conversion_exact_refit_and_plan(tmp_path):
+    model = Mixed().double().eval()
+    x = torch.randn(2, 3, 23, 21, dtype=F64)
+    full = convert(model, to="dsconv", order="pointwise_first", only_if_cheaper=False)
+    assert all(full.model.get_submodule(p).order == "pointwise_first" for p in full.plan["layers"])
+    with torch.no_grad():
+        torch.testing.assert_close(full.model(x), model(x))
+    low = convert(model.float(), to="dsconv", order="pointwise_first", rank=1, only_if_cheaper=False,
+                  calib=[torch.randn(4, 3, 24, 24) for _ in range(2)])
+    assert all(r.output_error <= r.output_error_before_refit + 1e-9 for r in low.layers if r.converted)
+    save_plan(low.plan, tmp_path / "plan.json")
+    rebuilt = apply_plan(Mixed(), tmp_path / "plan.json")
+    rebuilt.load_state_dict(low.model.state_dict())
+    xf = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(xf), low.model(xf))
+
+
+def test_auto_order_picks_the_exact_dual_for_per_output_rank_one_kernels():
+    """W[o] = a_o b_o^T (C x 9) is rank 1 per output channel: the dual at m=1 is exact, the
+    depthwise-first form at m=1 is not; 'auto' must pick the dual."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(32, 8, 3, padding=1, bias=False).double()
+    a, b = torch.randn(8, 32, dtype=F64), torch.randn(8, 9, dtype=F64)
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("oc,ok->ock", a, b).reshape(8, 32, 3, 3))
+    model = nn.Sequential(conv).eval()
+    chosen = convert(model, to="dsconv", order="auto", rank=1, input_size=(1, 32, 16, 16))
+    assert chosen.plan["layers"]["0"]["options"]["order"] == "pointwise_first"
+    assert chosen.layers[0].relative_weight_error < 1e-7
+    assert convert(model, to="dsconv", rank=1).layers[0].relative_weight_error > 0.1
+    budget = convert(model, to="dsconv", order="auto", mac_budget=100_000, input_size=(1, 32, 16, 16))
+    assert budget.plan["layers"]["0"]["options"]["order"] == "pointwise_first"

@@ -182,3 +182,41 @@ def test_asymmetric_1xk_first_full_rank_is_exact(cfg, c, o):
     torch.testing.assert_close(y, expected)
     with pytest.raises(ValueError, match="order='diagonal' must be one of"):
         factorize.asymmetric(w, 1, order="diagonal")
+
+
+@settings(max_examples=30)
+@given(cfg=configs, c=st.integers(1, 4), o=st.integers(1, 4), g=st.sampled_from([1, 2]))
+def test_dsconv_pointwise_first_full_rank_is_exact(cfg, c, o, g):
+    """The dual: pointwise C -> O*m (groups g), then kxk O*m -> O with groups O."""
+    c, o = c * g, o * g
+    kh, kw = cfg["kernel"]
+    w = torch.randn(o, c // g, kh, kw, dtype=F64)
+    m = min(c // g, kh * kw)
+    result = factorize.dsconv(w, m, groups=g, order="pointwise_first")
+    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    assert result.weights["pointwise"].shape == (o * m, c // g, 1, 1)
+    assert result.weights["depthwise"].shape == (o, m, kh, kw)
+    x = torch.randn(2, c, 9, 10, dtype=F64)
+    expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], g)
+    mixed = F.conv2d(x, result.weights["pointwise"], groups=g)  # no bias: commutes with any padding
+    y = dense(mixed, result.weights["depthwise"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], o)
+    torch.testing.assert_close(y, expected)
+
+
+@pytest.mark.parametrize("m, g", [(1, 1), (2, 1), (1, 2)])
+def test_dsconv_pointwise_first_error_is_per_output_eckart_young(m, g):
+    torch.manual_seed(2)
+    c, o = 6, 4
+    w = torch.randn(o, c // g, 3, 3, dtype=F64)
+    result = factorize.dsconv(w, m, groups=g, order="pointwise_first")
+    p, d = result.weights["pointwise"][:, :, 0, 0], result.weights["depthwise"]
+    rebuilt = torch.einsum("ojc,ojhw->ochw", p.reshape(o, m, c // g), d)
+    error = float((w - rebuilt).pow(2).sum())
+    expected = sum(float((torch.linalg.svdvals(w[i].reshape(c // g, 9))[m:] ** 2).sum()) for i in range(o))
+    assert error == pytest.approx(result.discarded_energy, rel=1e-9)
+    assert result.discarded_energy == pytest.approx(expected, rel=1e-12)
+    for _ in range(20):  # no perturbation of the factors does better
+        noisy_p = p + 1e-3 * torch.randn_like(p)
+        noisy_d = d + 1e-3 * torch.randn_like(d)
+        noisy = torch.einsum("ojc,ojhw->ochw", noisy_p.reshape(o, m, c // g), noisy_d)
+        assert float((w - noisy).pow(2).sum()) >= error

@@ -110,6 +110,28 @@ def test_separable_matches_functional_composition(cfg, m, bias):
     torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
 
 
+@given(cfg=conv_config(), m=st.integers(1, 2), bias=st.booleans())
+@settings(max_examples=25)
+def test_pointwise_first_separable_matches_functional_composition_and_fuses(cfg, m, bias):
+    import leanconv
+
+    layer = DepthwiseSeparableConv2d(
+        3, 5, *config_args(cfg), bias, cfg["mode"],
+        depth_multiplier=m, norm_layer=nn.BatchNorm2d, dtype=F64, order="pointwise_first",
+    )
+    randomize_norms(layer).eval()
+    assert layer.pointwise.out_channels == 5 * m and layer.depthwise.groups == 5
+    k, s, p, d = config_args(cfg)
+    x = torch.randn(2, 3, *cfg["hw"], dtype=F64)
+    mixed = bn_eval(F.conv2d(x, layer.pointwise.weight), layer.norm)
+    ref = F.conv2d(ref_pad(mixed, p, k, s, d, cfg["mode"]), layer.depthwise.weight, layer.depthwise.bias,
+                   s, 0, d, groups=5)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
+    fused = leanconv.fuse(nn.Sequential(layer))  # BN folds into the pointwise stage before it
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in fused.modules())
+    torch.testing.assert_close(fused(x), ref, rtol=1e-9, atol=1e-9)
+
+
 def test_separable_structure_and_state_dict_keys():
     layer = DepthwiseSeparableConv2d(4, 6, 3, 2, "same", depth_multiplier=2,
                                      norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU6)

@@ -14,7 +14,7 @@ from leanconv.kinds import KINDS
 # Modules that add their own subcommands: each has ``add_subcommands(sub)`` taking the
 # ``argparse`` subparsers object and calling ``sub.add_parser(...).set_defaults(func=...)``.
 # Their heavy imports stay inside the command functions so ``leanconv --help`` stays fast.
-COMMAND_MODULES: tuple = ()
+COMMAND_MODULES: tuple = ("leanconv.quant.cli",)
 
 
 def _kinds_rows() -> List[dict]:
@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
     conv.add_argument("--calib", default=None, help="refit on: digits | random:N | file.pt with an (N,C,H,W) tensor")
     conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
-    conv.add_argument("--order", choices=("kx1_first", "1xk_first"), default=None, help="asymmetric stage order")
+    conv.add_argument("--order", choices=("kx1_first", "1xk_first", "depthwise_first", "pointwise_first", "auto"),
+                      default=None, help="stage order (asymmetric or dsconv); auto: per layer, least damage per MAC")
     conv.add_argument("--out", required=True, help="output folder (model.pt, plan.json, report.md)")
     conv.add_argument("--force", action="store_true", help="replace --out if it exists")
     conv.set_defaults(func=cmd_convert)

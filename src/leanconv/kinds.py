@@ -301,16 +301,28 @@ def _pointwise_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _dsconv_stages(spec: ConvSpec) -> List[Stage]:
-    mid = spec.in_channels * spec.options["depth_multiplier"]
+    m, o = spec.options["depth_multiplier"], spec.out_channels
+    if spec.options["order"] == "pointwise_first":
+        stages = [_conv("pointwise", spec.in_channels, o * m, 1)]
+        if _has_norm(spec):
+            stages.append(_norm("norm", o * m))
+        stages.append(_conv("depthwise", o * m, o, spec.kernel_size, spec=spec, groups=o, bias=spec.bias))
+        return stages
+    mid = spec.in_channels * m
     stages = [_conv("depthwise", spec.in_channels, mid, spec.kernel_size, spec=spec, groups=spec.in_channels)]
     if _has_norm(spec):
         stages.append(_norm("norm", mid))
-    stages.append(_conv("pointwise", mid, spec.out_channels, 1, bias=spec.bias))
+    stages.append(_conv("pointwise", mid, o, 1, bias=spec.bias))
     return stages
 
 
 def _check_depth_multiplier(spec: ConvSpec) -> None:
     check_positive_int(spec.options["depth_multiplier"], "depth_multiplier")
+
+
+def _check_dsconv(spec: ConvSpec) -> None:
+    _check_depth_multiplier(spec)
+    check_choice(spec.options["order"], "order", ("depthwise_first", "pointwise_first"))
 
 
 def _asymmetric_stages(spec: ConvSpec) -> List[Stage]:
@@ -505,11 +517,12 @@ register(ConvKind(
 ))
 register(ConvKind(
     "dsconv", "depthwise separable: depthwise kxk (C -> C*m) then pointwise 1x1 (C*m -> O)",
-    "leanconv.layers.DepthwiseSeparableConv2d", {"depth_multiplier": 1, **_NORM_ACT},
+    "leanconv.layers.DepthwiseSeparableConv2d", {"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
     lambda s, kw: _layers().DepthwiseSeparableConv2d(*_conv_args(s), s.bias, **kw, **s.options),
     _dsconv_stages,
-    "C*m*kh*kw + C*m*O (+O)", "(C*m*kh*kw + C*m*O)*H'*W'",
-    _check_depth_multiplier,
+    "C*m*kh*kw + C*m*O (+O); pointwise_first: C*O*m + O*m*kh*kw",
+    "(C*m*kh*kw + C*m*O)*H'*W'; pointwise_first: C*O*m*H*W + O*m*kh*kw*H'*W'",
+    _check_dsconv,
 ))
 register(ConvKind(
     "asymmetric", "spatially separable: kx1 conv (C -> K) then 1xk conv (K -> O), or the reverse",

@@ -5,7 +5,8 @@ stages' weights plus the energy it discarded (squared Frobenius norm of the weig
 SVD-based ones are optimal in weight space (Eckart-Young) and exact at full rank:
 
 * :func:`dsconv` — per input channel ``i``, the ``(O/g) x (kh*kw)`` slice ``W[:, i]`` keeps
-  its rank-``m`` SVD: ``P_i = U_m S_m^(1/2)`` (pointwise), ``D_i = S_m^(1/2) V_m^T`` (depthwise).
+  its rank-``m`` SVD: ``P_i = U_m S_m^(1/2)`` (pointwise), ``D_i = S_m^(1/2) V_m^T`` (depthwise);
+  the dual (pointwise first) does the same per output channel.
 * :func:`asymmetric` — ``W`` reshaped to ``M[(c,h), (o,w)]`` keeps its rank-``K`` SVD: a
   ``kh x 1`` stage ``C -> K`` and a ``1 x kw`` stage ``K -> O``.
 * :func:`asymmetric_depthwise` — each 2-D kernel of a depthwise conv keeps its rank-1 SVD.
@@ -64,22 +65,43 @@ def _truncated_svd(matrix: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch
     return left.to(matrix.dtype), right.to(matrix.dtype), discarded
 
 
-def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1) -> Factorization:
-    """Depthwise (``C -> C*m``, groups C) then pointwise (``C*m -> O``, groups g).
+def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1,
+           order: str = "depthwise_first") -> Factorization:
+    """Depthwise then pointwise (``order='depthwise_first'``, MobileNet) or its dual.
 
-    Returns ``weights['depthwise']`` ``(C*m, 1, kh, kw)`` and ``weights['pointwise']``
-    ``(O, C*m/g, 1, 1)``. MAC ratio to dense: ``m/O + m/(kh*kw)``.
+    ``depthwise_first``: depthwise (``C -> C*m``, groups C) then pointwise (``C*m -> O``,
+    groups g); ``weights['depthwise']`` ``(C*m, 1, kh, kw)``, ``weights['pointwise']``
+    ``(O, C*m/g, 1, 1)``; per input channel the ``(O/g) x (kh*kw)`` slice keeps its rank-``m``
+    SVD. MAC ratio to dense: ``m/O + m/(kh*kw)``.
+
+    ``pointwise_first``: pointwise (``C -> O*m``, groups g) then a ``kh x kw`` conv
+    (``O*m -> O``, groups O: each output reads its own ``m`` channels); ``weights['pointwise']``
+    ``(O*m, C/g, 1, 1)``, ``weights['depthwise']`` ``(O, m, kh, kw)``; per output channel the
+    ``(C/g) x (kh*kw)`` slice keeps its rank-``m`` SVD. The pointwise stage runs at the input
+    resolution, so this order pays off when ``C > O`` and the stride is 1.
     """
     _check_weight(weight)
     m = check_positive_int(depth_multiplier, "depth_multiplier")
     g = check_positive_int(groups, "groups")
+    if order not in ("depthwise_first", "pointwise_first"):
+        raise ValueError(f"order={order!r} must be one of ('depthwise_first', 'pointwise_first')")
     out_channels, c_per_group, kh, kw = weight.shape
     check_divisible(out_channels, "out_channels", g, "groups")
+    total = float(weight.double().pow(2).sum())
+    discarded = 0.0
+    if order == "pointwise_first":
+        pointwise = weight.new_zeros(out_channels * m, c_per_group, 1, 1)
+        spatial = weight.new_zeros(out_channels, m, kh, kw)
+        for o in range(out_channels):
+            left, right, lost = _truncated_svd(weight[o].reshape(c_per_group, kh * kw), m)
+            pointwise[o * m:(o + 1) * m, :, 0, 0] = left.T
+            spatial[o] = right.reshape(m, kh, kw)
+            discarded += lost
+        return Factorization({"pointwise": pointwise, "depthwise": spatial}, discarded, total)
     o_per_group = out_channels // g
     in_channels = c_per_group * g
     depthwise = weight.new_zeros(in_channels * m, 1, kh, kw)
     pointwise = weight.new_zeros(out_channels, c_per_group * m, 1, 1)
-    discarded = 0.0
     for j in range(g):
         outs = slice(j * o_per_group, (j + 1) * o_per_group)
         for local in range(c_per_group):
@@ -88,7 +110,7 @@ def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1) -> 
             depthwise[i * m:(i + 1) * m, 0] = right.reshape(m, kh, kw)
             pointwise[outs, local * m:(local + 1) * m, 0, 0] = left
             discarded += lost
-    return Factorization({"depthwise": depthwise, "pointwise": pointwise}, discarded, float(weight.double().pow(2).sum()))
+    return Factorization({"depthwise": depthwise, "pointwise": pointwise}, discarded, total)
 
 
 def asymmetric(weight: torch.Tensor, mid_channels: int, order: str = "kx1_first") -> Factorization:

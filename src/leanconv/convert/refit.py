@@ -19,7 +19,6 @@ from torch import nn
 
 from leanconv.padding import pad_same
 
-_LAST_STAGE = {"dsconv": "pointwise", "tucker2": "expand", "grouped": ""}
 
 
 @dataclass
@@ -31,12 +30,18 @@ class RefitReport:
     error_after: float
 
 
+def last_stage_name(kind: str, options: Dict) -> str:
+    """Path of a converted module's last linear stage (it gets the bias, and the refit solves it)."""
+    if kind == "asymmetric":
+        return "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
+    if kind == "dsconv":
+        return "pointwise" if options.get("order", "depthwise_first") == "depthwise_first" else "depthwise"
+    return {"tucker2": "expand", "grouped": ""}[kind]
+
+
 def last_stage(module: nn.Module, kind: str, options: Dict) -> nn.Conv2d:
     """The conv whose weights the refit solves for."""
-    if kind == "asymmetric":
-        name = "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
-    else:
-        name = _LAST_STAGE[kind]
+    name = last_stage_name(kind, options)
     return module.get_submodule(name) if name else module
 
 
@@ -161,4 +166,4 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
         model.train(was_training)
 
 
-__all__ = ["RefitReport", "last_stage", "reestimate_bn", "refit", "solve_stage"]
+__all__ = ["RefitReport", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]

@@ -41,31 +41,42 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     layer's inputs on calibration data) are given, the squared relative error of the layer's
     output on them, which weighs the kernel's directions by how the data excites them.
     """
-    from leanconv.convert.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv
+    from leanconv.convert.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv, order_variants
 
     with torch.no_grad():
         reference = [conv(x) for x in inputs] if inputs else None
         scale = sum(float(y.double().pow(2).sum()) for y in reference) if reference else 0.0
 
     dense = Choice(None, get_kind("dense").macs(_spec(conv), in_hw), 0.0)
-    rungs = [dense]
-    full = _full_rank(target, conv, extra)
-    top = next(v for v in full.values() if not isinstance(v, str))
-    top = top if isinstance(top, int) else min(conv.in_channels, conv.out_channels)
-    for rank in range(top, 0, -1):
-        options = _options_for(target, conv, rank, extra)
-        macs = get_kind(target).macs(_spec(conv, **options), in_hw)
-        if macs >= rungs[-1].macs:
-            continue
-        result = factorize_conv(conv, target, options)
-        damage = result.discarded_energy / max(result.total_energy, 1e-30)
-        if reference:
-            module = build_module(conv, target, options, result.weights).eval()
-            with torch.no_grad():
-                error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
-            damage = error / max(scale, 1e-30)
-        rungs.append(Choice(options, macs, damage))
-    return rungs
+    candidates: List[Choice] = []
+    for variant in order_variants(target, extra):  # both stage orders when extra asks for 'auto'
+        full = _full_rank(target, conv, variant)
+        top = next(v for v in full.values() if not isinstance(v, str))
+        top = top if isinstance(top, int) else min(conv.in_channels, conv.out_channels)
+        for rank in range(top, 0, -1):
+            options = _options_for(target, conv, rank, variant)
+            macs = get_kind(target).macs(_spec(conv, **options), in_hw)
+            if macs >= dense.macs:
+                continue
+            result = factorize_conv(conv, target, options)
+            damage = result.discarded_energy / max(result.total_energy, 1e-30)
+            if reference:
+                module = build_module(conv, target, options, result.weights).eval()
+                with torch.no_grad():
+                    error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
+                damage = error / max(scale, 1e-30)
+            candidates.append(Choice(options, macs, damage))
+    return [dense, *pareto(candidates)]
+
+
+def pareto(choices: List[Choice]) -> List[Choice]:
+    """The choices no other beats on both MACs and damage, in decreasing MAC order: each step
+    down the ladder then saves MACs for more damage."""
+    kept: List[Choice] = []
+    for choice in sorted(choices, key=lambda c: (c.macs, c.discarded)):
+        if not kept or choice.discarded < kept[-1].discarded:
+            kept.append(choice)
+    return kept[::-1]
 
 
 def thin(rungs: List[Choice], keep: int = 8) -> List[Choice]:
@@ -129,4 +140,4 @@ def allocate(ladders: Dict[str, List[Choice]], budget: float, fixed: float = 0, 
     return {path: ladders[path][i] for path, i in position.items()}
 
 
-__all__ = ["Choice", "allocate", "ladder", "latency_ladder", "thin"]
+__all__ = ["Choice", "allocate", "ladder", "latency_ladder", "pareto", "thin"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from leanconv._validate import check_choice, pair
 from leanconv.convert import factorize
+from leanconv.convert.refit import last_stage_name
 from leanconv.convert.select import Choice
 from leanconv.kinds import ConvSpec, get_kind
 
@@ -112,7 +113,9 @@ def _out_hw(conv: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int]:
 def _full_rank(target: str, conv: nn.Conv2d, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     o, c, (kh, kw) = conv.out_channels, conv.in_channels, conv.kernel_size
     if target == "dsconv":
-        return {"depth_multiplier": min(o, kh * kw)}
+        if (extra or {}).get("order") == "pointwise_first":
+            return {"depth_multiplier": min(c, kh * kw), **(extra or {})}
+        return {"depth_multiplier": min(o, kh * kw), **(extra or {})}
     if target == "asymmetric":
         if (extra or {}).get("order", "kx1_first") == "1xk_first":
             return {"mid_channels": min(c * kw, o * kh), **(extra or {})}
@@ -129,7 +132,7 @@ def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[i
     if rank is None:
         return _full_rank(target, conv, extra)
     if target == "dsconv":
-        return {"depth_multiplier": int(rank)}
+        return {"depth_multiplier": int(rank), **(extra or {})}
     if target == "asymmetric":
         return {"mid_channels": int(rank), **(extra or {})}
     ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
@@ -140,7 +143,7 @@ def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> fac
     """The target's weights for this conv (pure math on its weight)."""
     w = conv.weight.detach()
     if target == "dsconv":
-        return factorize.dsconv(w, options["depth_multiplier"])
+        return factorize.dsconv(w, options["depth_multiplier"], order=options.get("order", "depthwise_first"))
     if target == "asymmetric":
         return factorize.asymmetric(w, options["mid_channels"], options.get("order", "kx1_first"))
     if target == "tucker2":
@@ -181,14 +184,32 @@ def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any], weights:
             target_param = module.get_parameter(f"{name}.weight" if name != "weight" else "weight")
             target_param.copy_(value)
         if conv.bias is not None:
-            last = {"dsconv": "pointwise", "asymmetric": _last_asymmetric_stage(options), "tucker2": "expand",
-                    "grouped": ""}[target]
+            last = last_stage_name(target, options)
             module.get_parameter(f"{last}.bias" if last else "bias").copy_(conv.bias)
     return module
 
 
-def _last_asymmetric_stage(options: Dict[str, Any]) -> str:
-    return "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
+ORDERS = {"dsconv": ("depthwise_first", "pointwise_first"), "asymmetric": ("kx1_first", "1xk_first")}
+
+
+def order_variants(target: str, extra: Optional[Dict[str, Any]]) -> List[Optional[Dict[str, Any]]]:
+    """``[extra]``, or one copy per stage order of ``target`` when ``extra`` asks for ``order='auto'``."""
+    if (extra or {}).get("order") != "auto":
+        return [extra]
+    return [{**(extra or {}), "order": order} for order in ORDERS[target]]
+
+
+def _cheapest_damage(conv: nn.Conv2d, target: str, candidates: List[Dict[str, Any]], hw) -> Dict[str, Any]:
+    """The candidate with the least discarded energy per MAC saved (first one if none saves MACs)."""
+    dense = get_kind("dense").macs(_spec(conv), hw)
+    best, best_price = candidates[0], float("inf")
+    for options in candidates:
+        saved = dense - get_kind(target).macs(_spec(conv, **options), hw)
+        if saved > 0:
+            price = factorize_conv(conv, target, options).discarded_energy / saved
+            if price < best_price:
+                best, best_price = options, price
+    return best
 
 
 def _matches(path: str, patterns: Optional[Sequence[str]]) -> bool:
@@ -237,14 +258,16 @@ def convert(
     pixel. ``calib`` (input batches) refits each converted layer's last stage by least
     squares (:mod:`leanconv.convert.refit`) and reports its output error.
     ``include``/``exclude``: glob patterns on module paths. A layer where the target saves no
-    MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order`` (asymmetric
-    only): ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then 3x1).
+    MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order``: the stage
+    order, for asymmetric ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then
+    3x1), for dsconv ``'depthwise_first'`` (default, MobileNet) or ``'pointwise_first'`` (the
+    dual); ``'auto'`` picks, per layer, the order with less discarded energy per MAC saved.
     """
     check_choice(to, "to", TARGETS)
     if order is not None:
-        if to != "asymmetric":
-            raise ValueError(f"order={order!r} applies only to to='asymmetric'")
-        check_choice(order, "order", ("kx1_first", "1xk_first"))
+        if to not in ORDERS:
+            raise ValueError(f"order={order!r} applies only to to='asymmetric' or to='dsconv'")
+        check_choice(order, "order", (*ORDERS[to], "auto"))
     extra = {"order": order} if order is not None else None
     if sum(x is not None for x in (rank, energy, mac_budget, latency_budget)) > 1:
         raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
@@ -292,8 +315,9 @@ def convert(
                                            latency_after_ms=dense_ms))
                 continue
         else:
-            options = (_energy_rank(conv, to, energy, extra) if energy is not None
-                       else _options_for(to, conv, rank, extra))
+            options = _cheapest_damage(conv, to, [
+                _energy_rank(conv, to, energy, variant) if energy is not None else _options_for(to, conv, rank, variant)
+                for variant in order_variants(to, extra)], hw)
         try:
             target_spec = _spec(conv, **options)
             macs_after = get_kind(to).macs(target_spec, hw)
@@ -419,5 +443,5 @@ def save_plan(plan: Dict[str, Any], path: Union[str, Path]) -> None:
     write_atomic(Path(path), json.dumps(plan, indent=2))
 
 
-__all__ = ["ConversionResult", "LayerReport", "TARGETS", "apply_plan", "build_module", "convert", "describe",
-           "factorize_conv", "save_plan"]
+__all__ = ["ConversionResult", "LayerReport", "ORDERS", "TARGETS", "apply_plan", "build_module", "convert", "describe",
+           "factorize_conv", "order_variants", "save_plan"]

@@ -15,12 +15,13 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from leanconv._validate import check_input, check_positive_int
+from leanconv._validate import check_choice, check_input, check_positive_int
 from leanconv.layers.conv import Conv2d, check_conv_args, make_act, make_norm
 from leanconv.padding import PaddingArg
 
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
+SEPARABLE_ORDERS = ("depthwise_first", "pointwise_first")
 
 
 class DepthwiseConv2d(Conv2d):
@@ -89,12 +90,17 @@ class DepthwiseSeparableConv2d(nn.Module):
     """Depthwise ``kh x kw`` conv (C -> C*m) then pointwise 1x1 (C*m -> O), as in MobileNet.
 
     The depthwise stage takes stride, padding, dilation (a dilated one is the atrous separable
-    conv of DeepLabv3+) and ``padding_mode``; the pointwise stage takes the bias. An optional
+    conv of DeepLabv3+) and ``padding_mode``; the last stage takes the bias. An optional
     inner ``norm``/``act`` sits between the stages. MACs per output pixel ``C*m*(kh*kw + O)``
     instead of ``C*O*kh*kw`` for the dense conv.
+
+    ``order='pointwise_first'`` is the dual: pointwise 1x1 (C -> O*m) at the input resolution,
+    then a ``kh x kw`` conv (O*m -> O, groups O: each output filters its own ``m`` channels,
+    a plain depthwise conv when ``m = 1``). It is what a conversion picks when the dense kernel
+    is closer to low rank per output channel than per input channel (e.g. ``C > O``).
     """
 
-    conv_norm_pairs = (("depthwise", "norm"),)
+    conv_norm_pairs: Tuple[Tuple[str, str], ...] = (("depthwise", "norm"),)
 
     def __init__(
         self,
@@ -111,29 +117,44 @@ class DepthwiseSeparableConv2d(nn.Module):
         act_layer: Optional[ModuleFactory] = None,
         device=None,
         dtype=None,
+        order: str = "depthwise_first",
     ) -> None:
         super().__init__()
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
         check_positive_int(depth_multiplier, "depth_multiplier")
-        mid = in_channels * depth_multiplier
+        check_choice(order, "order", SEPARABLE_ORDERS)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
         self.padding_mode = padding_mode
         self.depth_multiplier = depth_multiplier
-        self.depthwise = DepthwiseConv2d(
-            in_channels, mid, kernel, strides, padding, dilations, False, padding_mode,
-            device=device, dtype=dtype,
-        )
-        self.norm = make_norm(norm_layer, mid, device, dtype)
-        self.act = make_act(act_layer)
-        self.pointwise = PointwiseConv2d(mid, out_channels, bias=bias, device=device, dtype=dtype)
+        self.order = order
+        spatial = dict(stride=strides, padding=padding, dilation=dilations, padding_mode=padding_mode,
+                       device=device, dtype=dtype)
+        if order == "depthwise_first":
+            mid = in_channels * depth_multiplier
+            self.depthwise = DepthwiseConv2d(in_channels, mid, kernel, bias=False, **spatial)
+            self.norm = make_norm(norm_layer, mid, device, dtype)
+            self.act = make_act(act_layer)
+            self.pointwise = PointwiseConv2d(mid, out_channels, bias=bias, device=device, dtype=dtype)
+        else:
+            mid = out_channels * depth_multiplier
+            self.pointwise = PointwiseConv2d(in_channels, mid, bias=False, device=device, dtype=dtype)
+            self.norm = make_norm(norm_layer, mid, device, dtype)
+            self.act = make_act(act_layer)
+            self.depthwise = Conv2d(mid, out_channels, kernel, groups=out_channels, bias=bias, **spatial)
+            self.conv_norm_pairs = (("pointwise", "norm"),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
-        return self.pointwise(self.act(self.norm(self.depthwise(x))))
+        if self.order == "depthwise_first":
+            return self.pointwise(self.act(self.norm(self.depthwise(x))))
+        return self.depthwise(self.act(self.norm(self.pointwise(x))))
+
+    def extra_repr(self) -> str:
+        return f"order={self.order!r}, depth_multiplier={self.depth_multiplier}"
 
 
 def _check_ranks(ranks: Optional[Sequence[int]], in_channels: int, out_channels: int) -> Tuple[int, int]:
