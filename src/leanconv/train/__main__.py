@@ -1,0 +1,120 @@
+"""``python -m leanconv.train``: distill a converted model from its original, in one process or
+under torchrun, e.g.::
+
+    torchrun --nproc_per_node 2 -m leanconv.train digits_cnn --weights teacher.pt \\
+        --converted converted/ --data digits --epochs 3 --out distilled.pt
+
+``--converted`` is a ``leanconv convert`` output folder (``plan.json`` rebuilds the student on a
+fresh MODEL, ``model.pt`` holds its weights). Rank 0 writes ``--out`` (the student's
+state_dict, atomically; it loads into ``apply_plan(MODEL, plan.json)``) and ``--history``
+(JSON) and prints the loss table; ``--rank-dir`` makes every rank save its own state_dict
+there as ``rank<R>.pt`` (to check that the ranks agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m leanconv.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
+    parser.add_argument("--weights", default=None, help="the teacher's state_dict (.pt); default: MODEL as built")
+    parser.add_argument("--converted", required=True, help="a leanconv convert output folder (plan.json, model.pt)")
+    parser.add_argument("--data", required=True, help="digits | cifar10:PATH | folder:PATH | PATH")
+    parser.add_argument("--size", type=int, default=None, help="image size for digits / folder data")
+    parser.add_argument("--out", required=True, help="where rank 0 writes the distilled state_dict (.pt)")
+    parser.add_argument("--force", action="store_true", help="replace --out / --history if they exist")
+    parser.add_argument("--history", default=None, help="also write the loss history as JSON here")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64, help="per process")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft (teacher) term")
+    parser.add_argument("--features", action="store_true", help="also match the converted layers' outputs (MSE)")
+    parser.add_argument("--feature-weight", type=float, default=1.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rank-dir", default=None, help="every rank saves its state_dict here as rank<R>.pt")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """torch.save through a temporary file in the same folder, then rename (no half files)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from leanconv.analysis.profile import write_atomic
+    from leanconv.cli import load_model
+    from leanconv.convert import apply_plan
+    from leanconv.data import load_data
+    from leanconv.train.distill import distill
+
+    out = Path(args.out)
+    history = Path(args.history) if args.history else None
+    for target in (out, history):
+        if target is not None and target.exists() and not args.force:
+            raise ValueError(f"--out/--history {target} exists; pass --force to replace it")
+    converted = Path(args.converted)
+    plan_path, weights_path = converted / "plan.json", converted / "model.pt"
+    for needed in (plan_path, weights_path):
+        if not needed.is_file():
+            raise ValueError(f"--converted {converted} must hold plan.json and model.pt (leanconv convert --out); "
+                             f"{needed.name} is missing")
+    teacher = load_model(args.model)
+    if args.weights:
+        teacher.load_state_dict(torch.load(args.weights, map_location="cpu"))
+    plan = json.loads(plan_path.read_text())
+    student = apply_plan(load_model(args.model), plan)
+    student.load_state_dict(torch.load(weights_path, map_location="cpu"))
+    data = load_data(args.data, size=args.size).train
+    result = distill(student, teacher, data, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
+                     alpha=args.alpha, feature_paths=list(plan["layers"]) if args.features else None,
+                     feature_weight=args.feature_weight, batch_size=args.batch_size, max_steps=args.max_steps,
+                     seed=args.seed, progress=not args.no_progress)
+    state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+    rank = int(os.environ.get("RANK", "0"))
+    if args.rank_dir:
+        _save_atomic(state, Path(args.rank_dir) / f"rank{rank}.pt")
+    if rank == 0:
+        _save_atomic(state, out)
+        if history is not None:
+            write_atomic(history, json.dumps(result.to_dict(), indent=2))
+        print(result.to_markdown())
+        print(f"wrote {out}" + (f" and {history}" if history else ""))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ValueError as error:
+        print(f"leanconv.train: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
