@@ -259,3 +259,20 @@ def test_auto_order_picks_the_exact_dual_for_per_output_rank_one_kernels():
     assert convert(model, to="dsconv", rank=1).layers[0].relative_weight_error > 0.1
     budget = convert(model, to="dsconv", order="auto", mac_budget=100_000, input_size=(1, 32, 16, 16))
     assert budget.plan["layers"]["0"]["options"]["order"] == "pointwise_first"
+
+
+def test_tucker2_with_asymmetric_core_is_the_lprnet_shape():
+    model = Mixed().double().eval()
+    x = torch.randn(2, 3, 23, 21, dtype=F64)
+    full = convert(model, to="tucker2", core="asymmetric", only_if_cheaper=False)
+    with torch.no_grad():
+        torch.testing.assert_close(full.model(x), model(x))
+    low = convert(model, to="tucker2", core="asymmetric", rank=2, only_if_cheaper=False)
+    layer = low.model.d  # 12 -> 6: reduce to 2, 3x1 (2 -> 2), 1x3 (2 -> 2), expand to 6
+    assert isinstance(layer.core, leanconv.AsymmetricConv2d) and layer.core.mid_channels == 2
+    assert [tuple(p.shape) for p in (layer.reduce.weight, layer.core.conv_kx1.weight, layer.core.conv_1xk.weight,
+                                     layer.expand.weight)] == [(2, 12, 1, 1), (2, 2, 3, 1), (2, 2, 1, 3), (6, 2, 1, 1)]
+    rebuilt = apply_plan(Mixed().double(), low.plan)
+    rebuilt.load_state_dict(low.model.state_dict())
+    with pytest.raises(ValueError, match="core='asymmetric' applies only to to='tucker2'"):
+        convert(model, to="dsconv", core="asymmetric")

@@ -220,3 +220,30 @@ def test_dsconv_pointwise_first_error_is_per_output_eckart_young(m, g):
         noisy_d = d + 1e-3 * torch.randn_like(d)
         noisy = torch.einsum("ojc,ojhw->ochw", noisy_p.reshape(o, m, c // g), noisy_d)
         assert float((w - noisy).pow(2).sum()) >= error
+
+
+def test_tucker2_asymmetric_core_exact_at_full_rank_and_errors_add():
+    torch.manual_seed(4)
+    o, c, kh, kw = 6, 5, 3, 3
+    w = torch.randn(o, c, kh, kw, dtype=F64)
+    full = factorize.tucker2(w, (c, o), core_mid_channels=min(c * kh, o * kw))
+    assert set(full.weights) == {"reduce", "core.conv_kx1", "core.conv_1xk", "expand"}
+    x = torch.randn(2, c, 9, 8, dtype=F64)
+
+    def run(weights, stride=(2, 1), padding=(1, 1)):
+        y = F.conv2d(x, weights["reduce"])
+        y = F.conv2d(y, weights["core.conv_kx1"], stride=(stride[0], 1), padding=(padding[0], 0))
+        y = F.conv2d(y, weights["core.conv_1xk"], stride=(1, stride[1]), padding=(0, padding[1]))
+        return F.conv2d(y, weights["expand"])
+
+    torch.testing.assert_close(run(full.weights), F.conv2d(x, w, stride=(2, 1), padding=1))
+    assert full.discarded_energy == pytest.approx(0, abs=1e-18)
+    low = factorize.tucker2(w, (3, 4), core_mid_channels=2)
+    a, b = low.weights["core.conv_kx1"][..., 0], low.weights["core.conv_1xk"][:, :, 0]  # (K, r1, kh), (r2, K, kw)
+    core_hat = torch.einsum("krh,skw->srhw", a, b)
+    rebuilt = torch.einsum("os,srhw,rc->ochw", low.weights["expand"][:, :, 0, 0], core_hat,
+                           low.weights["reduce"][:, :, 0, 0])
+    assert float((w - rebuilt).pow(2).sum()) == pytest.approx(low.discarded_energy, rel=1e-9)
+    plain = factorize.tucker2(w, (3, 4))
+    core_split = factorize.asymmetric(plain.weights["core"], 2)
+    assert low.discarded_energy == pytest.approx(plain.discarded_energy + core_split.discarded_energy, rel=1e-12)

@@ -388,14 +388,25 @@ def _check_acblock(spec: ConvSpec) -> None:
 
 def _tucker2_stages(spec: ConvSpec) -> List[Stage]:
     r_in, r_out = spec.options["ranks"] or (spec.in_channels, spec.out_channels)
+    if spec.options["core"] == "asymmetric":
+        core_spec = replace(spec, in_channels=r_in, out_channels=r_out, bias=False,
+                            options={"mid_channels": spec.options["core_mid_channels"], "order": "kx1_first"})
+        core = [replace(stage, name=f"core.{stage.name}") for stage in _asymmetric_stages(core_spec)]
+    else:
+        core = [_conv("core", r_in, r_out, spec.kernel_size, spec=spec)]
     return [
         _conv("reduce", spec.in_channels, r_in, 1),
-        _conv("core", r_in, r_out, spec.kernel_size, spec=spec),
+        *core,
         _conv("expand", r_out, spec.out_channels, 1, bias=spec.bias),
     ]
 
 
 def _check_tucker2(spec: ConvSpec) -> None:
+    check_choice(spec.options["core"], "core", ("dense", "asymmetric"))
+    if spec.options["core_mid_channels"] is not None:
+        check_positive_int(spec.options["core_mid_channels"], "core_mid_channels")
+        if spec.options["core"] != "asymmetric":
+            raise ValueError(f"core_mid_channels={spec.options['core_mid_channels']} applies only to core='asymmetric'")
     ranks = spec.options["ranks"]
     if ranks is None:
         return
@@ -551,10 +562,11 @@ register(ConvKind(
 ))
 register(ConvKind(
     "tucker2", "Tucker-2 bottleneck: 1x1 reduce (C -> r1), kxk core (r1 -> r2), 1x1 expand (r2 -> O)",
-    "leanconv.layers.Tucker2Conv2d", {"ranks": None},
-    lambda s, kw: _layers().Tucker2Conv2d(*_conv_args(s), s.bias, **kw, ranks=s.options["ranks"]),
+    "leanconv.layers.Tucker2Conv2d", {"ranks": None, "core": "dense", "core_mid_channels": None},
+    lambda s, kw: _layers().Tucker2Conv2d(*_conv_args(s), s.bias, **kw, **s.options),
     _tucker2_stages,
-    "C*r1 + r1*r2*kh*kw + r2*O (+O)", "C*r1*H*W + (r1*r2*kh*kw + r2*O)*H'*W'",
+    "C*r1 + r1*r2*kh*kw + r2*O (+O); core='asymmetric': r1*K*kh + K*r2*kw for the core",
+    "C*r1*H*W + (r1*r2*kh*kw + r2*O)*H'*W' (asymmetric core: as the asymmetric kind)",
     _check_tucker2,
 ))
 register(ConvKind(

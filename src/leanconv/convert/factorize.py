@@ -21,7 +21,7 @@ is the surgery's business; these functions only produce weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -164,13 +164,19 @@ def asymmetric_depthwise(weight: torch.Tensor) -> Factorization:
     return Factorization({"conv_kx1": vertical, "conv_1xk": horizontal}, discarded, float(weight.double().pow(2).sum()))
 
 
-def tucker2(weight: torch.Tensor, ranks: Tuple[int, int], hooi_iterations: int = 0) -> Factorization:
+def tucker2(weight: torch.Tensor, ranks: Tuple[int, int], hooi_iterations: int = 0,
+            core_mid_channels: Optional[int] = None) -> Factorization:
     """``1x1`` reduce (``C -> r1``), ``kxk`` core (``r1 -> r2``), ``1x1`` expand (``r2 -> O``).
 
     HOSVD: the expand factor is the top-``r2`` left singular vectors of the output-mode
     unfolding, the reduce factor the top-``r1`` of the input-mode unfolding, the core the
     projection of ``W`` on both. ``hooi_iterations`` alternating refinements (HOOI) never
     increase the error. Exact at ``ranks = (C, O)``.
+
+    ``core_mid_channels=K`` also splits the core into ``kh x 1`` (``r1 -> K``) then ``1 x kw``
+    (``K -> r2``) by :func:`asymmetric` (weights ``core.conv_kx1``, ``core.conv_1xk``): the
+    LPRNet block shape. The two errors add, since the factors have orthonormal columns:
+    ``||W - W_hat||^2 = (||W||^2 - ||core||^2) + ||core - core_hat||^2``.
     """
     _check_weight(weight)
     if not isinstance(ranks, (tuple, list)) or len(ranks) != 2:
@@ -196,15 +202,17 @@ def tucker2(weight: torch.Tensor, ranks: Tuple[int, int], hooi_iterations: int =
     total = float(w.pow(2).sum())
     discarded = max(total - float(core.pow(2).sum()), 0.0)
     dtype = weight.dtype
-    return Factorization(
-        {
-            "reduce": u_in.t().reshape(r1, in_channels, 1, 1).to(dtype).contiguous(),
-            "core": core.to(dtype).contiguous(),
-            "expand": u_out.reshape(out_channels, r2, 1, 1).to(dtype).contiguous(),
-        },
-        discarded,
-        total,
-    )
+    weights = {
+        "reduce": u_in.t().reshape(r1, in_channels, 1, 1).to(dtype).contiguous(),
+        "core": core.to(dtype).contiguous(),
+        "expand": u_out.reshape(out_channels, r2, 1, 1).to(dtype).contiguous(),
+    }
+    if core_mid_channels is not None:
+        split = asymmetric(core, core_mid_channels)
+        del weights["core"]
+        weights.update({f"core.{name}": w.to(dtype) for name, w in split.weights.items()})
+        discarded += split.discarded_energy
+    return Factorization(weights, discarded, total)
 
 
 def grouped(weight: torch.Tensor, groups: int) -> Factorization:

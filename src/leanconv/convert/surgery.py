@@ -121,6 +121,8 @@ def _full_rank(target: str, conv: nn.Conv2d, extra: Optional[Dict[str, Any]] = N
             return {"mid_channels": min(c * kw, o * kh), **(extra or {})}
         return {"mid_channels": min(c * kh, o * kw), **(extra or {})}
     if target == "tucker2":
+        if (extra or {}).get("core") == "asymmetric":
+            return {"ranks": (c, o), "core": "asymmetric", "core_mid_channels": min(c * kh, o * kw)}
         return {"ranks": (c, o)}
     raise ValueError(f"target={target!r} has no rank")
 
@@ -136,7 +138,10 @@ def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[i
     if target == "asymmetric":
         return {"mid_channels": int(rank), **(extra or {})}
     ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
-    return {"ranks": (min(ranks[0], conv.in_channels), min(ranks[1], conv.out_channels))}
+    options: Dict[str, Any] = {"ranks": (min(ranks[0], conv.in_channels), min(ranks[1], conv.out_channels))}
+    if (extra or {}).get("core") == "asymmetric":  # LPRNet's shape: the core keeps r2 mid channels
+        options.update(core="asymmetric", core_mid_channels=options["ranks"][1])
+    return options
 
 
 def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> factorize.Factorization:
@@ -147,7 +152,7 @@ def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> fac
     if target == "asymmetric":
         return factorize.asymmetric(w, options["mid_channels"], options.get("order", "kx1_first"))
     if target == "tucker2":
-        return factorize.tucker2(w, options["ranks"])
+        return factorize.tucker2(w, options["ranks"], core_mid_channels=options.get("core_mid_channels"))
     return factorize.grouped(w, options["groups"])
 
 
@@ -242,6 +247,7 @@ def convert(
     only_if_cheaper: bool = True,
     order: Optional[str] = None,
     latency_cache: Optional[Any] = None,
+    core: Optional[str] = None,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
 
@@ -262,6 +268,8 @@ def convert(
     order, for asymmetric ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then
     3x1), for dsconv ``'depthwise_first'`` (default, MobileNet) or ``'pointwise_first'`` (the
     dual); ``'auto'`` picks, per layer, the order with less discarded energy per MAC saved.
+    ``core='asymmetric'`` (tucker2 only): the core becomes ``kh x 1`` then ``1 x kw`` with ``r2``
+    mid channels at rank ``r`` (LPRNet's small basic block without its ReLUs).
     """
     check_choice(to, "to", TARGETS)
     if order is not None:
@@ -269,6 +277,11 @@ def convert(
             raise ValueError(f"order={order!r} applies only to to='asymmetric' or to='dsconv'")
         check_choice(order, "order", (*ORDERS[to], "auto"))
     extra = {"order": order} if order is not None else None
+    if core is not None:
+        if to != "tucker2":
+            raise ValueError(f"core={core!r} applies only to to='tucker2'")
+        check_choice(core, "core", ("dense", "asymmetric"))
+        extra = {"core": core}
     if sum(x is not None for x in (rank, energy, mac_budget, latency_budget)) > 1:
         raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
     if latency_budget is not None and not latency_budget > 0:

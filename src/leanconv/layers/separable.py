@@ -22,6 +22,7 @@ from leanconv.padding import PaddingArg
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
 SEPARABLE_ORDERS = ("depthwise_first", "pointwise_first")
+TUCKER2_CORES = ("dense", "asymmetric")
 
 
 class DepthwiseConv2d(Conv2d):
@@ -174,6 +175,10 @@ class Tucker2Conv2d(nn.Module):
     dense kernel; ``ranks=None`` means full rank ``(C, O)``. The core takes stride, padding,
     dilation and ``padding_mode``; only ``expand`` has a bias. MACs
     ``C*r_in*H*W + (r_in*r_out*kh*kw + r_out*O)*H'*W'``.
+
+    ``core='asymmetric'`` makes the core a ``kh x 1`` then ``1 x kw`` pair through
+    ``core_mid_channels`` (default ``r_out``): the linear form of LPRNet's small basic block
+    (1x1 reduce, 3x1, 1x3, 1x1 expand).
     """
 
     def __init__(
@@ -189,22 +194,34 @@ class Tucker2Conv2d(nn.Module):
         ranks: Optional[Tuple[int, int]] = None,
         device=None,
         dtype=None,
+        core: str = "dense",
+        core_mid_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
+        check_choice(core, "core", TUCKER2_CORES)
+        if core_mid_channels is not None:
+            check_positive_int(core_mid_channels, "core_mid_channels")
+            if core != "asymmetric":
+                raise ValueError(f"core_mid_channels={core_mid_channels} applies only to core='asymmetric'")
         r_in, r_out = _check_ranks(ranks, in_channels, out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
         self.padding_mode = padding_mode
         self.ranks: Tuple[int, int] = (r_in, r_out)
+        self.core_kind = core
         self.reduce = PointwiseConv2d(in_channels, r_in, bias=False, device=device, dtype=dtype)
-        self.core = Conv2d(
-            r_in, r_out, kernel, strides, padding, dilations, 1, False, padding_mode,
-            device=device, dtype=dtype,
-        )
+        core_args = (r_in, r_out, kernel, strides, padding, dilations)
+        if core == "dense":
+            self.core: nn.Module = Conv2d(*core_args, 1, False, padding_mode, device=device, dtype=dtype)
+        else:
+            from leanconv.layers.asymmetric import AsymmetricConv2d  # imports this module's siblings
+
+            self.core = AsymmetricConv2d(*core_args, False, padding_mode, mid_channels=core_mid_channels,
+                                         device=device, dtype=dtype)
         self.expand = PointwiseConv2d(r_out, out_channels, bias=bias, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +229,7 @@ class Tucker2Conv2d(nn.Module):
         return self.expand(self.core(self.reduce(x)))
 
     def extra_repr(self) -> str:
-        return f"ranks={self.ranks}"
+        return f"ranks={self.ranks}" + (f", core={self.core_kind!r}" if self.core_kind != "dense" else "")
 
 
 __all__ = [
