@@ -58,3 +58,11 @@ def test_model_is_mean_spot_with_cbam_after_the_concatenation():
     assert cbam.count_params() == cbam_params == 203
     assert model.count_params() == streams + cbam_params + (25 * 14 * 8 + 8) + (7 * 7 * 8 + 1)
     assert model.loss == {"spot": "mse"}
+
+
+def test_example_skips_with_a_clear_message_without_keras():
+    code = ("import runpy, sys; sys.modules['keras'] = None; "
+            "runpy.run_path('keras_mean_spot_cbam.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=EXAMPLES, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped: Keras 3 is not installed (pip install -c constraints.txt 'leanconv[keras]')" in result.stdout

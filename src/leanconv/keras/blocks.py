@@ -86,13 +86,10 @@ class _NormActLayer(LeanLayer):
         check_epsilon_momentum(norm_epsilon, norm_momentum)
         self.norm_epsilon, self.norm_momentum = float(norm_epsilon), float(norm_momentum)
 
-    def unit(self, conv: keras.layers.Layer, name: str, norm: Optional[bool] = None,
-             activation: Any = "layer") -> ConvNormAct:
-        """``conv`` + this layer's norm (unless ``norm=False``) + activation, named ``name``."""
-        with_norm = self.batch_norm if norm is None else norm
-        bn = batch_norm(self.data_format, self.norm_epsilon, self.norm_momentum, "norm") if with_norm else None
-        act = self.activation if activation == "layer" else activation
-        return ConvNormAct(conv, bn, act, name=name)
+    def unit(self, conv: keras.layers.Layer, name: str) -> ConvNormAct:
+        """``conv`` + this layer's norm (when ``batch_norm``) + its activation, named ``name``."""
+        bn = batch_norm(self.data_format, self.norm_epsilon, self.norm_momentum, "norm") if self.batch_norm else None
+        return ConvNormAct(conv, bn, self.activation, name=name)
 
     def conv2d(self, filters: int, kernel_size: Any, name: str, use_bias: bool, **kwargs: Any) -> keras.layers.Conv2D:
         return keras.layers.Conv2D(filters, kernel_size, padding="same", use_bias=use_bias,

@@ -136,12 +136,13 @@ class DepthwiseConv2DTranspose(LeanLayer):
         axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
         for i, axis in enumerate(axes):
             k, s, d = self.kernel_size[i], self.strides[i], self.dilation_rate[i]
-            full_pad = effective_kernel(k, d) - 1  # a valid stride-1 conv then gives the full output
+            k_eff = effective_kernel(k, d)
+            full_pad = k_eff - 1  # a valid stride-1 conv on this padding gives the full output
             if self.padding == "same":
                 crop = _same_crop_before(k, s, d)
                 before, after = full_pad - crop, s - 1 + crop
             else:
-                op = self.output_padding[i] if self.output_padding is not None else max(effective_kernel(k, d), s) - effective_kernel(k, d)
+                op = max(k_eff, s) - k_eff if self.output_padding is None else self.output_padding[i]
                 before, after = full_pad, full_pad + op
             x = _zero_insert_pad(x, axis, s, before, after)
         kernel = ops.flip(ops.flip(self.kernel, 0), 1)
