@@ -14,7 +14,7 @@ from leanconv.kinds import KINDS
 # Modules that add their own subcommands: each has ``add_subcommands(sub)`` taking the
 # ``argparse`` subparsers object and calling ``sub.add_parser(...).set_defaults(func=...)``.
 # Their heavy imports stay inside the command functions so ``leanconv --help`` stays fast.
-COMMAND_MODULES: tuple = ("leanconv.quant.cli",)
+COMMAND_MODULES: tuple = ("leanconv.quant.cli", "leanconv.bench_cli")
 
 
 def _kinds_rows() -> List[dict]:

@@ -1,0 +1,174 @@
+"""Deployment settings: every setting computes what eager computes, the chosen one is the
+fastest measured, failures are skipped with a reason, the efficiency arithmetic on given
+numbers, MACs against FlopCounterMode, and ``leanconv bench``. No timed assertions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import leanconv
+from leanconv import bench
+from leanconv.bench import (DEFAULT_SETTINGS, EfficiencyReport, SettingResult, SettingsReport, benchmark_settings,
+                            efficiency, prepare, realized_efficiency)
+from leanconv.convert import save_plan
+from leanconv.models.digits import digits_cnn
+from support import randomize_norms
+
+FAST = dict(min_run_time=0.01, warmup=1)
+
+
+def _model(width: int = 8) -> nn.Module:
+    return randomize_norms(digits_cnn(width=width)).eval()
+
+
+@pytest.mark.parametrize("setting", DEFAULT_SETTINGS)
+def test_every_setting_computes_the_eager_output(setting):
+    model = _model()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        module, example = prepare(model, setting, x)
+        got = module(example)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    if "channels_last" in setting:
+        assert example.is_contiguous(memory_format=torch.channels_last)
+    if "fused" in setting:
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+def test_benchmark_picks_the_fastest_and_leaves_the_model_alone():
+    model = _model().train()
+    before = copy.deepcopy(model.state_dict())
+    report = benchmark_settings(model, (2, 1, 16, 16), threads=1, **FAST)
+    assert [r.setting for r in report.results] == list(DEFAULT_SETTINGS)
+    assert all(r.latency_ms > 0 and r.skipped is None and r.max_abs_diff < 1e-4 for r in report.results)
+    assert report.best.latency_ms == min(r.latency_ms for r in report.results)
+    assert report.to_dict()["best"] == report.best.setting
+    assert f"fastest: **{report.best.setting}**" in report.to_markdown()
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert report.threads == 1 and report.input_shape == (2, 1, 16, 16)
+
+
+def test_failed_compile_and_wrong_outputs_are_skipped(monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    report = benchmark_settings(_model(), (1, 1, 16, 16), settings=["eager"], compile=True, **FAST)
+    compiled = report.results[-1]
+    assert compiled.setting == "compiled" and compiled.latency_ms is None
+    assert compiled.skipped == "RuntimeError: no compiler here"
+    assert report.best.setting == "eager"
+
+    def wrong_fuse(model, inplace=False):  # a "fusion" that changes the output
+        model = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            model.fc.bias.add_(1.0)
+        return model
+
+    monkeypatch.setattr(sys.modules["leanconv.fuse"], "fuse", wrong_fuse)
+    report = benchmark_settings(_model(), (1, 1, 16, 16), settings=["eager", "fused"], **FAST)
+    fused = report.results[1]
+    assert fused.latency_ms is None and fused.skipped.startswith("output differs from eager by up to 1")
+    assert report.best.setting == "eager"
+
+
+def test_efficiency_arithmetic_on_given_numbers():
+    assert efficiency(4.4, 8.0) == pytest.approx(0.55)
+    assert efficiency(2.0, 2.0) == 1.0
+    original = SettingsReport((16, 1, 32, 32), 2, [SettingResult("eager", 10.0), SettingResult("fused", 8.0),
+                                                   SettingResult("compiled", None, "RuntimeError: x")])
+    converted = SettingsReport((16, 1, 32, 32), 2, [SettingResult("eager", 5.0), SettingResult("fused", 2.0),
+                                                    SettingResult("compiled", 1.0)])
+    report = EfficiencyReport(original, converted, original_macs=9_000_000, converted_macs=1_500_000)
+    assert report.mac_reduction == 6.0
+    assert original.best.setting == "fused" and converted.best.setting == "compiled"
+    assert report.speedup == 8.0  # 8.0 ms (original at its best) / 1.0 ms (converted at its best)
+    assert report.efficiency == pytest.approx(8.0 / 6.0)
+    rows = {r["setting"]: r for r in report.per_setting()}
+    assert rows["eager"]["speedup"] == 2.0 and rows["eager"]["efficiency"] == pytest.approx(2.0 / 6.0)
+    assert rows["fused"]["speedup"] == 4.0 and rows["fused"]["efficiency"] == pytest.approx(4.0 / 6.0)
+    assert rows["compiled"]["speedup"] is None and rows["compiled"]["note"] == "RuntimeError: x"
+    text = report.to_markdown()
+    assert "9,000,000 -> 1,500,000 (6.00x fewer)" in text and "| eager | 10.000 | 5.000 | 2.00x | 0.33 |  |" in text
+    assert "speedup **8.00x**, realized efficiency **1.33**" in text
+    assert json.loads(json.dumps(report.to_dict()))["efficiency"] == pytest.approx(8.0 / 6.0)
+    with pytest.raises(ValueError, match=r"mac_reduction=0 must be a finite number > 0"):
+        efficiency(1.0, 0)
+
+
+def test_realized_efficiency_macs_match_flop_counter():
+    original = _model()
+    converted = leanconv.convert(original, to="dsconv", rank=1, exclude=["features.conv1*"]).model.eval()
+    shape = (2, 1, 16, 16)
+    report = realized_efficiency(original, converted, shape, settings=["eager", "fused"], rounds=1, threads=1, **FAST)
+    for model, macs in ((original, report.original_macs), (converted, report.converted_macs)):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.randn(shape))
+        assert macs == counter.get_total_flops() // 2
+    assert report.mac_reduction == report.original_macs / report.converted_macs
+    assert report.speedup == pytest.approx(report.original.best.latency_ms / report.converted.best.latency_ms)
+    assert report.efficiency == pytest.approx(report.speedup / report.mac_reduction)
+
+
+def test_bad_arguments():
+    model = _model()
+    with pytest.raises(ValueError, match=r"setting='fast' must be one of"):
+        prepare(model, "fast", torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"settings entry 'nchw' must be one of"):
+        benchmark_settings(model, (1, 1, 8, 8), settings=["nchw"])
+    with pytest.raises(ValueError, match=r"input_size=\(1, 0, 8\) must be a shape of positive ints"):
+        benchmark_settings(model, (1, 0, 8))
+    with pytest.raises(ValueError, match=r"threads=0 must be an int >= 1"):
+        benchmark_settings(model, (1, 1, 8, 8), threads=0)
+    with pytest.raises(ValueError, match=r"rounds=0 must be an int >= 1"):
+        realized_efficiency(model, model, (1, 1, 8, 8), rounds=0)
+    with pytest.raises(ValueError, match=r"converted=str must be an nn.Module"):
+        realized_efficiency(model, "x", (1, 1, 8, 8))
+
+
+def _leanconv(*args):
+    return subprocess.run([sys.executable, "-m", "leanconv.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bench_json_and_converted(tmp_path):
+    done = _leanconv("bench", "digits_cnn", "--input", "1,1,16,16", "--threads", "1", "--min-run-time", "0.01",
+                     "--format", "json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    latencies = {r["setting"]: r["latency_ms"] for r in data["results"]}
+    assert set(latencies) == set(DEFAULT_SETTINGS) and data["best"] == min(latencies, key=latencies.get)
+
+    model = digits_cnn()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    result = leanconv.convert(model, to="dsconv", rank=1)
+    (tmp_path / "c").mkdir()
+    torch.save(result.model.state_dict(), tmp_path / "c" / "model.pt")
+    save_plan(result.plan, tmp_path / "c" / "plan.json")
+    done = _leanconv("bench", "digits_cnn", "--weights", str(tmp_path / "w.pt"), "--converted", str(tmp_path / "c"),
+                     "--batch-size", "2", "--settings", "eager,fused", "--threads", "1", "--min-run-time", "0.01",
+                     "--format", "md")
+    assert done.returncode == 0, done.stderr
+    assert "Input 2x1x32x32, 1 thread(s)" in done.stdout and "realized efficiency **" in done.stdout
+    assert "| setting | original ms | converted ms | speedup | realized efficiency | note |" in done.stdout
+
+    bad = _leanconv("bench", "digits_cnn", "--settings", "eager,warp")
+    assert bad.returncode == 2 and "leanconv bench: --settings 'eager,warp' must be a comma-separated subset" in bad.stderr
+    missing = _leanconv("bench", "digits_cnn", "--converted", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "must hold plan.json and model.pt" in missing.stderr
+
+
+def test_measure_latency_keeps_its_default():
+    """Existing callers time on one thread, as torch.utils.benchmark does by default."""
+    import inspect
+
+    assert inspect.signature(bench.measure_latency).parameters["num_threads"].default == 1
