@@ -276,3 +276,29 @@ def test_tucker2_with_asymmetric_core_is_the_lprnet_shape():
     rebuilt.load_state_dict(low.model.state_dict())
     with pytest.raises(ValueError, match="core='asymmetric' applies only to to='tucker2'"):
         convert(model, to="dsconv", core="asymmetric")
+
+
+def test_permuted_grouped_conversion_keeps_outputs_order_bias_and_plan(tmp_path):
+    torch.manual_seed(6)
+    conv = nn.Conv2d(6, 8, 3, padding=1).double()
+    with torch.no_grad():  # block-diagonal up to a scrambled channel order
+        mask = torch.zeros(8, 6, 1, 1, dtype=F64)
+        mask[:4, :3] = 1
+        mask[4:, 3:] = 1
+        conv.weight.mul_(mask[torch.randperm(8)][:, torch.randperm(6)])
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.randn(2, 6, 9, 9, dtype=F64)
+    plain = convert(model, to="grouped", rank=2)
+    permuted = convert(model, to="grouped", rank=2, permute=True)
+    assert isinstance(permuted.model[0], leanconv.PermutedGroupedConv2d)
+    assert permuted.layers[0].relative_weight_error < 1e-7 < plain.layers[0].relative_weight_error
+    with torch.no_grad():
+        torch.testing.assert_close(permuted.model(x), model(x))
+    rebuilt = apply_plan(nn.Sequential(nn.Conv2d(6, 8, 3, padding=1).double(), nn.ReLU()), permuted.plan)
+    rebuilt.load_state_dict(permuted.model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), model(x))
+    refit = convert(model.float(), to="grouped", rank=2, permute=True, calib=[torch.randn(4, 6, 9, 9)])
+    assert refit.layers[0].output_error < 0.05  # the ridge shrinks a little; wrong channel order gives ~1
+    with pytest.raises(ValueError, match="permute=True applies only to to='grouped'"):
+        convert(model, to="dsconv", permute=True)

@@ -247,3 +247,26 @@ def test_tucker2_asymmetric_core_exact_at_full_rank_and_errors_add():
     plain = factorize.tucker2(w, (3, 4))
     core_split = factorize.asymmetric(plain.weights["core"], 2)
     assert low.discarded_energy == pytest.approx(plain.discarded_energy + core_split.discarded_energy, rel=1e-12)
+
+
+def test_grouped_permutation_finds_hidden_blocks_and_never_keeps_less():
+    torch.manual_seed(5)
+    o, c, g = 8, 6, 2
+    hidden = torch.zeros(o, c, 3, 3, dtype=F64)
+    hidden[:4, :3] = torch.randn(4, 3, 3, 3, dtype=F64)
+    hidden[4:, 3:] = torch.randn(4, 3, 3, 3, dtype=F64)
+    out_perm, in_perm = torch.randperm(o), torch.randperm(c)
+    w = hidden[out_perm][:, in_perm]  # block structure scrambled
+    result = factorize.grouped(w, g, permute=True)
+    assert result.discarded_energy == pytest.approx(0, abs=1e-10 * result.total_energy)
+    assert factorize.grouped(w, g).discarded_energy > 1.0
+    # the permuted grouped conv (inputs reordered, outputs put back) equals the dense conv
+    x = torch.randn(2, c, 7, 7, dtype=F64)
+    y = F.conv2d(x[:, result.buffers["input_order"]], result.weights["weight"], groups=g, padding=1)
+    restored = torch.empty_like(y)
+    restored[:, result.buffers["output_order"]] = y
+    torch.testing.assert_close(restored, F.conv2d(x, w, padding=1))
+    for seed in range(5):  # on random kernels: never less energy kept than the plain block diagonal
+        torch.manual_seed(seed)
+        w = torch.randn(8, 8, 3, 3, dtype=F64)
+        assert factorize.grouped(w, 4, permute=True).discarded_energy <= factorize.grouped(w, 4).discarded_energy

@@ -210,7 +210,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
                      latency_budget=args.latency_budget,
                      input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
-                     exclude=args.exclude, order=args.order, core=args.core)
+                     exclude=args.exclude, order=args.order, core=args.core,
+                     permute=args.permute)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                       default=None, help="stage order (asymmetric or dsconv); auto: per layer, least damage per MAC")
     conv.add_argument("--core", choices=("dense", "asymmetric"), default=None,
                       help="tucker2 core; asymmetric = kx1 then 1xk (LPRNet's block shape)")
+    conv.add_argument("--permute", action="store_true",
+                      help="grouped: reorder channels so more of each kernel's energy stays in the groups")
     conv.add_argument("--out", required=True, help="output folder (model.pt, plan.json, report.md)")
     conv.add_argument("--force", action="store_true", help="replace --out if it exists")
     conv.set_defaults(func=cmd_convert)

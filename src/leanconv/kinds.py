@@ -265,7 +265,8 @@ def _require_odd_kernel(spec: ConvSpec) -> None:
 
 def _dense_stages(spec: ConvSpec) -> List[Stage]:
     groups = spec.options.get("groups", 1)
-    return [_conv("", spec.in_channels, spec.out_channels, spec.kernel_size, spec=spec, groups=groups, bias=spec.bias)]
+    name = "conv" if spec.options.get("permute") else ""  # PermutedGroupedConv2d wraps its conv
+    return [_conv(name, spec.in_channels, spec.out_channels, spec.kernel_size, spec=spec, groups=groups, bias=spec.bias)]
 
 
 def _check_groups(spec: ConvSpec) -> None:
@@ -502,10 +503,11 @@ register(ConvKind(
 ))
 register(ConvKind(
     "grouped", "grouped convolution: channels split into g groups convolved separately",
-    "leanconv.layers.Conv2d", {"groups": 2},
-    lambda s, kw: _layers().Conv2d(*_conv_args(s), s.options["groups"], s.bias, **kw),
+    "leanconv.layers.Conv2d", {"groups": 2, "permute": False},
+    lambda s, kw: (_layers().PermutedGroupedConv2d if s.options["permute"] else _layers().Conv2d)(
+        *_conv_args(s), s.options["groups"], s.bias, **kw),
     _dense_stages,
-    "O*(C/g)*kh*kw (+O)", "O*(C/g)*kh*kw*H'*W'",
+    "O*(C/g)*kh*kw (+O)", "O*(C/g)*kh*kw*H'*W' (permute=True: channel reorderings, no MACs)",
     _check_groups,
 ))
 register(ConvKind(

@@ -35,6 +35,7 @@ class Factorization:
     weights: Dict[str, torch.Tensor]
     discarded_energy: float
     total_energy: float
+    buffers: Optional[Dict[str, torch.Tensor]] = None  # non-learned state (channel orders)
 
     @property
     def relative_error(self) -> float:
@@ -215,22 +216,70 @@ def tucker2(weight: torch.Tensor, ranks: Tuple[int, int], hooi_iterations: int =
     return Factorization(weights, discarded, total)
 
 
-def grouped(weight: torch.Tensor, groups: int) -> Factorization:
+def grouped(weight: torch.Tensor, groups: int, permute: bool = False, iterations: int = 10) -> Factorization:
     """Keep the block diagonal of a dense kernel: ``(O, C, kh, kw) -> (O, C/g, kh, kw)``.
 
     Output channel ``o`` of group ``j`` keeps its weights on input channels ``j*C/g ...``;
-    the discarded energy is that of the off-diagonal blocks.
+    the discarded energy is that of the off-diagonal blocks. With ``permute=True`` the
+    channels are first reordered so that more energy falls on the diagonal blocks: alternately,
+    outputs then inputs are reassigned to the group holding most of their energy (equal group
+    sizes, greedy), starting from the identity and keeping the best order seen, so it never
+    keeps less than ``permute=False``. ``buffers['input_order']`` lists the input channel read
+    at each position of the grouped conv, ``buffers['output_order']`` the output channel each
+    of its outputs stands for; ``weights['weight']`` is in that order.
     """
     _check_weight(weight)
     g = check_positive_int(groups, "groups")
     out_channels, in_channels = weight.shape[:2]
     check_divisible(out_channels, "out_channels", g, "groups")
     check_divisible(in_channels, "in_channels", g, "groups")
-    o_per, c_per = out_channels // g, in_channels // g
-    blocks = [weight[j * o_per:(j + 1) * o_per, j * c_per:(j + 1) * c_per] for j in range(g)]
-    kept = torch.cat(blocks, dim=0).contiguous()
     total = float(weight.double().pow(2).sum())
-    return Factorization({"weight": kept}, total - float(kept.double().pow(2).sum()), total)
+    if not permute:
+        blocks = _block_diagonal(weight, g, torch.arange(out_channels), torch.arange(in_channels), total)
+        return Factorization(blocks.weights, blocks.discarded_energy, total)
+    energy = weight.double().pow(2).sum((2, 3))  # (O, C)
+    out_group = torch.arange(out_channels) // (out_channels // g)
+    in_group = torch.arange(in_channels) // (in_channels // g)
+
+    def kept(out_group: torch.Tensor, in_group: torch.Tensor) -> float:
+        return float(energy[out_group[:, None] == in_group[None, :]].sum())
+
+    best = (kept(out_group, in_group), out_group, in_group)
+    for _ in range(iterations):
+        toward = torch.stack([energy[:, in_group == j].sum(1) for j in range(g)], 1)  # (O, g)
+        out_group = _balanced_assignment(toward, g)
+        toward = torch.stack([energy[out_group == j].sum(0) for j in range(g)], 1)  # (C, g)
+        in_group = _balanced_assignment(toward, g)
+        score = kept(out_group, in_group)
+        if score <= best[0] + 1e-12 * total:
+            break
+        best = (score, out_group, in_group)
+    _, out_group, in_group = best
+    return _block_diagonal(weight, g, torch.argsort(out_group, stable=True), torch.argsort(in_group, stable=True),
+                           total)
+
+
+def _balanced_assignment(affinity: torch.Tensor, groups: int) -> torch.Tensor:
+    """Each row to a group, ``rows/groups`` per group, largest affinities first (greedy)."""
+    rows = affinity.shape[0]
+    capacity = [rows // groups] * groups
+    assignment = torch.full((rows,), -1, dtype=torch.long)
+    for flat in torch.argsort(affinity.flatten(), descending=True, stable=True).tolist():
+        row, group = divmod(flat, groups)
+        if assignment[row] < 0 and capacity[group] > 0:
+            assignment[row] = group
+            capacity[group] -= 1
+    return assignment
+
+
+def _block_diagonal(weight: torch.Tensor, g: int, output_order: torch.Tensor, input_order: torch.Tensor,
+                    total: float) -> Factorization:
+    reordered = weight[output_order][:, input_order]
+    o_per, c_per = weight.shape[0] // g, weight.shape[1] // g
+    blocks = [reordered[j * o_per:(j + 1) * o_per, j * c_per:(j + 1) * c_per] for j in range(g)]
+    kept = torch.cat(blocks, dim=0).contiguous()
+    buffers = {"input_order": input_order, "output_order": output_order}
+    return Factorization({"weight": kept}, total - float(kept.double().pow(2).sum()), total, buffers)
 
 
 __all__ = ["Factorization", "asymmetric", "asymmetric_depthwise", "dsconv", "grouped", "tucker2"]

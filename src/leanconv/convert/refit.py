@@ -36,7 +36,9 @@ def last_stage_name(kind: str, options: Dict) -> str:
         return "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
     if kind == "dsconv":
         return "pointwise" if options.get("order", "depthwise_first") == "depthwise_first" else "depthwise"
-    return {"tucker2": "expand", "grouped": ""}[kind]
+    if kind == "grouped":
+        return "conv" if options.get("permute") else ""
+    return {"tucker2": "expand"}[kind]
 
 
 def last_stage(module: nn.Module, kind: str, options: Dict) -> nn.Conv2d:
@@ -137,7 +139,10 @@ def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable
             layer = converted.get_submodule(path)
             before = _relative_error(_capture(converted, layer, batches, "output"), targets)
             stage = last_stage(layer, entry["kind"], entry["options"])
-            solve_stage(stage, _capture(converted, stage, batches, "input"), targets, ridge)
+            stage_targets = targets
+            if isinstance(getattr(layer, "output_order", None), torch.Tensor):  # the stage's outputs are reordered
+                stage_targets = [t.index_select(1, layer.output_order) for t in targets]
+            solve_stage(stage, _capture(converted, stage, batches, "input"), stage_targets, ridge)
             after = _relative_error(_capture(converted, layer, batches, "output"), targets)
             reports.append(RefitReport(path, before, after))
     finally:

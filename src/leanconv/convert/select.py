@@ -61,7 +61,7 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
             result = factorize_conv(conv, target, options)
             damage = result.discarded_energy / max(result.total_energy, 1e-30)
             if reference:
-                module = build_module(conv, target, options, result.weights).eval()
+                module = build_module(conv, target, options, result).eval()
                 with torch.no_grad():
                     error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
                 damage = error / max(scale, 1e-30)

@@ -130,7 +130,7 @@ def _full_rank(target: str, conv: nn.Conv2d, extra: Optional[Dict[str, Any]] = N
 def _options_for(target: str, conv: nn.Conv2d, rank: Optional[Union[int, Tuple[int, int]]],
                  extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     if target == "grouped":
-        return {"groups": int(rank or 2)}
+        return {"groups": int(rank or 2), **({"permute": True} if (extra or {}).get("permute") else {})}
     if rank is None:
         return _full_rank(target, conv, extra)
     if target == "dsconv":
@@ -153,7 +153,7 @@ def factorize_conv(conv: nn.Conv2d, target: str, options: Dict[str, Any]) -> fac
         return factorize.asymmetric(w, options["mid_channels"], options.get("order", "kx1_first"))
     if target == "tucker2":
         return factorize.tucker2(w, options["ranks"], core_mid_channels=options.get("core_mid_channels"))
-    return factorize.grouped(w, options["groups"])
+    return factorize.grouped(w, options["groups"], permute=options.get("permute", False))
 
 
 def _energy_rank(conv: nn.Conv2d, target: str, energy: float, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -168,11 +168,13 @@ def _energy_rank(conv: nn.Conv2d, target: str, energy: float, extra: Optional[Di
     return full
 
 
-def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any], weights: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
+def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any],
+                 factors: Optional[factorize.Factorization] = None) -> nn.Module:
     """The leanconv module of kind ``target`` standing in for ``conv`` (same arguments).
 
-    With ``weights`` (from :func:`factorize_conv`) the stages get them and the last stage gets
-    the conv's bias; without, the module is freshly initialized (for :func:`apply_plan`).
+    With ``factors`` (from :func:`factorize_conv`) the stages get its weights (and buffers, the
+    channel orders of a permuted grouped conv) and the last stage gets the conv's bias (in the
+    stage's output order); without, the module is freshly initialized (for :func:`apply_plan`).
     """
     from leanconv.kinds import create_conv2d
 
@@ -182,15 +184,18 @@ def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any], weights:
         padding, conv.dilation, conv.bias is not None,
         conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype, **options,
     )
-    if weights is None:
+    if factors is None:
         return module
+    last = last_stage_name(target, options)
     with torch.no_grad():
-        for name, value in weights.items():
-            target_param = module.get_parameter(f"{name}.weight" if name != "weight" else "weight")
-            target_param.copy_(value)
+        for name, value in factors.weights.items():
+            stage = last if name == "weight" else name  # a one-stage kind's weight is its last stage's
+            module.get_parameter(f"{stage}.weight" if stage else "weight").copy_(value)
+        for name, value in (factors.buffers or {}).items():
+            module.get_buffer(name).copy_(value)
         if conv.bias is not None:
-            last = last_stage_name(target, options)
-            module.get_parameter(f"{last}.bias" if last else "bias").copy_(conv.bias)
+            bias = conv.bias if not factors.buffers else conv.bias[factors.buffers["output_order"]]
+            module.get_parameter(f"{last}.bias" if last else "bias").copy_(bias)
     return module
 
 
@@ -248,6 +253,7 @@ def convert(
     order: Optional[str] = None,
     latency_cache: Optional[Any] = None,
     core: Optional[str] = None,
+    permute: bool = False,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``.
 
@@ -270,6 +276,8 @@ def convert(
     dual); ``'auto'`` picks, per layer, the order with less discarded energy per MAC saved.
     ``core='asymmetric'`` (tucker2 only): the core becomes ``kh x 1`` then ``1 x kw`` with ``r2``
     mid channels at rank ``r`` (LPRNet's small basic block without its ReLUs).
+    ``permute=True`` (grouped only): reorder channels so more of the kernel's energy falls in
+    the groups (:class:`leanconv.layers.PermutedGroupedConv2d`).
     """
     check_choice(to, "to", TARGETS)
     if order is not None:
@@ -282,6 +290,10 @@ def convert(
             raise ValueError(f"core={core!r} applies only to to='tucker2'")
         check_choice(core, "core", ("dense", "asymmetric"))
         extra = {"core": core}
+    if permute:
+        if to != "grouped":
+            raise ValueError(f"permute={permute!r} applies only to to='grouped'")
+        extra = {"permute": True}
     if sum(x is not None for x in (rank, energy, mac_budget, latency_budget)) > 1:
         raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
     if latency_budget is not None and not latency_budget > 0:
@@ -344,7 +356,7 @@ def convert(
                                        0.0, f"{to} would cost {macs_after / macs_before:.2f}x the MACs: kept dense"))
             continue
         result = factorize_conv(conv, to, options)
-        replacement = build_module(conv, to, options, result.weights)
+        replacement = build_module(conv, to, options, result)
         replacement.train(conv.training)
         _set_module(model, path, replacement)
         plan["layers"][path] = {"kind": to, "options": _jsonable(options)}

@@ -7,7 +7,7 @@ unpool-conv), ``attention`` (SE, CBAM) and ``blocks`` (bottleneck, inverted resi
 block, ASPP).
 """
 
-from leanconv.layers.conv import Conv2d, ConvNormAct, ConvTranspose2d
+from leanconv.layers.conv import Conv2d, ConvNormAct, ConvTranspose2d, PermutedGroupedConv2d
 from leanconv.layers.separable import DepthwiseConv2d, DepthwiseSeparableConv2d, PointwiseConv2d, Tucker2Conv2d
 from leanconv.layers.asymmetric import ACBlock, AsymmetricConv2d, ParallelAsymmetricConv2d
 from leanconv.layers.transposed import DepthwiseSeparableConvTranspose2d, MaxUnpoolConv2d, ResizeConv2d, make_conv
@@ -15,6 +15,7 @@ from leanconv.layers.attention import CBAM, ChannelGate, SpatialGate, SqueezeExc
 from leanconv.layers.blocks import ASPP, ASPPPooling, Bottleneck, InvertedResidual, KindConvNormAct, SmallBasicBlock
 
 __all__ = [
+    "PermutedGroupedConv2d",
     "ASPP",
     "ASPPPooling",
     "ACBlock",

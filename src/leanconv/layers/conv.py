@@ -114,6 +114,44 @@ class Conv2d(nn.Conv2d):
         return _same_repr(super().extra_repr(), self.padding_arg, self.padding)
 
 
+class PermutedGroupedConv2d(nn.Module):
+    """A grouped conv between two channel reorderings: the target of a dense -> grouped
+    conversion that first moves strongly coupled channels into the same group.
+
+    ``input_order[i]`` is the input channel fed to position ``i`` of the grouped ``conv``;
+    ``output_order[j]`` is the output channel that the conv's output ``j`` stands for. Both are
+    buffers (saved in the ``state_dict``); identity orders make it a plain grouped conv. The
+    reorderings move memory but cost no MACs. BatchNorm folding skips this module (its weight
+    rows are in the reordered order).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: PaddingArg = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                           padding_mode, device=device, dtype=dtype)
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.register_buffer("input_order", torch.arange(in_channels, device=device))
+        self.register_buffer("output_order", torch.arange(out_channels, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, type(self).__name__)
+        y = self.conv(x.index_select(1, self.input_order))
+        return y.index_select(1, torch.argsort(self.output_order))
+
+
 class ConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` that also takes ``padding='same'`` (output ``in * stride``).
 
@@ -218,6 +256,7 @@ __all__ = [
     "Conv2d",
     "ConvNormAct",
     "ConvTranspose2d",
+    "PermutedGroupedConv2d",
     "check_conv_args",
     "make_act",
     "make_norm",
