@@ -187,6 +187,11 @@ def test_converted_models_trace_export_and_compile():
     for target in ("dsconv", "asymmetric", "tucker2"):
         converted = convert(model, to=target, rank=2).model
         check_traceable(converted, torch.randn(1, 3, 20, 20), compile=target == "dsconv")
+    variants = [dict(to="dsconv", order="pointwise_first"), dict(to="tucker2", core="asymmetric"),
+                dict(to="grouped", permute=True, include=["c"])]  # c: 8 -> 12 channels, divisible by 2
+    for kwargs in variants:
+        converted = convert(model, rank=2, only_if_cheaper=False, **kwargs).model
+        check_traceable(converted, torch.randn(1, 3, 20, 20))
 
 
 def test_cli_convert_writes_a_loadable_folder(tmp_path):

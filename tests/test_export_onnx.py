@@ -20,6 +20,10 @@ def test_converted_model_exports_and_matches(tmp_path):
     assert export_onnx(converted, (x,), tmp_path / "m.onnx") < 1e-4
     with pytest.raises(FileExistsError, match="pass force=True"):
         export_onnx(converted, (x,), tmp_path / "m.onnx")
+    for kwargs in (dict(to="dsconv", order="pointwise_first", rank=1), dict(to="tucker2", core="asymmetric", rank=8),
+                   dict(to="grouped", permute=True, rank=2), dict(to="asymmetric", rank=4)):
+        other = leanconv.convert(model, exclude=["features.conv1*"], **kwargs).model
+        assert export_onnx(other, (x,), tmp_path / f"{kwargs['to']}.onnx") < 1e-4, kwargs
 
 
 def test_layers_with_dynamic_same_padding_export(tmp_path):
