@@ -14,7 +14,7 @@ from leanconv.kinds import KINDS
 # Modules that add their own subcommands: each has ``add_subcommands(sub)`` taking the
 # ``argparse`` subparsers object and calling ``sub.add_parser(...).set_defaults(func=...)``.
 # Their heavy imports stay inside the command functions so ``leanconv --help`` stays fast.
-COMMAND_MODULES: tuple = ("leanconv.quant.cli", "leanconv.bench_cli")
+COMMAND_MODULES: tuple = ("leanconv.quant.cli", "leanconv.bench_cli", "leanconv.optimize_cli")
 
 
 def _kinds_rows() -> List[dict]:
@@ -185,12 +185,11 @@ def _calib_batches(spec: Optional[str], input_shape: tuple, batch: int = 64):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert a model's dense convs; write state_dict, plan.json and report.md to --out."""
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import torch
 
+    from leanconv._files import staged_folder
     from leanconv.convert import convert, save_plan
     from leanconv.models import DEFAULT_INPUTS
 
@@ -212,18 +211,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
                      exclude=args.exclude, order=args.order, core=args.core,
                      permute=args.permute)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_folder(out, force=True) as staging:
         torch.save(result.model.state_dict(), staging / "model.pt")
         save_plan(result.plan, staging / "plan.json")
         (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(result.to_markdown())
     print(f"wrote {out}/model.pt, plan.json, report.md")
     return 0

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -525,21 +524,13 @@ def export_hls(
 
 def _write_folder(out_dir: Path, files: Dict[str, str]) -> None:
     """Write every file into a staging folder beside ``out_dir``, then move it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    from leanconv._files import staged_folder
+
+    with staged_folder(out_dir, force=True) as staging:
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            os.chmod(path, 0o644)
-        os.chmod(staging, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def check_hls(directory: Union[str, os.PathLike], timeout: float = 600.0, cxxflags: Optional[str] = None) -> HlsCheck:

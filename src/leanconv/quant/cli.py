@@ -8,12 +8,11 @@ import argparse
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize a model on calibration data; write qmodel.pt, scales.json and report.md to --out."""
     import json
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import torch
 
+    from leanconv._files import staged_folder
     from leanconv.cli import _calib_batches, load_model
     from leanconv.models import DEFAULT_INPUTS
     from leanconv.quant import accuracy_report, hazard_report, quantize
@@ -42,21 +41,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = (f"# leanconv quantize {args.model} --dialect {args.dialect}\n\n{qmodel!r}\n\n"
               f"## Float vs integer on the calibration data\n\n{accuracy.to_markdown()}\n"
               f"## Hazards\n\n{hazards.to_markdown()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_folder(out, force=True) as staging:
         qmodel.save(staging / "qmodel.pt")
         (staging / "scales.json").write_text(json.dumps(scales, indent=2) + "\n")
         (staging / "report.md").write_text(report)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(report)
     print(f"wrote {out}/qmodel.pt, scales.json, report.md")
     return 0
