@@ -70,6 +70,7 @@ class PageResult:
     failure: str | None = None
     skipped: list[str] = field(default_factory=list)
     stderr: str = ""
+    prints: list[dict] = field(default_factory=list)  # what each print call printed, in page order
 
     @property
     def ran(self) -> int:
@@ -156,19 +157,23 @@ def claim_holds(printed: str, comment: str) -> bool:
     return _numbers(want)[:len(numbers)] == numbers
 
 
-def print_claims(source: str) -> list[tuple[int, int, str]]:
-    """``(first line, last line, comment)`` of every ``print(...)`` call with a trailing comment."""
+def print_calls(source: str) -> list[tuple[int, int, str | None]]:
+    """``(first line, last line, trailing comment or None)`` of every ``print(...)`` call, in
+    source order."""
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT and tok.line[:tok.start[1]].strip():
             comments[tok.start[0]] = tok.string[1:].strip()
-    claims = []
+    calls = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
-            comment = comments.get(node.end_lineno) or comments.get(node.lineno)
-            if comment:
-                claims.append((node.lineno, node.end_lineno, comment))
-    return sorted(claims)
+            calls.append((node.lineno, node.end_lineno, comments.get(node.end_lineno) or comments.get(node.lineno)))
+    return sorted(calls)
+
+
+def print_claims(source: str) -> list[tuple[int, int, str]]:
+    """``(first line, last line, comment)`` of every ``print(...)`` call with a trailing comment."""
+    return [(first, last, comment) for first, last, comment in print_calls(source) if comment]
 
 
 # ------------------------------------------------------------------ the child process
@@ -232,9 +237,10 @@ def _run_blocks(page: Path, page_requires: tuple[str, ...]) -> PageResult:
             result.failure = f"{where} raised:\n{_short_traceback(filename)}\nprinted before:\n{out.getvalue()[-2000:]}"
             return result
         problems = []
-        for first, last, comment in print_claims(source):
+        for first, last, comment in print_calls(source):
             printed = "".join(t for n in range(first, last + 1) for t in recorder.by_line.get(n, []))
-            if not claim_holds(printed, comment):
+            result.prints.append({"block": block.index, "line": first, "printed": printed})
+            if comment and not claim_holds(printed, comment):
                 problems.append(f"line {first}: printed {_normal(printed)!r}, the comment says {comment!r}")
         if block.output is not None:
             got = [s.rstrip() for s in out.getvalue().strip("\n").splitlines()]
@@ -287,14 +293,50 @@ def run_page(page: Path, requires: tuple[str, ...] = (), timeout: float = 300.0)
 def check_page(page: Path, requires: tuple[str, ...] = (), timeout: float = 300.0) -> PageResult:
     """Fail the calling test on the page's first failure; skip it (with the reason) if blocks
     were skipped for missing requirements after the others passed."""
+    return assert_result(run_page(page, requires, timeout))
+
+
+def assert_result(result: PageResult) -> PageResult:
+    """Fail the calling test on the result's failure; skip it if blocks were skipped."""
     import pytest
 
-    result = run_page(page, requires, timeout)
     if result.failure:
         pytest.fail(f"{result.failure}\n--- stderr (tail) ---\n{result.stderr}", pytrace=False)
     if result.skipped:
         pytest.skip(f"{result.ran} block(s) passed; skipped: " + "; ".join(result.skipped))
     return result
+
+
+def check_translation(page: Path, original: Path, original_result: PageResult) -> None:
+    """Check a translated page whose code is the original's, token for token, without running
+    it again: each of its print comments must hold for what the original's run printed at the
+    same print call. Fails or skips the calling test as :func:`check_page` would."""
+    import pytest
+
+    if original_result.failure:
+        pytest.fail(f"{original.name} (whose code this page shares) failed: {original_result.failure}", pytrace=False)
+    if original_result.skipped:
+        pytest.skip(f"{original.name} (whose code this page shares): " + "; ".join(original_result.skipped))
+    ran = {b["line"] for b in original_result.blocks if b["outcome"] == "passed"}
+    en_blocks = [b for b in parse_blocks(Path(original).read_text(encoding="utf-8"))]
+    tr_blocks = parse_blocks(Path(page).read_text(encoding="utf-8"))
+    printed = {}
+    for record in original_result.prints:
+        printed.setdefault(record["block"], []).append(record["printed"])
+    problems = []
+    for en, tr in zip(en_blocks, tr_blocks):
+        if en.line not in ran:
+            continue
+        calls = print_calls("\n" * (tr.line - 1) + tr.code)
+        outputs = printed.get(en.index, [])
+        assert len(calls) == len(outputs), f"{page.name} line {tr.line}: print calls differ from {original.name}"
+        for (first, _last, comment), out in zip(calls, outputs):
+            if comment and not claim_holds(out, comment):
+                problems.append(f"line {first}: {original.name} printed {_normal(out)!r}, the comment says {comment!r}")
+        if tr.output is not None and tr.output.strip("\n") != (en.output or "").strip("\n"):
+            problems.append(f"line {tr.line}: the output block differs from {original.name}'s")
+    if problems:
+        pytest.fail(f"{page.name}: " + "\n".join(problems), pytrace=False)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ runner's own checks below compare against hand-written expectations.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import tokenize
 from pathlib import Path
 
 import pytest
-from docs_runner import ROOT, check_page, claim_holds, parse_blocks, print_claims, run_page
+from docs_runner import (ROOT, PageResult, assert_result, check_translation, claim_holds, parse_blocks, print_claims,
+                         run_page)
 
 PAGES = sorted([*(ROOT / "docs").rglob("*.md"), *ROOT.glob("README*.md")])
 # pages whose blocks another test file runs (with its own requirements)
@@ -44,9 +46,30 @@ def _page_params():
     return params
 
 
+@functools.lru_cache(maxsize=None)
+def _run(page: Path) -> PageResult:
+    return run_page(page, timeout=240)
+
+
+def _original(page: Path) -> Path | None:
+    """The English page a Chinese page under docs/zh/ translates, when their code is the same."""
+    zh_root = ROOT / "docs" / "zh"
+    if zh_root not in page.parents:
+        return None
+    original = ROOT / "docs" / page.relative_to(zh_root)
+    if not original.exists() or not _same_code(page, original):
+        return None
+    return original
+
+
 @pytest.mark.parametrize("page", _page_params())
 def test_page_blocks_run_and_print_what_they_say(page):
-    check_page(page, timeout=240)
+    original = _original(page)
+    if original is None:
+        assert_result(_run(page))
+    else:
+        # same code as the English page: its run is reused, the translated comments are checked
+        check_translation(page, original, _run(original))
 
 
 # ------------------------------------------------------------------ links
@@ -79,17 +102,27 @@ def _code_tokens(code: str) -> list[str]:
 TRANSLATED = sorted(p for folder in ("howto", "concepts") for p in (ROOT / "docs" / folder).glob("*.md"))
 
 
+def _code_differences(translated: Path, original: Path) -> list[str]:
+    en_blocks = parse_blocks(original.read_text(encoding="utf-8"))
+    zh_blocks = parse_blocks(translated.read_text(encoding="utf-8"))
+    if len(zh_blocks) != len(en_blocks):
+        return [f"{_rel(translated)} has {len(zh_blocks)} python blocks, {_rel(original)} {len(en_blocks)}"]
+    return [f"{_rel(translated)} line {tr.line}: the code differs from {_rel(original)} line {en.line}"
+            for en, tr in zip(en_blocks, zh_blocks)
+            if (tr.status, tr.requires) != (en.status, en.requires) or _code_tokens(tr.code) != _code_tokens(en.code)
+            or (tr.output is None) != (en.output is None)]
+
+
+def _same_code(translated: Path, original: Path) -> bool:
+    return not _code_differences(translated, original)
+
+
 @pytest.mark.parametrize("page", TRANSLATED, ids=_rel)
 def test_chinese_page_exists_with_the_same_code(page):
     zh = ROOT / "docs" / "zh" / page.relative_to(ROOT / "docs")
     assert zh.exists(), f"{_rel(page)} has no Chinese page {_rel(zh)}"
-    en_blocks = parse_blocks(page.read_text(encoding="utf-8"))
-    zh_blocks = parse_blocks(zh.read_text(encoding="utf-8"))
-    assert len(zh_blocks) == len(en_blocks), f"{_rel(zh)} has {len(zh_blocks)} python blocks, English {len(en_blocks)}"
-    for en, tr in zip(en_blocks, zh_blocks):
-        assert (tr.status, tr.requires) == (en.status, en.requires), f"{_rel(zh)} line {tr.line}"
-        assert _code_tokens(tr.code) == _code_tokens(en.code), (
-            f"{_rel(zh)} line {tr.line}: the code differs from {_rel(page)} line {en.line} (comments may differ)")
+    problems = _code_differences(zh, page)
+    assert not problems, "\n".join(problems) + " (comments may differ, the code may not)"
 
 
 # ------------------------------------------------------------------ the runner itself
@@ -157,3 +190,15 @@ def test_runner_passes_a_true_page_in_one_namespace_and_skips_what_is_missing(tm
 def test_runner_reports_a_false_claim_or_an_error_at_its_page_line(tmp_path, body, message):
     result = run_page(_page(tmp_path, body), timeout=60)
     assert result.failure is not None and message in result.failure, result.failure
+
+
+def test_a_translation_is_checked_against_the_original_run(tmp_path):
+    original = _page(tmp_path, "```python\nprint(6 * 7)  # 42: the answer\n```\n")
+    result = run_page(original, timeout=60)
+    good = tmp_path / "good.md"
+    good.write_text("```python\nprint(6 * 7)  # 42:答案\n```\n", encoding="utf-8")
+    check_translation(good, original, result)
+    bad = tmp_path / "bad.md"
+    bad.write_text("```python\nprint(6 * 7)  # 24:答案\n```\n", encoding="utf-8")
+    with pytest.raises(pytest.fail.Exception, match="page.md printed '42', the comment says '24"):
+        check_translation(bad, original, result)
