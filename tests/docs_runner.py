@@ -270,7 +270,10 @@ def _child(argv: list[str]) -> int:
 def run_page(page: Path, requires: tuple[str, ...] = (), timeout: float = 300.0) -> PageResult:
     """Run the page's blocks in a fresh interpreter (cwd: an empty temporary folder)."""
     page = Path(page).resolve()
-    env = dict(os.environ, KERAS_BACKEND="torch", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    # one thread: small ops (per-channel SVDs) are far slower with 2 threads on a busy CPU, and
+    # float results do not depend on the thread count
+    env = dict(os.environ, KERAS_BACKEND="torch", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="leanconv-docs-") as tmp:
         report = Path(tmp) / ".report.json"
         work = Path(tmp) / "work"
