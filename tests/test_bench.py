@@ -172,3 +172,30 @@ def test_measure_latency_keeps_its_default():
     import inspect
 
     assert inspect.signature(bench.measure_latency).parameters["num_threads"].default == 1
+
+
+def test_deploy_benchmark_quick(tmp_path):
+    """benchmarks/deploy.py in quick mode writes its tables and refuses to overwrite them."""
+    from pathlib import Path
+
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "deploy.py"
+    args = [sys.executable, str(script), "--quick", "--threads", "1", "--min-run-time", "0.005", "--out", str(tmp_path)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    data = json.loads((tmp_path / "deploy.json").read_text())
+    (run,) = data["runs"]
+    report = run["report"]
+    assert run["threads"] == 1 and run["batch"] == 1
+    assert report["mac_reduction"] == report["original_macs"] / report["converted_macs"]
+    assert report["original_macs"] == 9_732_736  # the digits CNN at 32x32 (leanconv.profile)
+    for side in ("original", "converted"):
+        latencies = {r["setting"]: r["latency_ms"] for r in report[side]["results"]}
+        assert report[side]["best"] == min(latencies, key=latencies.get)
+    assert report["efficiency"] == pytest.approx(report["speedup"] / report["mac_reduction"])
+    assert data["meta"]["batchnorms_left_after_fuse_converted"] >= 0
+    assert "## batch 1, 1 thread(s)" in (tmp_path / "deploy.md").read_text()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
