@@ -1,4 +1,4 @@
-"""Run every seed example (S1-S6, S8-S10) in turn; the main job until the demo lands."""
+"""Run every seed example (S1-S6, S8-S11; S7 is examples/keras_mean_spot_cbam.py) in turn."""
 
 from __future__ import annotations
 
