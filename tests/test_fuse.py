@@ -337,3 +337,28 @@ def test_fuse_every_kind_in_a_conv_norm_act(kind):
         torch.testing.assert_close(fused(x), expected)
     if model.conv_norm_pairs:
         assert isinstance(fused.norm, nn.Identity)
+
+
+def test_norm_after_a_multi_stage_layer_folds_into_its_last_stage():
+    """ConvNormAct around a separable, asymmetric or Tucker-2 conv (what a conversion leaves):
+    the BN folds into the layer's output stage; a reordering layer keeps its BN."""
+    import leanconv
+
+    x = torch.randn(2, 6, 11, 11)
+    for conv in (leanconv.DepthwiseSeparableConv2d(6, 8, 3, padding=1, bias=False),
+                 leanconv.DepthwiseSeparableConv2d(6, 8, 3, padding=1, bias=False, order="pointwise_first"),
+                 leanconv.AsymmetricConv2d(6, 8, 3, padding=1, bias=False, order="1xk_first"),
+                 leanconv.Tucker2Conv2d(6, 8, 3, padding=1, bias=False, ranks=(3, 4)),
+                 leanconv.PermutedGroupedConv2d(6, 8, 3, padding=1, groups=2, bias=False)):
+        block = leanconv.ConvNormAct(6, 8, 3, padding=1)
+        block.conv = conv
+        if isinstance(conv, leanconv.PermutedGroupedConv2d):
+            conv.input_order.copy_(torch.randperm(6))
+            conv.output_order.copy_(torch.randperm(8))
+        randomize_norms(block).eval()
+        with torch.no_grad():
+            expected = block(x)
+            fused = leanconv.fuse(block)
+            torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+        folded = isinstance(fused.norm, nn.Identity)
+        assert folded != isinstance(conv, leanconv.PermutedGroupedConv2d), type(conv).__name__

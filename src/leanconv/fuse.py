@@ -195,6 +195,12 @@ def _fold_pair(owner: nn.Module, conv_path: str, norm_path: str) -> bool:
     BatchNorm with running statistics (``nn.Identity`` included), or the channels differ.
     """
     conv, norm = _get(owner, conv_path), _get(owner, norm_path)
+    while (conv is not None and not isinstance(conv, _CONVS) and isinstance(getattr(conv, "output_stage", None), str)
+           and not getattr(conv, "reorders_output", False)):
+        # a multi-stage layer (depthwise separable, asymmetric, Tucker-2) ends in a plain conv:
+        # the norm after the layer folds into that last stage
+        conv_path = f"{conv_path}.{conv.output_stage}" if conv_path else conv.output_stage
+        conv = _get(owner, conv_path)
     if not isinstance(conv, _CONVS) or not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return False
     if norm.running_mean is None or norm.running_var is None or norm.num_features != conv.out_channels:

@@ -30,20 +30,20 @@ class RefitReport:
     error_after: float
 
 
-def last_stage_name(kind: str, options: Dict) -> str:
-    """Path of a converted module's last linear stage (it gets the bias, and the refit solves it)."""
-    if kind == "asymmetric":
-        return "conv_1xk" if options.get("order", "kx1_first") == "kx1_first" else "conv_kx1"
-    if kind == "dsconv":
-        return "pointwise" if options.get("order", "depthwise_first") == "depthwise_first" else "depthwise"
-    if kind == "grouped":
-        return "conv" if options.get("permute") else ""
-    return {"tucker2": "expand"}[kind]
+def last_stage_name(module: nn.Module) -> str:
+    """Path in ``module`` of the conv whose output is the module's output (it gets the bias, the
+    refit solves it, a following BN folds into it): the layer's ``output_stage``, '' for a conv."""
+    if isinstance(module, nn.Conv2d):
+        return ""
+    name = getattr(module, "output_stage", None)
+    if not isinstance(name, str):
+        raise ValueError(f"{type(module).__name__} has no output_stage: its last linear stage is unknown")
+    return name
 
 
-def last_stage(module: nn.Module, kind: str, options: Dict) -> nn.Conv2d:
+def last_stage(module: nn.Module) -> nn.Conv2d:
     """The conv whose weights the refit solves for."""
-    name = last_stage_name(kind, options)
+    name = last_stage_name(module)
     return module.get_submodule(name) if name else module
 
 
@@ -138,7 +138,7 @@ def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable
             targets = _capture(original, original.get_submodule(path), batches, "output")
             layer = converted.get_submodule(path)
             before = _relative_error(_capture(converted, layer, batches, "output"), targets)
-            stage = last_stage(layer, entry["kind"], entry["options"])
+            stage = last_stage(layer)
             stage_targets = targets
             if isinstance(getattr(layer, "output_order", None), torch.Tensor):  # the stage's outputs are reordered
                 stage_targets = [t.index_select(1, layer.output_order) for t in targets]

@@ -186,7 +186,7 @@ def build_module(conv: nn.Conv2d, target: str, options: Dict[str, Any],
     )
     if factors is None:
         return module
-    last = last_stage_name(target, options)
+    last = last_stage_name(module)
     with torch.no_grad():
         for name, value in factors.weights.items():
             stage = last if name == "weight" else name  # a one-stage kind's weight is its last stage's

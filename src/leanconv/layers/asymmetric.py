@@ -164,6 +164,11 @@ class AsymmetricConv2d(nn.Module):
         if not kx1_first:
             self.conv_norm_pairs = (("conv_1xk", "norm"),)
 
+    @property
+    def output_stage(self) -> str:
+        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
+        return "conv_1xk" if self.order == "kx1_first" else "conv_kx1"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
         if self.order == "kx1_first":

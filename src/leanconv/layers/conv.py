@@ -146,6 +146,9 @@ class PermutedGroupedConv2d(nn.Module):
         self.register_buffer("input_order", torch.arange(in_channels, device=device))
         self.register_buffer("output_order", torch.arange(out_channels, device=device))
 
+    output_stage = "conv"  # the refit solves it; its outputs are this layer's reordered,
+    reorders_output = True  # so a following BN does not fold into it
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
         y = self.conv(x.index_select(1, self.input_order))

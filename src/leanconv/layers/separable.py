@@ -148,6 +148,11 @@ class DepthwiseSeparableConv2d(nn.Module):
             self.depthwise = Conv2d(mid, out_channels, kernel, groups=out_channels, bias=bias, **spatial)
             self.conv_norm_pairs = (("pointwise", "norm"),)
 
+    @property
+    def output_stage(self) -> str:
+        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
+        return "pointwise" if self.order == "depthwise_first" else "depthwise"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
         if self.order == "depthwise_first":
@@ -223,6 +228,8 @@ class Tucker2Conv2d(nn.Module):
             self.core = AsymmetricConv2d(*core_args, False, padding_mode, mid_channels=core_mid_channels,
                                          device=device, dtype=dtype)
         self.expand = PointwiseConv2d(r_out, out_channels, bias=bias, device=device, dtype=dtype)
+
+    output_stage = "expand"  # the conv whose output is this layer's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)

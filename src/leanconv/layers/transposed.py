@@ -155,6 +155,11 @@ class DepthwiseSeparableConvTranspose2d(nn.Module):
                                              groups=out_channels, bias=bias, **transposed)
             self.conv_norm_pairs = (("pointwise", "norm"),)
 
+    @property
+    def output_stage(self) -> str:
+        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
+        return "pointwise" if self.order == "depthwise_first" else "depthwise"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)
         if self.order == "depthwise_first":
