@@ -134,7 +134,6 @@ def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable
     reports = []
     try:
         for path in order:
-            entry = plan["layers"][path]
             targets = _capture(original, original.get_submodule(path), batches, "output")
             layer = converted.get_submodule(path)
             before = _relative_error(_capture(converted, layer, batches, "output"), targets)
