@@ -3,8 +3,10 @@
 The conventions, written for page authors in docs/README.md ("How the pages are tested"):
 
 - Every fenced block opened with ```` ```python ```` runs. The blocks of one page run in order,
-  in one namespace, in a fresh Python process whose working directory is an empty temporary
-  folder, under a time limit.
+  in one namespace, in a process of their own whose working directory is an empty temporary
+  folder, under a time limit, with one CPU thread and ``KERAS_BACKEND=torch``. The process is
+  forked from a server that has imported torch, leanconv and Keras once (a fresh interpreter
+  where there is no ``fork``).
 - A block whose first line is ``# not run`` is shown, not run (a sketch that needs your own
   model or data). A block whose first line is ``# requires: keras, g++`` runs only when every
   name is an importable module or a program on PATH; otherwise it is skipped, and the test of
@@ -18,7 +20,7 @@ The conventions, written for page authors in docs/README.md ("How the pages are 
 - A ```` ```output ```` block right after a ``python`` block holds that block's whole standard
   output, compared line by line (trailing spaces and blank lines at either end ignored).
 
-``run_page`` starts the child process (this file run as a script) and returns what happened;
+``run_page`` has the page run (this file, run as ``--serve``, is the server) and returns what happened;
 ``check_page`` turns that into a pytest pass, failure or skip. Line numbers in errors and
 tracebacks are those of the Markdown file.
 """
@@ -26,6 +28,7 @@ tracebacks are those of the Markdown file.
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import importlib.util
 import io
@@ -33,9 +36,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tokenize
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -264,32 +269,142 @@ def _child(argv: list[str]) -> int:
     return 0
 
 
+# Imported once by the server before it forks a process per page, so that a page does not pay
+# for importing torch (and Keras) again. A page's process is still its own: what one page does
+# to these modules is gone when its process ends.
+PRELOAD = ("numpy", "torch", "leanconv", "leanconv.convert", "leanconv.quant", "leanconv.export.hls",
+           "leanconv.analysis", "leanconv.keras")
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        with contextlib.suppress(Exception):  # an optional extra that is absent: its pages skip
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):  # warm the meta-device counting path once
+        import torch
+        import leanconv
+        leanconv.profile(torch.nn.Conv2d(1, 1, 1), (1, 1, 2, 2))
+
+
+def _serve() -> int:
+    """Read one JSON request per line (page, report, requires, cwd, timeout), fork a process that
+    runs the page, answer one JSON line: ``{"status": "done" | "timeout" | "crashed"}``."""
+    protocol = os.fdopen(os.dup(1), "w")  # the replies; nothing else may write to this pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # whatever is printed while preloading goes nowhere
+    _preload()
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        pid = os.fork()
+        if pid == 0:  # the page's process
+            code = 1
+            try:
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.chdir(request["cwd"])
+                code = _child([request["page"], request["report"], *request["requires"]])
+            except BaseException:  # noqa: BLE001 - the report is missing; the parent says so
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(log)
+        deadline = time.monotonic() + request["timeout"]
+        status = "crashed"
+        while True:
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = "done" if os.waitstatus_to_exitcode(code) == 0 else "crashed"
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                status = "timeout"
+                break
+            time.sleep(0.02)
+        protocol.write(json.dumps({"status": status}) + "\n")
+        protocol.flush()
+
+
 # ------------------------------------------------------------------ the parent side
+
+# one thread: small ops (per-channel SVDs) are far slower with 2 threads on a busy CPU, and
+# float results do not depend on the thread count
+CHILD_ENV = {"KERAS_BACKEND": "torch", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
+             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class _Server:
+    """The forking server process, started on first use and kept for the test session."""
+
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def request(cls, payload: dict) -> str:
+        for attempt in range(2):
+            if cls.process is None or cls.process.poll() is not None:
+                cls.process = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--serve"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, **CHILD_ENV))
+                atexit.register(cls.close)
+            try:
+                cls.process.stdin.write(json.dumps(payload) + "\n")
+                cls.process.stdin.flush()
+                answer = cls.process.stdout.readline()
+            except (BrokenPipeError, OSError):
+                answer = ""
+            if answer:
+                return json.loads(answer)["status"]
+            cls.close()
+        return "crashed"
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.process is not None:
+            with contextlib.suppress(Exception):
+                cls.process.stdin.close()
+                cls.process.wait(timeout=10)
+            with contextlib.suppress(Exception):
+                cls.process.kill()
+            cls.process = None
 
 
 def run_page(page: Path, requires: tuple[str, ...] = (), timeout: float = 300.0) -> PageResult:
-    """Run the page's blocks in a fresh interpreter (cwd: an empty temporary folder)."""
+    """Run the page's blocks in a process of their own (cwd: an empty temporary folder).
+
+    Where ``os.fork`` exists, the process is forked from a server that has already imported
+    torch, leanconv and (if installed) Keras; elsewhere it is a fresh interpreter."""
     page = Path(page).resolve()
-    # one thread: small ops (per-channel SVDs) are far slower with 2 threads on a busy CPU, and
-    # float results do not depend on the thread count
-    env = dict(os.environ, KERAS_BACKEND="torch", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="leanconv-docs-") as tmp:
-        report = Path(tmp) / ".report.json"
-        work = Path(tmp) / "work"
+        report, log, work = Path(tmp) / ".report.json", Path(tmp) / ".log", Path(tmp) / "work"
         work.mkdir()
-        try:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(page), str(report), *requires],
-                                  cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-            return PageResult(str(page), failure=f"{page.name}: did not finish in {timeout:.0f} s", stderr=err[-3000:])
+        if hasattr(os, "fork"):
+            status = _Server.request({"page": str(page), "report": str(report), "log": str(log),
+                                      "requires": list(requires), "cwd": str(work), "timeout": timeout})
+            stderr = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.exists() else ""
+        else:
+            try:
+                proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(page), str(report), *requires],
+                                      cwd=work, env=dict(os.environ, **CHILD_ENV), capture_output=True, text=True,
+                                      timeout=timeout)
+                status, stderr = ("done" if proc.returncode == 0 else "crashed"), proc.stderr[-3000:]
+            except subprocess.TimeoutExpired:
+                status, stderr = "timeout", ""
+        if status == "timeout":
+            return PageResult(str(page), failure=f"{page.name}: did not finish in {timeout:.0f} s", stderr=stderr)
         if not report.exists():
-            return PageResult(str(page), failure=f"{page.name}: the runner exited with {proc.returncode} "
-                              "and no report", stderr=proc.stderr[-3000:])
+            return PageResult(str(page), failure=f"{page.name}: the page's process ended ({status}) with no report",
+                              stderr=stderr)
         data = json.loads(report.read_text(encoding="utf-8"))
     result = PageResult(**data)
-    result.stderr = proc.stderr[-3000:]
+    result.stderr = stderr
     return result
 
 
@@ -343,4 +458,4 @@ def check_translation(page: Path, original: Path, original_result: PageResult) -
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1:]))
+    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else _child(sys.argv[1:]))

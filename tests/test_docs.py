@@ -202,3 +202,12 @@ def test_a_translation_is_checked_against_the_original_run(tmp_path):
     bad.write_text("```python\nprint(6 * 7)  # 24:答案\n```\n", encoding="utf-8")
     with pytest.raises(pytest.fail.Exception, match="page.md printed '42', the comment says '24"):
         check_translation(bad, original, result)
+
+
+def test_runner_stops_a_page_at_its_time_limit_and_survives_a_crash(tmp_path):
+    slow = run_page(_page(tmp_path, "```python\nimport time\ntime.sleep(30)\n```\n"), timeout=1)
+    assert slow.failure == "page.md: did not finish in 1 s"
+    crash = run_page(_page(tmp_path, "```python\nimport os\nos._exit(3)\n```\n"), timeout=60)
+    assert crash.failure == "page.md: the page's process ended (crashed) with no report"
+    fine = run_page(_page(tmp_path, "```python\nprint(2 + 2)  # 4\n```\n"), timeout=60)
+    assert fine.failure is None and fine.ran == 1
