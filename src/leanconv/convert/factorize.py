@@ -52,17 +52,18 @@ def _truncated_svd(matrix: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch
     """``(left, right, discarded)`` with ``left @ right`` the best rank-``rank`` approximation.
 
     The factors split the singular values evenly (``U S^(1/2)``, ``S^(1/2) V^T``); a rank above
-    the matrix's is padded with zero columns/rows so shapes stay as asked.
+    the matrix's is padded with zero columns/rows so shapes stay as asked. ``matrix`` may carry
+    leading batch dimensions (one SVD each, in one call); ``discarded`` is summed over them.
     """
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
-    keep = min(rank, s.numel())
-    root = s[:keep].sqrt()
-    left = u[:, :keep] * root
-    right = root[:, None] * vh[:keep]
+    keep = min(rank, s.shape[-1])
+    root = s[..., :keep].sqrt()
+    left = u[..., :keep] * root[..., None, :]
+    right = root[..., :, None] * vh[..., :keep, :]
     if keep < rank:
-        left = torch.cat([left, left.new_zeros(left.shape[0], rank - keep)], dim=1)
-        right = torch.cat([right, right.new_zeros(rank - keep, right.shape[1])], dim=0)
-    discarded = float((s[keep:] ** 2).sum())
+        left = torch.cat([left, left.new_zeros(*left.shape[:-1], rank - keep)], dim=-1)
+        right = torch.cat([right, right.new_zeros(*right.shape[:-2], rank - keep, right.shape[-1])], dim=-2)
+    discarded = float((s[..., keep:] ** 2).sum())
     return left.to(matrix.dtype), right.to(matrix.dtype), discarded
 
 
@@ -91,26 +92,18 @@ def dsconv(weight: torch.Tensor, depth_multiplier: int = 1, groups: int = 1,
     total = float(weight.double().pow(2).sum())
     discarded = 0.0
     if order == "pointwise_first":
-        pointwise = weight.new_zeros(out_channels * m, c_per_group, 1, 1)
-        spatial = weight.new_zeros(out_channels, m, kh, kw)
-        for o in range(out_channels):
-            left, right, lost = _truncated_svd(weight[o].reshape(c_per_group, kh * kw), m)
-            pointwise[o * m:(o + 1) * m, :, 0, 0] = left.T
-            spatial[o] = right.reshape(m, kh, kw)
-            discarded += lost
+        # one (C/g) x (kh*kw) matrix per output channel, all SVDs in one batched call
+        left, right, discarded = _truncated_svd(weight.reshape(out_channels, c_per_group, kh * kw), m)
+        pointwise = left.transpose(1, 2).reshape(out_channels * m, c_per_group, 1, 1).contiguous()
+        spatial = right.reshape(out_channels, m, kh, kw).contiguous()
         return Factorization({"pointwise": pointwise, "depthwise": spatial}, discarded, total)
     o_per_group = out_channels // g
     in_channels = c_per_group * g
-    depthwise = weight.new_zeros(in_channels * m, 1, kh, kw)
-    pointwise = weight.new_zeros(out_channels, c_per_group * m, 1, 1)
-    for j in range(g):
-        outs = slice(j * o_per_group, (j + 1) * o_per_group)
-        for local in range(c_per_group):
-            i = j * c_per_group + local
-            left, right, lost = _truncated_svd(weight[outs, local].reshape(o_per_group, kh * kw), m)
-            depthwise[i * m:(i + 1) * m, 0] = right.reshape(m, kh, kw)
-            pointwise[outs, local * m:(local + 1) * m, 0, 0] = left
-            discarded += lost
+    # one (O/g) x (kh*kw) matrix per input channel i (group j, local index l): batch over (j, l)
+    slices = weight.reshape(g, o_per_group, c_per_group, kh * kw).permute(0, 2, 1, 3)  # (g, C/g, O/g, k)
+    left, right, discarded = _truncated_svd(slices, m)  # (g, C/g, O/g, m), (g, C/g, m, k)
+    depthwise = right.reshape(in_channels * m, 1, kh, kw).contiguous()
+    pointwise = left.permute(0, 2, 1, 3).reshape(out_channels, c_per_group * m, 1, 1).contiguous()
     return Factorization({"depthwise": depthwise, "pointwise": pointwise}, discarded, total)
 
 
@@ -154,14 +147,9 @@ def asymmetric_depthwise(weight: torch.Tensor) -> Factorization:
     channels, one, kh, kw = weight.shape
     if one != 1:
         raise ValueError(f"weight must be depthwise (C, 1, kh, kw), got {tuple(weight.shape)}")
-    vertical = weight.new_zeros(channels, 1, kh, 1)
-    horizontal = weight.new_zeros(channels, 1, 1, kw)
-    discarded = 0.0
-    for c in range(channels):
-        left, right, lost = _truncated_svd(weight[c, 0], 1)
-        vertical[c, 0, :, 0] = left[:, 0]
-        horizontal[c, 0, 0, :] = right[0]
-        discarded += lost
+    left, right, discarded = _truncated_svd(weight[:, 0], 1)  # one SVD per channel, batched
+    vertical = left.reshape(channels, 1, kh, 1).contiguous()
+    horizontal = right.reshape(channels, 1, 1, kw).contiguous()
     return Factorization({"conv_kx1": vertical, "conv_1xk": horizontal}, discarded, float(weight.double().pow(2).sum()))
 
 

@@ -211,6 +211,8 @@ def order_variants(target: str, extra: Optional[Dict[str, Any]]) -> List[Optiona
 
 def _cheapest_damage(conv: nn.Conv2d, target: str, candidates: List[Dict[str, Any]], hw) -> Dict[str, Any]:
     """The candidate with the least discarded energy per MAC saved (first one if none saves MACs)."""
+    if len(candidates) == 1:
+        return candidates[0]
     dense = get_kind("dense").macs(_spec(conv), hw)
     best, best_price = candidates[0], float("inf")
     for options in candidates:
