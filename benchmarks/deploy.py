@@ -24,7 +24,7 @@ import torch
 
 import leanconv
 from leanconv.analysis.profile import write_atomic
-from leanconv.bench import SETTINGS, measure_latency, prepare, realized_efficiency
+from leanconv.bench import DEFAULT_SETTINGS, SETTINGS, measure_latency, prepare, realized_efficiency
 from leanconv.data import load_digits
 from leanconv.models.digits import train_digits_cnn
 
@@ -35,7 +35,9 @@ def accuracy(model, data) -> float:
 
 
 def stage_breakdown(model, setting: str, batch: int, threads: int, min_run_time: float) -> Dict[str, float]:
-    """Latency of each top-level stage (features.conv1..4, pool + fc) in ``setting``, ms."""
+    """Latency of each top-level stage (features.conv1..4, pool + fc) in ``setting``, ms (a frozen
+    or compiled model has no stages left to time: its eager twin, fused, is timed instead)."""
+    setting = {"frozen": "fused", "frozen_channels_last": "fused_channels_last", "compiled": "fused"}.get(setting, setting)
     module, x = prepare(model, setting, torch.randn(batch, 1, 32, 32))
     times: Dict[str, float] = {}
     with torch.inference_mode():
@@ -45,24 +47,6 @@ def stage_breakdown(model, setting: str, batch: int, threads: int, min_run_time:
         head = torch.nn.Sequential(module.pool, torch.nn.Flatten(1), module.fc)
         times["pool+fc"] = measure_latency(head, x, min_run_time, num_threads=threads)
     return times
-
-
-def fold_block_norms(model):
-    """A copy of ``model`` where the BatchNorm after each depthwise separable block is folded
-    into the block's pointwise conv (``leanconv.fuse_conv_bn``), which ``leanconv.fuse`` does not
-    do yet: an experiment measuring what that folding is worth."""
-    import copy
-
-    from leanconv.layers import DepthwiseSeparableConv2d
-
-    model = copy.deepcopy(model).eval()
-    for block in model.modules():
-        conv, norm = getattr(block, "conv", None), getattr(block, "norm", None)
-        if (isinstance(conv, DepthwiseSeparableConv2d) and isinstance(norm, torch.nn.BatchNorm2d)
-                and isinstance(conv.act, torch.nn.Identity)):
-            conv.pointwise = leanconv.fuse_conv_bn(conv.pointwise, norm)
-            block.norm = torch.nn.Identity()
-    return model
 
 
 def main(argv=None) -> int:
@@ -101,17 +85,13 @@ def main(argv=None) -> int:
             breakdown = {name: stage_breakdown(model, rep.best.setting, batch, thread_count, min_run_time)
                          for name, model, rep in (("original", original, report.original),
                                                   ("converted", converted, report.converted))}
-            folded = realized_efficiency(original, fold_block_norms(converted), (batch, 1, 32, 32),
-                                         settings=["fused", "fused_channels_last"], compile=args.compile,
-                                         threads=thread_count, rounds=rounds, min_run_time=min_run_time, progress=True)
             runs.append({"threads": thread_count, "batch": batch, "report": report.to_dict(),
-                         "markdown": report.to_markdown(), "breakdown": breakdown,
-                         "block_norms_folded": folded.to_dict(), "block_norms_folded_markdown": folded.to_markdown()})
+                         "markdown": report.to_markdown(), "breakdown": breakdown})
             print(f"threads {thread_count} batch {batch}: efficiency {report.efficiency:.2f} "
                   f"(speedup {report.speedup:.2f}x, MACs {report.mac_reduction:.2f}x fewer)", file=sys.stderr)
     meta = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "loadavg_end": list(os.getloadavg()),
             "accuracy_original": accuracy(original, data), "accuracy_converted_no_refit": accuracy(converted, data),
-            "batchnorms_left_after_fuse_converted": unfolded_bn, "settings": list(SETTINGS if args.compile else SETTINGS[:4]),
+            "batchnorms_left_after_fuse_converted": unfolded_bn, "settings": list(SETTINGS if args.compile else DEFAULT_SETTINGS),
             "rounds": rounds, "min_run_time": min_run_time, "quick": args.quick}
     lines = ["# Deployment settings: realized efficiency of the rank-1 dsconv digits CNN", "",
              f"torch {meta['torch']}, {meta['cpu_count']} CPUs, float32, rounds {rounds} (interleaved, median), "
@@ -125,11 +105,8 @@ def main(argv=None) -> int:
         for stage in run["breakdown"]["original"]:
             lines.append(f"| {stage} | {run['breakdown']['original'][stage]:.3f} | "
                          f"{run['breakdown']['converted'][stage]:.3f} |")
-        lines += ["", "Experiment: the converted model with the BN after each separable block folded into its "
-                      "pointwise conv (not done by `leanconv.fuse` yet), measured again against the original:", "",
-                  run["block_norms_folded_markdown"], ""]
-    lines.append(f"BatchNorms left in the converted model after `leanconv.fuse`: {unfolded_bn} "
-                 "(the BN after each depthwise separable block is not folded into its pointwise conv).")
+        lines.append("")
+    lines.append(f"BatchNorms left in the converted model after `leanconv.fuse`: {unfolded_bn}.")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(targets[0], json.dumps({"meta": meta, "runs": [{k: v for k, v in r.items() if not k.endswith("markdown")}
                                                                 for r in runs]}, indent=2))
