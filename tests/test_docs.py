@@ -23,12 +23,7 @@ OWN_TESTS = {"docs/keras.md": "tests/test_keras_docs.py"}
 # pages, owned by others, whose sketches use names the page never defines (model, teacher,
 # calibration_batches) or whose print comments describe rather than state the output; their
 # owners mark such blocks `# not run` or make them runnable, then drop them from this list
-NOT_YET_RUNNABLE = {
-    "README.md": "`print(result.to_markdown())  # per layer: ...`: a comment on a print states its output",
-    "docs/convert.md": "sketches use `model`, `build_model` and `calibration_batches`",
-    "docs/deploy.md": "print comments describe the output ('# the integer layers'); the HLS block needs g++",
-    "docs/train.md": "sketches use `teacher`, `calibration_batches`, `model`, `original`",
-}
+NOT_YET_RUNNABLE: dict = {}
 
 
 def _rel(page: Path) -> str:
