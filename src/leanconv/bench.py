@@ -40,7 +40,8 @@ def measure_latency(module: torch.nn.Module, x: torch.Tensor, min_run_time: floa
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=num_threads)
-        return timer.adaptive_autorange(min_run_time=min_run_time).median * 1e3
+        # a noisy machine would keep adaptive_autorange going for its default 10 s: cap it
+        return timer.adaptive_autorange(min_run_time=min_run_time, max_run_time=max(1.0, 5 * min_run_time)).median * 1e3
 
 
 SETTINGS: Tuple[str, ...] = ("eager", "channels_last", "fused", "fused_channels_last", "frozen",
