@@ -1,4 +1,4 @@
-"""Output folders written all at once: a command's results appear complete or not at all.
+"""Output files and folders written all at once: a command's results appear complete or not at all.
 
 Every command that writes a folder (``convert``, ``quantize``, ``export-hls``, ``optimize``,
 ``demo``) fills a staging folder beside the destination and renames it into place at the end;
@@ -46,4 +46,22 @@ def staged_folder(out: Union[str, os.PathLike], force: bool = False, flag: str =
         raise
 
 
-__all__ = ["check_new_folder", "staged_folder"]
+@contextlib.contextmanager
+def atomic_file(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``
+    (world-readable), on any exception it is removed: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["atomic_file", "check_new_folder", "staged_folder"]

@@ -63,7 +63,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_subcommands(sub) -> None:
     """Register ``leanconv bench``."""
     bench = sub.add_parser("bench", help="latency in each deployment setting (eager, channels_last, BN-folded, "
-                                         "compiled); realized efficiency of a converted model")
+                                         "frozen, compiled); realized efficiency of a converted model")
     bench.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
     bench.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
     bench.add_argument("--batch-size", type=int, default=None, help="replace N of --input")

@@ -10,14 +10,13 @@ trains it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from leanconv._cache import cache_dir
+from leanconv._files import atomic_file
 
 TRAIN_EPOCHS = 8
 SEED = 0
@@ -42,15 +41,8 @@ def trained_digits_cnn(progress: bool = True) -> torch.nn.Module:
         Console(stderr=True).print(f"[bold cyan]leanconv[/bold cyan] training the digits CNN for {TRAIN_EPOCHS} "
                                    f"epochs (first run only; cached in {path.parent})")
     model = train_digits_cnn(load_digits(), epochs=TRAIN_EPOCHS, seed=SEED)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return model.eval()
 
 

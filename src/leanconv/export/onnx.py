@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -33,17 +32,10 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
         program = torch.onnx.export(model, inputs, dynamo=True)
     data = program.model_proto.SerializeToString()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from leanconv._files import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
     if not check:
         return 0.0
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -9,7 +9,6 @@ quantizes a float input, runs it and dequantizes the output, for accuracy compar
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -111,17 +110,10 @@ class QuantizedModel:
         path = Path(path)
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists: pass force=True to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        from leanconv._files import atomic_file
+
+        with atomic_file(path) as tmp:
             torch.save(self.to_dict(), tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         return path
 
     @classmethod
