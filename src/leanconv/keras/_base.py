@@ -187,6 +187,33 @@ class LeanLayer(keras.layers.Layer):
         return config
 
 
+class TwoStageLayer(LeanLayer):
+    """A layer made of two convs in series with an optional norm and activation between them
+    (asymmetric, separable transposed). Subclasses set ``norm`` and ``mid_activation`` (either
+    may be None) and return ``(first, second)`` from ``_stages()``."""
+
+    def _stages(self) -> Tuple[Any, Any]:
+        raise NotImplementedError  # pragma: no cover - every subclass defines its order
+
+    def build(self, input_shape: Shape) -> None:
+        self.lock_channels(input_shape)
+        first, second = self._stages()
+        self.build_chain((first, self.norm, second), tuple(input_shape))
+
+    def call(self, x: Any, training: Optional[bool] = None) -> Any:
+        first, second = self._stages()
+        y = first(x)
+        if self.norm is not None:
+            y = self.norm(y, training=training)
+        if self.mid_activation is not None:
+            y = self.mid_activation(y)
+        return second(y)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        first, second = self._stages()
+        return tuple(second.compute_output_shape(first.compute_output_shape(tuple(input_shape))))
+
+
 def batch_norm(data_format: str, epsilon: float, momentum: float, name: str) -> keras.layers.BatchNormalization:
     """A BatchNormalization on the channel axis of ``data_format``."""
     axis = -1 if data_format == "channels_last" else 1
@@ -195,6 +222,7 @@ def batch_norm(data_format: str, epsilon: float, momentum: float, name: str) -> 
 
 __all__ = [
     "LeanLayer",
+    "TwoStageLayer",
     "batch_norm",
     "check_activation",
     "check_bool",

@@ -17,8 +17,7 @@ import keras
 
 from leanconv._validate import check_choice, check_positive_int, check_positive_pair
 from leanconv.keras._base import (
-    LeanLayer,
-    Shape,
+    TwoStageLayer,
     batch_norm,
     check_activation,
     check_bool,
@@ -31,7 +30,7 @@ from leanconv.layers.asymmetric import ORDERS
 
 
 @keras.saving.register_keras_serializable(package="leanconv")
-class AsymmetricConv2D(LeanLayer):
+class AsymmetricConv2D(TwoStageLayer):
     """``(kh, 1)`` conv then ``(1, kw)`` conv (``order='kx1_first'``) or the reverse.
 
     Input ``(N, H, W, C)`` (channels_last), output ``(N, H', W', filters)`` with ``Conv2D``'s
@@ -93,24 +92,6 @@ class AsymmetricConv2D(LeanLayer):
         first, second = ((self.conv_kx1, self.conv_1xk) if self.order == "kx1_first"
                          else (self.conv_1xk, self.conv_kx1))
         return first, second
-
-    def build(self, input_shape: Shape) -> None:
-        self.lock_channels(input_shape)
-        first, second = self._stages()
-        self.build_chain((first, self.norm, second), tuple(input_shape))
-
-    def call(self, x: Any, training: Optional[bool] = None) -> Any:
-        first, second = self._stages()
-        y = first(x)
-        if self.norm is not None:
-            y = self.norm(y, training=training)
-        if self.mid_activation is not None:
-            y = self.mid_activation(y)
-        return second(y)
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        first, second = self._stages()
-        return tuple(second.compute_output_shape(first.compute_output_shape(tuple(input_shape))))
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()

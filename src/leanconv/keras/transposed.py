@@ -29,6 +29,7 @@ from leanconv._validate import check_choice, check_positive_int, check_positive_
 from leanconv.keras._base import (
     LeanLayer,
     Shape,
+    TwoStageLayer,
     batch_norm,
     check_activation,
     check_bool,
@@ -189,7 +190,7 @@ def _check_output_padding(output_padding: Any, padding: str, strides: Tuple[int,
 
 
 @keras.saving.register_keras_serializable(package="leanconv")
-class DepthwiseSeparableConv2DTranspose(LeanLayer):
+class DepthwiseSeparableConv2DTranspose(TwoStageLayer):
     """Transposed conv factorized into a depthwise transposed conv and a 1x1 conv (either order).
 
     ``order='depthwise_first'``: ``depthwise`` (:class:`DepthwiseConv2DTranspose`, ``C -> C*m``,
@@ -253,22 +254,6 @@ class DepthwiseSeparableConv2DTranspose(LeanLayer):
         if self.order == "depthwise_first":
             return self.depthwise, self.pointwise
         return self.pointwise, self.depthwise
-
-    def build(self, input_shape: Shape) -> None:
-        self.lock_channels(input_shape)
-        first, second = self._stages()
-        self.build_chain((first, self.norm, second), tuple(input_shape))
-
-    def call(self, x: Any, training: Optional[bool] = None) -> Any:
-        first, second = self._stages()
-        y = first(x)
-        if self.norm is not None:
-            y = self.norm(y, training=training)
-        return second(self.mid_activation(y))
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        first, second = self._stages()
-        return tuple(second.compute_output_shape(first.compute_output_shape(tuple(input_shape))))
 
     def get_config(self) -> Dict[str, Any]:
         config = super().get_config()
