@@ -334,9 +334,13 @@ def convert(
         if budget is not None:
             options = chosen[path]
             if options is None:
-                reason = timings.get("not_faster", {}).get(path) or \
-                    f"kept dense by the {'MAC' if mac_budget is not None else 'latency'} budget"
-                dense_ms = timings.get("ladders", {}).get(path, [Choice(None, 0, 0.0)])[0].latency_ms
+                rungs = timings.get("ladders", {}).get(path, [Choice(None, 0, 0.0)])
+                dense_ms = rungs[0].latency_ms
+                if "ladders" in timings and len(rungs) == 1:
+                    reason = (f"kept dense: no rank of {to} measured faster than the dense conv ({dense_ms:.3f} ms) "
+                              "on this device")
+                else:
+                    reason = f"kept dense by the {'MAC' if mac_budget is not None else 'latency'} budget"
                 reports.append(LayerReport(path, False, to, {}, macs_before, macs_before, params_before,
                                            params_before, 0.0, reason, latency_before_ms=dense_ms,
                                            latency_after_ms=dense_ms))
@@ -422,10 +426,6 @@ def _budget_options(model, eligible, to, budget, input_size, sizes, extra=None,
     model.train(was_training)
     timings["fixed_ms"] = max(timings["model_ms"] - sum(rungs[0].latency_ms for rungs in ladders.values()), 0.0)
     timings["ladders"] = ladders
-    timings["not_faster"] = {
-        path: f"kept dense: no rank of {to} measured faster than the dense conv ({rungs[0].latency_ms:.3f} ms) "
-              "on this device"
-        for path, rungs in ladders.items() if len(rungs) == 1}
     chosen = allocate(ladders, budget, timings["fixed_ms"], cost="latency_ms")
     return {path: choice.options for path, choice in chosen.items()}
 

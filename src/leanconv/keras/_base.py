@@ -190,10 +190,7 @@ class LeanLayer(keras.layers.Layer):
 class TwoStageLayer(LeanLayer):
     """A layer made of two convs in series with an optional norm and activation between them
     (asymmetric, separable transposed). Subclasses set ``norm`` and ``mid_activation`` (either
-    may be None) and return ``(first, second)`` from ``_stages()``."""
-
-    def _stages(self) -> Tuple[Any, Any]:
-        raise NotImplementedError  # pragma: no cover - every subclass defines its order
+    may be None) and define ``_stages()`` returning ``(first, second)`` in their stage order."""
 
     def build(self, input_shape: Shape) -> None:
         self.lock_channels(input_shape)
