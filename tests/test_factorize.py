@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from leanconv.convert import factorize
 
 F64 = torch.float64
+# float64 round-off: an exact factorization discards at most this share of the total energy
+# (measured up to ~2e-16; a fixed absolute bound fails on larger kernels)
+ROUNDOFF = 1e-12
 
 
 def pad(x, ph, pw, mode):
@@ -41,7 +44,7 @@ def test_dsconv_full_rank_is_exact(cfg, c, o, g):
     w = torch.randn(o, c // g, kh, kw, dtype=F64)
     m = min(o // g, kh * kw)
     result = factorize.dsconv(w, m, groups=g)
-    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    assert result.discarded_energy == pytest.approx(0, abs=ROUNDOFF * result.total_energy)
     x = torch.randn(2, c, 9, 10, dtype=F64)
     expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], g)
     y = dense(x, result.weights["depthwise"], cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"], c)
@@ -87,7 +90,7 @@ def test_asymmetric_full_rank_is_exact_with_stage_placement(cfg, c, o):
     kh, kw = cfg["kernel"]
     w = torch.randn(o, c, kh, kw, dtype=F64)
     result = factorize.asymmetric(w, min(c * kh, o * kw))
-    assert result.discarded_energy == pytest.approx(0, abs=1e-18)
+    assert result.discarded_energy == pytest.approx(0, abs=ROUNDOFF * result.total_energy)
     (sh, sw), (ph, pw), (dh, dw) = cfg["stride"], cfg["padding"], cfg["dilation"]
     x = torch.randn(1, c, 9, 8, dtype=F64)
     expected = dense(x, w, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["mode"])
@@ -114,7 +117,7 @@ def test_asymmetric_depthwise_is_exact_for_separable_kernels():
     col, row = torch.randn(6, 5, dtype=F64), torch.randn(6, 3, dtype=F64)
     w = torch.einsum("ch,cw->chw", col, row).unsqueeze(1)
     result = factorize.asymmetric_depthwise(w)
-    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    assert result.discarded_energy == pytest.approx(0, abs=ROUNDOFF * result.total_energy)
     x = torch.randn(1, 6, 11, 9, dtype=F64)
     y = F.conv2d(F.conv2d(x, result.weights["conv_kx1"], padding=(2, 0), groups=6),
                  result.weights["conv_1xk"], padding=(0, 1), groups=6)
@@ -133,7 +136,7 @@ def test_tucker2_exact_at_full_rank_and_hooi_never_worse(ranks):
     y = F.conv2d(F.conv2d(F.conv2d(x, red), core, stride=2, padding=1), exp)
     torch.testing.assert_close(y, F.conv2d(x, composed, stride=2, padding=1))
     if ranks == (4, 6):
-        assert error == pytest.approx(0, abs=1e-18)
+        assert error == pytest.approx(0, abs=ROUNDOFF * float(w.pow(2).sum()))
     else:
         assert factorize.tucker2(w, ranks, hooi_iterations=5).discarded_energy <= result.discarded_energy + 1e-12
 
@@ -193,7 +196,7 @@ def test_dsconv_pointwise_first_full_rank_is_exact(cfg, c, o, g):
     w = torch.randn(o, c // g, kh, kw, dtype=F64)
     m = min(c // g, kh * kw)
     result = factorize.dsconv(w, m, groups=g, order="pointwise_first")
-    assert result.discarded_energy == pytest.approx(0, abs=1e-20)
+    assert result.discarded_energy == pytest.approx(0, abs=ROUNDOFF * result.total_energy)
     assert result.weights["pointwise"].shape == (o * m, c // g, 1, 1)
     assert result.weights["depthwise"].shape == (o, m, kh, kw)
     x = torch.randn(2, c, 9, 10, dtype=F64)
@@ -237,7 +240,7 @@ def test_tucker2_asymmetric_core_exact_at_full_rank_and_errors_add():
         return F.conv2d(y, weights["expand"])
 
     torch.testing.assert_close(run(full.weights), F.conv2d(x, w, stride=(2, 1), padding=1))
-    assert full.discarded_energy == pytest.approx(0, abs=1e-18)
+    assert full.discarded_energy == pytest.approx(0, abs=ROUNDOFF * full.total_energy)
     low = factorize.tucker2(w, (3, 4), core_mid_channels=2)
     a, b = low.weights["core.conv_kx1"][..., 0], low.weights["core.conv_1xk"][:, :, 0]  # (K, r1, kh), (r2, K, kw)
     core_hat = torch.einsum("krh,skw->srhw", a, b)
