@@ -18,7 +18,7 @@ import leanconv
 from leanconv import bench
 from leanconv.bench import (DEFAULT_SETTINGS, EfficiencyReport, SettingResult, SettingsReport, benchmark_settings,
                             efficiency, prepare, realized_efficiency)
-from leanconv.convert import save_plan
+from leanconv import save_plan
 from leanconv.models.digits import digits_cnn
 from support import randomize_norms
 
@@ -74,7 +74,7 @@ def test_failed_compile_and_wrong_outputs_are_skipped(monkeypatch):
             model.fc.bias.add_(1.0)
         return model
 
-    monkeypatch.setattr(sys.modules["leanconv.fuse"], "fuse", wrong_fuse)
+    monkeypatch.setattr(sys.modules["leanconv.fusion"], "fuse", wrong_fuse)
     report = benchmark_settings(_model(), (1, 1, 16, 16), settings=["eager", "fused"], **FAST)
     fused = report.results[1]
     assert fused.latency_ms is None and fused.skipped.startswith("output differs from eager by up to 1")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import leanconv
-from leanconv.convert import apply_plan, convert, save_plan
+from leanconv import apply_plan, convert, save_plan
 from support import randomize_norms
 
 F64 = torch.float64
@@ -152,7 +152,7 @@ def test_apply_plan_rejects_mismatched_models():
 
 
 def test_mac_budget_is_met_with_least_discarded_energy_first():
-    from leanconv.convert.select import Choice, allocate
+    from leanconv.conversion.select import Choice, allocate
 
     model = Mixed().eval()
     total = leanconv.profile(model, (1, 3, 32, 32)).total_macs

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import leanconv
-from leanconv.convert import save_plan
+from leanconv import save_plan
 from leanconv.models.digits import digits_cnn
 from leanconv.train import distill, distill_loss
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leanconv.convert import factorize
+from leanconv.conversion import factorize
 
 F64 = torch.float64
 # float64 round-off: an exact factorization discards at most this share of the total energy

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import leanconv
-from leanconv.fuse import add_branches, fold_bn, fuse_conv_bn, merge_1x1_kxk, pad_kernel
+from leanconv.fusion import add_branches, fold_bn, fuse_conv_bn, merge_1x1_kxk, pad_kernel
 from support import check_traceable, randomize_norms
 
 F64 = torch.float64

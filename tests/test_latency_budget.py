@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import leanconv
-from leanconv.convert import convert
-from leanconv.convert.latency import LatencyCache, device_key
-from leanconv.convert.select import Choice, allocate, latency_ladder, ladder, thin
+from leanconv import convert
+from leanconv.conversion.latency import LatencyCache, device_key
+from leanconv.conversion.select import Choice, allocate, latency_ladder, ladder, thin
 
 SIZE = (2, 8, 16, 16)
 

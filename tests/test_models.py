@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import leanconv
 from leanconv import models
-from leanconv.models.lprnet import ChannelStridedMaxPool2d
+from leanconv.models.lpr import ChannelStridedMaxPool2d
 from support import check_traceable, randomize_norms
 
 # name -> (MACs, exact?, params, exact?) at 224x224, batch 1.

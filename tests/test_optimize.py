@@ -13,7 +13,7 @@ from torch import nn
 
 import leanconv
 from leanconv._files import staged_folder
-from leanconv.optimize import Candidate, ModelStats, _choose, calibration_batches, evaluate, stem_paths
+from leanconv.optimization import Candidate, ModelStats, _choose, calibration_batches, evaluate, stem_paths
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import leanconv
-from leanconv.convert import convert
-from leanconv.convert.refit import reestimate_bn, refit, solve_stage
+from leanconv import convert
+from leanconv.conversion.refitting import reestimate_bn, refit, solve_stage
 
 pytest.importorskip("sklearn")
 from leanconv.data import load_digits  # noqa: E402

@@ -1,46 +1,68 @@
 """leanconv: make convolutional networks lean.
 
 Efficient conv layers with exact ``nn.Conv2d`` semantics, one registry of conv kinds with their
-shapes and costs, and fusion for deployment: ``leanconv.fuse(model)`` is the model-wide
-function; the pure algebra lives beside it (``from leanconv.fuse import fold_bn, pad_kernel``).
-Likewise ``leanconv.convert(model, ...)`` is the function; ``from leanconv.convert import refit``
-reaches the package beside it, and ``leanconv.optimize(model, data, ...)`` the whole path
-(convert, refit, distill, deploy, measure) whose helpers are in ``leanconv.optimize``'s module.
-Everything public is re-exported here.
+shapes and costs, conversion, fusion, analysis and the whole optimization path.
+
+Naming rule: modules and packages are named for a concept (a noun: ``leanconv.conversion``,
+``leanconv.fusion``, ``leanconv.analysis.profiling``); the public functions are actions (verbs:
+``leanconv.convert``, ``leanconv.fuse``, ``leanconv.profile``) re-exported here. No function
+shares its name with a module beside it, so ``leanconv.convert`` is always the function and
+``from leanconv.fusion import fold_bn`` reaches the algebra behind ``leanconv.fuse``.
+
+The names below are loaded on first use (PEP 562), so ``import leanconv`` and the ``leanconv``
+command's ``--help`` start without importing torch; ``leanconv.X`` and ``from leanconv import X``
+work as for any module attribute.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
 
 __version__ = "0.1.0"
 
-from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_kind  # noqa: E402
-from leanconv.padding import PaddingArg, conv_output_hw  # noqa: E402
-from leanconv.fuse import fuse, fuse_conv_bn  # noqa: E402
-from leanconv.analysis import compare, explain, profile  # noqa: E402
-from leanconv import models  # noqa: E402
-from leanconv.convert import apply_plan, convert  # noqa: E402,F811
-from leanconv import data  # noqa: E402
-from leanconv.optimize import optimize  # noqa: E402,F811
-from leanconv.layers import *  # noqa: E402,F401,F403
-from leanconv.layers import __all__ as _layer_names  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS: Dict[str, str] = {
+    **dict.fromkeys(("KINDS", "ConvKind", "ConvSpec", "Stage", "create_conv2d", "get_kind", "register"), "leanconv.kinds"),
+    **dict.fromkeys(("PaddingArg", "conv_output_hw"), "leanconv.padding"),
+    **dict.fromkeys(("fuse", "fuse_conv_bn"), "leanconv.fusion"),
+    **dict.fromkeys(("compare", "explain", "profile"), "leanconv.analysis"),
+    **dict.fromkeys(("apply_plan", "convert", "save_plan"), "leanconv.conversion.surgery"),
+    "optimize": "leanconv.optimization",
+}
+_SUBPACKAGES = ("data", "models")
+_LAYERS = (
+    "ACBlock", "ASPP", "ASPPPooling", "AsymmetricConv2d", "Bottleneck", "CBAM", "ChannelGate", "Conv2d",
+    "ConvNormAct", "ConvTranspose2d", "DepthwiseConv2d", "DepthwiseSeparableConv2d",
+    "DepthwiseSeparableConvTranspose2d", "InvertedResidual", "KindConvNormAct", "MaxUnpoolConv2d",
+    "ParallelAsymmetricConv2d", "PermutedGroupedConv2d", "PointwiseConv2d", "ResizeConv2d", "SmallBasicBlock",
+    "SpatialGate", "SqueezeExcite", "Tucker2Conv2d", "make_conv",
+)
+_EXPORTS.update(dict.fromkeys(_LAYERS, "leanconv.layers"))
 
-__all__ = [
-    "__version__",
-    "KINDS",
-    "ConvKind",
-    "ConvSpec",
-    "PaddingArg",
-    "Stage",
-    "conv_output_hw",
-    "apply_plan",
-    "compare",
-    "convert",
-    "data",
-    "optimize",
-    "models",
-    "create_conv2d",
-    "explain",
-    "profile",
-    "fuse",
-    "fuse_conv_bn",
-    "get_kind",
-    *_layer_names,
-]
+__all__: List[str] = ["__version__", *_EXPORTS, *_SUBPACKAGES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"leanconv.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'leanconv' has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what static checkers and IDEs see
+    from leanconv import data, models  # noqa: F401
+    from leanconv.analysis import compare, explain, profile  # noqa: F401
+    from leanconv.conversion.surgery import apply_plan, convert, save_plan  # noqa: F401
+    from leanconv.fusion import fuse, fuse_conv_bn  # noqa: F401
+    from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_kind, register  # noqa: F401
+    from leanconv.layers import *  # noqa: F401,F403
+    from leanconv.optimization import optimize  # noqa: F401
+    from leanconv.padding import PaddingArg, conv_output_hw  # noqa: F401

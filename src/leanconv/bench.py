@@ -79,7 +79,7 @@ def prepare(model: nn.Module, setting: str, x: torch.Tensor) -> Tuple[nn.Module,
         return copy.deepcopy(model).eval(), x
     if setting == "channels_last":
         return _channels_last(copy.deepcopy(model).eval(), x)
-    from leanconv.fuse import fuse
+    from leanconv.fusion import fuse
 
     fused = fuse(model)  # a copy, in eval mode
     if setting == "fused":

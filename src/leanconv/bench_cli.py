@@ -38,7 +38,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
     if args.converted:
-        from leanconv.convert import apply_plan
+        from leanconv import apply_plan
 
         converted = apply_plan(load_model(args.model), json.loads((folder / "plan.json").read_text())).eval()
         converted.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))

@@ -101,7 +101,7 @@ def load_model(spec: str):
 def _emit(text: str, out, force: bool) -> None:
     from pathlib import Path
 
-    from leanconv.analysis.profile import write_atomic
+    from leanconv.analysis.profiling import write_atomic
 
     if out is None:
         print(text, end="" if text.endswith("\n") else "\n")
@@ -190,7 +190,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
     from leanconv._files import staged_folder
-    from leanconv.convert import convert, save_plan
+    from leanconv import convert, save_plan
     from leanconv.models import DEFAULT_INPUTS
 
     out = Path(args.out)

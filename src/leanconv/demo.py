@@ -1,4 +1,4 @@
-"""``leanconv demo``: :func:`leanconv.optimize.optimize` on the embedded default.
+"""``leanconv demo``: :func:`leanconv.optimization.optimize` on the embedded default.
 
 The digits CNN (:mod:`leanconv.models.digits`) trained on scikit-learn's bundled digits
 (upsampled to 32x32; nothing is downloaded), converted to rank-1 depthwise separable convs
@@ -48,10 +48,10 @@ def trained_digits_cnn(progress: bool = True) -> torch.nn.Module:
 
 def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = 3,
              batch_sizes=(1, 16), progress: bool = True, min_run_time: float = 0.2):
-    """Run the demo; returns the :class:`leanconv.optimize.OptimizeResult` (written to ``out``)."""
+    """Run the demo; returns the :class:`leanconv.optimization.OptimizeResult` (written to ``out``)."""
     from leanconv._files import check_new_folder
     from leanconv.data import load_data
-    from leanconv.optimize import optimize
+    from leanconv.optimization import optimize
 
     if out is not None:
         check_new_folder(out, force)  # refuse before training anything

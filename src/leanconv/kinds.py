@@ -600,6 +600,11 @@ def get_kind(name: str) -> ConvKind:
     return KINDS[name]
 
 
+def convertible_kinds() -> list:
+    """Names of the kinds a trained dense conv can be converted to (``convert(to=...)``)."""
+    return ["asymmetric", "dsconv", "grouped", "tucker2"]
+
+
 def create_conv2d(
     kind: str,
     in_channels: int,
@@ -627,4 +632,4 @@ def create_conv2d(
     return kind.build(spec, device=device, dtype=dtype, padding_mode=padding_mode)
 
 
-__all__ = ["ConvKind", "ConvSpec", "KINDS", "Stage", "StageShape", "create_conv2d", "get_kind", "register"]
+__all__ = ["ConvKind", "ConvSpec", "KINDS", "Stage", "StageShape", "convertible_kinds", "create_conv2d", "get_kind", "register"]

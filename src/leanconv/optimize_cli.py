@@ -31,7 +31,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from leanconv._files import check_new_folder
     from leanconv.cli import load_model
     from leanconv.data import load_data
-    from leanconv.optimize import optimize
+    from leanconv.optimization import optimize
 
     try:
         check_new_folder(args.out, args.force)

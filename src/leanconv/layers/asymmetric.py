@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv._validate import check_choice, check_input, check_positive_int
-from leanconv.fuse import add_branches, fold_bn, pad_kernel
+from leanconv.fusion import add_branches, fold_bn, pad_kernel
 from leanconv.layers.conv import Conv2d, ConvNormAct, check_conv_args, make_act, make_norm
 from leanconv.padding import PaddingArg, axis_padding, pad_same, resolve_padding
 

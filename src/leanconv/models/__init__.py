@@ -16,7 +16,7 @@ from torch import nn
 
 from leanconv.models.deeplab import DeepLabV3PlusHead, deeplabv3plus_head
 from leanconv.models.digits import DigitsCNN, digits_cnn
-from leanconv.models.lprnet import LPRNet, lprnet
+from leanconv.models.lpr import LPRNet, lprnet
 from leanconv.models.mobilenet import MobileNetV1, MobileNetV2, conv_mobilenet, mobilenet_v1, mobilenet_v2
 from leanconv.models.resnet import BasicBlock, ResNet, resnet18, resnet50
 from leanconv.models.vgg import VGG, vgg16

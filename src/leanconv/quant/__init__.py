@@ -13,7 +13,7 @@ from leanconv.quant.layers import IntConv2d, IntLinear
 from leanconv.quant.model import QuantizedModel
 from leanconv.quant.observers import MinMaxObserver, PercentileObserver
 from leanconv.quant.qparams import QParams, activation_qparams, quantize_weight
-from leanconv.quant.quantize import quantize
+from leanconv.quant.quantization import quantize
 from leanconv.quant.report import AccuracyReport, accuracy_report
 from leanconv.quant.requant import ApFixedRequant, TFLiteRequant, make_requant
 

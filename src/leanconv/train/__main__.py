@@ -58,11 +58,11 @@ def _save_atomic(state: dict, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from leanconv.analysis.profile import write_atomic
+    from leanconv.analysis.profiling import write_atomic
     from leanconv.cli import load_model
-    from leanconv.convert import apply_plan
+    from leanconv import apply_plan
     from leanconv.data import load_data
-    from leanconv.train.distill import distill
+    from leanconv.train.distillation import distill
 
     out = Path(args.out)
     history = Path(args.history) if args.history else None

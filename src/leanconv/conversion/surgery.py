@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from leanconv._validate import check_choice, pair
-from leanconv.convert import factorize
-from leanconv.convert.refit import last_stage_name
-from leanconv.convert.select import Choice
+from leanconv.conversion import factorize
+from leanconv.conversion.refitting import last_stage_name
+from leanconv.conversion.select import Choice
 from leanconv.kinds import ConvSpec, get_kind
 
 TARGETS = ("dsconv", "asymmetric", "tucker2", "grouped")
@@ -233,7 +233,7 @@ def _input_sizes(model: nn.Module, input_size: Optional[Sequence[int]]) -> Dict[
     if input_size is None:
         return {}
     from leanconv.analysis.counting import trace_calls
-    from leanconv.analysis.profile import meta_copy
+    from leanconv.analysis.profiling import meta_copy
 
     calls, _ = trace_calls(meta_copy(model).eval(), [torch.empty(tuple(input_size), device="meta")])
     return {c.path: tuple(c.input_shape[2:]) for c in calls if c.input_shape is not None and c.is_conv}
@@ -263,14 +263,14 @@ def convert(
     asymmetric, ``(r1, r2)`` or one int for tucker2, groups for grouped; None = full rank,
     exact), ``energy`` (per layer, the smallest rank keeping that share of the kernel's
     energy), ``mac_budget`` (the whole model's conv + linear MACs at ``input_size``, met by
-    greedy allocation of discarded energy per MAC saved; see :mod:`leanconv.convert.select`)
+    greedy allocation of discarded energy per MAC saved; see :mod:`leanconv.conversion.select`)
     or ``latency_budget`` (milliseconds for one ``input_size`` batch on the device the model's
     parameters are on, from per-layer timings cached by ``latency_cache``, a
-    :class:`leanconv.convert.latency.LatencyCache`; a layer whose target form is not faster
+    :class:`leanconv.conversion.latency.LatencyCache`; a layer whose target form is not faster
     than its dense conv on this device stays dense).
     ``input_size`` (N, C, H, W) gives real MACs per layer; without it they are per output
     pixel. ``calib`` (input batches) refits each converted layer's last stage by least
-    squares (:mod:`leanconv.convert.refit`) and reports its output error.
+    squares (:mod:`leanconv.conversion.refitting`) and reports its output error.
     ``include``/``exclude``: glob patterns on module paths. A layer where the target saves no
     MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order``: the stage
     order, for asymmetric ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then
@@ -321,7 +321,7 @@ def convert(
     if budget is not None:
         calib = None if calib is None else list(calib)
         if latency_budget is not None:
-            from leanconv.convert.latency import LatencyCache
+            from leanconv.conversion.latency import LatencyCache
 
             timings["cache"] = latency_cache if latency_cache is not None else LatencyCache()
         chosen = _budget_options(original, eligible, to, budget, input_size, sizes, extra, calib, timings)
@@ -374,7 +374,7 @@ def convert(
             report.latency_after_ms = next(r.latency_ms for r in rungs if r.options == options)
         reports.append(report)
     if calib is not None and plan["layers"]:
-        from leanconv.convert.refit import refit
+        from leanconv.conversion.refitting import refit
 
         errors = {r.path: r for r in refit(model, original, plan, calib)}
         for report in reports:
@@ -395,9 +395,9 @@ def _budget_options(model, eligible, to, budget, input_size, sizes, extra=None,
     ``'cache'`` (None: stays dense). With ``calib``, the damage of each rank is measured as
     output error on the layer's calibration inputs. Fills ``timings`` with the measured ladders,
     the whole model's latency and the part of it outside the convertible layers."""
-    from leanconv.analysis.profile import profile
-    from leanconv.convert.refit import _capture
-    from leanconv.convert.select import allocate, ladder, latency_ladder
+    from leanconv.analysis.profiling import profile
+    from leanconv.conversion.refitting import _capture
+    from leanconv.conversion.select import allocate, ladder, latency_ladder
 
     timings = {} if timings is None else timings
     layer_inputs: Dict[str, Any] = {}
@@ -465,7 +465,7 @@ def apply_plan(model: nn.Module, plan: Union[Dict[str, Any], str, Path], inplace
 
 
 def save_plan(plan: Dict[str, Any], path: Union[str, Path]) -> None:
-    from leanconv.analysis.profile import write_atomic
+    from leanconv.analysis.profiling import write_atomic
 
     write_atomic(Path(path), json.dumps(plan, indent=2))
 

@@ -81,7 +81,7 @@ class Comparison:
         if fmt == "md":
             return self.to_markdown()
         if fmt == "table":
-            from leanconv.analysis.profile import render_text
+            from leanconv.analysis.profiling import render_text
 
             return render_text(self.print)
         raise ValueError(f"fmt={fmt!r} must be one of ('table', 'json', 'md')")

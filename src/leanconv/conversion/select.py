@@ -6,7 +6,7 @@ relative to the layer's own energy, from the exact factorization). Greedy alloca
 all layers dense and repeatedly take the step with the least discarded energy per MAC (or
 per measured millisecond) saved until the model fits the budget.
 
-For a latency budget each rung is timed on the current device (:mod:`leanconv.convert.latency`)
+For a latency budget each rung is timed on the current device (:mod:`leanconv.conversion.latency`)
 and the ladder keeps only rungs faster than every rung above them: a layer whose efficient form
 is slower than the dense conv on this device stays dense.
 """
@@ -41,7 +41,7 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     layer's inputs on calibration data) are given, the squared relative error of the layer's
     output on them, which weighs the kernel's directions by how the data excites them.
     """
-    from leanconv.convert.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv, order_variants
+    from leanconv.conversion.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv, order_variants
 
     with torch.no_grad():
         reference = [conv(x) for x in inputs] if inputs else None
@@ -94,7 +94,7 @@ def latency_ladder(conv: nn.Conv2d, target: str, rungs: List[Choice], input_shap
     faster than every rung above them; ``[dense]`` alone when no rung beats the dense conv."""
     from dataclasses import replace
 
-    from leanconv.convert.surgery import build_module, describe
+    from leanconv.conversion.surgery import build_module, describe
 
     timed: List[Choice] = []
     for rung in thin(rungs):

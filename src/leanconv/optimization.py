@@ -255,7 +255,7 @@ def optimize(
     """
     from leanconv._files import check_new_folder
     from leanconv.bench import count_macs, realized_efficiency
-    from leanconv.convert import convert
+    from leanconv import convert
 
     if sum(v is not None for v in (rank, mac_budget, target_speedup)) != 1:
         raise ValueError("pass exactly one of rank, mac_budget and target_speedup")
@@ -332,8 +332,8 @@ def optimize(
 
 def layer_latency(original: nn.Module, chosen: Candidate, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
     """Per converted layer: (dense ms, converted ms) timed alone at its input shape (cached)."""
-    from leanconv.convert.latency import LatencyCache
-    from leanconv.convert.surgery import _input_sizes, build_module, describe
+    from leanconv.conversion.latency import LatencyCache
+    from leanconv.conversion.surgery import _input_sizes, build_module, describe
 
     sizes = _input_sizes(original, input_size)
     cache = LatencyCache()
@@ -361,7 +361,7 @@ def _eager_ms(model: nn.Module, input_size: Sequence[int], min_run_time: float) 
 def write_outputs(result: OptimizeResult, out: Union[str, Path], force: bool, title: str) -> None:
     """model.pt, plan.json, summary.json, report.md and the plots, all at once."""
     from leanconv._files import staged_folder
-    from leanconv.convert import save_plan
+    from leanconv import save_plan
     from leanconv.plots import plot_candidates, plot_layers
 
     with staged_folder(out, force) as staging:

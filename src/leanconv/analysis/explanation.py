@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from leanconv.analysis.counting import ModuleCall, trace_calls
-from leanconv.analysis.profile import conv_kind, meta_copy
+from leanconv.analysis.profiling import conv_kind, meta_copy
 
 LANGS = ("en", "zh")
 

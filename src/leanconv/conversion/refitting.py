@@ -122,7 +122,7 @@ def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable
           ridge: Optional[float] = None) -> List[RefitReport]:
     """Refit every converted layer of ``converted`` (in place), in network order.
 
-    ``plan`` is :func:`leanconv.convert.convert`'s plan; ``calib`` yields input batches. Both
+    ``plan`` is :func:`leanconv.convert`'s plan; ``calib`` yields input batches. Both
     models are used in eval mode; their training flags are restored afterwards.
     """
     batches = [x for x in calib]

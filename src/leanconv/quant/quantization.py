@@ -22,7 +22,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from leanconv.fuse import fuse
+from leanconv.fusion import fuse
 from leanconv.padding import same_pad_amounts
 from leanconv.quant.dialects import Dialect, make_dialect
 from leanconv.quant.layers import IntConv2d, IntLayer, IntLinear
