@@ -203,13 +203,13 @@ def test_cli_convert_writes_a_loadable_folder(tmp_path):
             "--out", str(out)]
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "plan.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".leanconv-output", "model.pt", "plan.json", "report.md"]
     rebuilt = apply_plan(leanconv.models.create("digits_cnn"), out / "plan.json")
     rebuilt.load_state_dict(torch.load(out / "model.pt"), strict=True)
     assert "rel. output error" in (out / "report.md").read_text()
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode != 0 and "pass --force" in again.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "plan.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".leanconv-output", "model.pt", "plan.json", "report.md"]
     forced = subprocess.run(args + ["--force"], capture_output=True, text=True)
     assert forced.returncode == 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

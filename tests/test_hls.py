@@ -144,7 +144,7 @@ def test_cli_quantize_and_export_hls_check(tmp_path):
     quant = subprocess.run(leanconv + ["quantize", f"{model_file}:build", "--calib", "random:32", "--input", "1,8,14,14",
                                        "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=300)
     assert quant.returncode == 0, quant.stderr[-2000:]
-    assert {p.name for p in (tmp_path / "q").iterdir()} == {"qmodel.pt", "scales.json", "report.md"}
+    assert {p.name for p in (tmp_path / "q").iterdir()} == {".leanconv-output", "qmodel.pt", "scales.json", "report.md"}
     loaded = QuantizedModel.load(tmp_path / "q" / "qmodel.pt")
     assert loaded.layers[0].padding == (0, 1, 0, 1)  # TF 'same', stride 2 on 14: the extra pixel after
     assert loaded.dialect == ApFixed()

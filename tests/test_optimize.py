@@ -66,7 +66,7 @@ def test_optimize_cli_end_to_end_and_refuses_to_overwrite(workspace):
     first = run(args, workspace)
     assert first.returncode == 0, first.stderr[-3000:]
     out = workspace / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["candidates.png", "layers.png", "model.pt", "plan.json",
+    assert sorted(p.name for p in out.iterdir()) == [".leanconv-output", "candidates.png", "layers.png", "model.pt", "plan.json",
                                                       "report.md", "summary.json"]
     report = (out / "report.md").read_text()
     for section in ("| test accuracy |", "## Candidates tried", "## Per layer", "## Distillation",
@@ -103,8 +103,8 @@ def test_staged_folder_leaves_nothing_when_interrupted(tmp_path):
             (staging / "half.txt").write_text("half")
             raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with staged_folder(out) as staging:  # an earlier leanconv output (only such folders are replaced)
+        (staging / "old.txt").write_text("old")
     with pytest.raises(FileExistsError, match="pass --force"):
         with staged_folder(out):
             pass
@@ -115,7 +115,7 @@ def test_staged_folder_leaves_nothing_when_interrupted(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["result"] and (out / "old.txt").read_text() == "old"
     with staged_folder(out, force=True) as staging:
         (staging / "new.txt").write_text("new")
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".leanconv-output", "new.txt"]
 
 
 def candidate(label, accuracy, latency):

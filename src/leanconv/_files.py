@@ -1,67 +1,274 @@
-"""Output files and folders written all at once: a command's results appear complete or not at all.
+"""Output files and folders written all at once, and never over something leanconv did not write.
 
 Every command that writes a folder (``convert``, ``quantize``, ``export-hls``, ``optimize``,
-``demo``) fills a staging folder beside the destination and renames it into place at the end;
-an error or Ctrl-C removes the staging folder and leaves any earlier result untouched.
+``demo``) goes through :func:`staged_folder`:
+
+1. before any work, :func:`check_new_folder` refuses an ``--out`` that is empty, ``.``, the
+   working directory or a folder above it, a symbolic link, a file, a folder that exists
+   without ``--force``, or a non-empty folder without leanconv's :data:`MARKER` file (even with
+   ``--force``), and probes that the place is writable;
+2. the results are written into a staging folder beside ``--out`` (same file system), which
+   carries the marker;
+3. at the end the staging folder is renamed onto ``--out`` by an exclusive rename (it fails if
+   ``--out`` exists: a folder that appeared meanwhile is never replaced without ``--force``, and
+   of two concurrent runs exactly one wins). With ``--force`` the old folder is first renamed
+   aside, the new one moved in (SIGINT/SIGTERM held during the two renames), and only then is
+   the old one deleted: an interruption leaves the old or the new output complete, never a mix.
+
+An error or Ctrl-C while writing removes the staging folder and leaves any earlier result as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import uuid
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, List, Optional, Union
+
+PathArg = Union[str, os.PathLike]
+
+MARKER = ".leanconv-output"
+"""The file leanconv writes in every output folder: only such folders are replaced by ``--force``."""
+
+_MARKER_TEXT = "This folder was written by leanconv; `--force` may replace it as a whole.\n"
+
+# Deleting a replaced folder; a test swaps in a slow version to interrupt it half way.
+_remove_tree: Callable[..., None] = shutil.rmtree
 
 
-def check_new_folder(out: Union[str, os.PathLike], force: bool, flag: str = "--force") -> Path:
-    """``out`` as a Path; raises FileExistsError when it exists and ``force`` is not set."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass {flag} to replace it")
-    return out
+def _describe(name: str, out: PathArg) -> str:
+    return f"{name}={os.fspath(out)!r}"
+
+
+def _resolved(out: PathArg, name: str) -> Path:
+    """``out`` as an absolute path (its parent's symlinks resolved); refuses '', '.', the working
+    directory and its ancestors (which contain the staging folder and the caller's files)."""
+    text = os.fspath(out)
+    if not str(text).strip():
+        raise ValueError(f"{_describe(name, out)} must name an output folder (it is empty)")
+    absolute = Path(os.path.abspath(text))
+    if not absolute.name:
+        raise ValueError(f"{_describe(name, out)} is the root folder: choose a new folder for the output")
+    target = Path(os.path.realpath(absolute.parent)) / absolute.name
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ValueError(f"{_describe(name, out)} is the working directory or a folder above it: "
+                         "choose a new folder for the output")
+    return target
+
+
+def _check_writable(target: Path, name: str, out: PathArg) -> None:
+    """Probe, with a real temporary folder, that ``target``'s nearest existing ancestor takes new entries."""
+    place = target.parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise ValueError(f"{_describe(name, out)} cannot be created: {str(place)!r} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=place, prefix=".leanconv-probe-"))
+    except OSError as error:
+        raise ValueError(f"{_describe(name, out)} is not writable: {error.strerror} in {str(place)!r}") from None
+
+
+def _is_ours(folder: Path) -> bool:
+    """True for an empty folder or one holding leanconv's marker file."""
+    return (folder / MARKER).is_file() or not any(folder.iterdir())
+
+
+def _check_replaceable(target: Path, force: bool, name: str, out: PathArg, flag: str) -> None:
+    if target.is_symlink():
+        raise ValueError(f"{_describe(name, out)} is a symbolic link: name the folder itself")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"{_describe(name, out)} exists and is not a folder: not replacing it, even with {flag}")
+    if not force:
+        raise FileExistsError(f"{_describe(name, out)} exists; pass {flag} to replace it")
+    if not _is_ours(target):
+        raise ValueError(f"{_describe(name, out)} is a non-empty folder leanconv did not write (no {MARKER} file): "
+                         f"not replacing it, even with {flag}; remove it yourself or choose another {name}")
+
+
+def check_new_folder(out: PathArg, force: bool, flag: str = "--force", name: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written safely; returns ``Path(out)``.
+
+    Raises ``FileExistsError`` when ``out`` exists and ``force`` is not set, ``ValueError`` for an
+    unsafe or unwritable ``out`` (see the module doc). Both messages name ``name``, not a temporary path.
+    """
+    target = _resolved(out, name)
+    _check_replaceable(target, force, name, out, flag)
+    _check_writable(target, name, out)
+    return Path(out)
+
+
+def check_new_file(path: PathArg, force: bool, flag: str = "--force", name: str = "--out") -> Path:
+    """Refuse, before any work, an output file that exists (without ``force``), is a folder or
+    cannot be created; returns ``Path(path)``."""
+    target = _resolved(path, name)
+    if target.is_dir():
+        raise ValueError(f"{_describe(name, path)} is a folder: name a file")
+    if target.exists() and not force:
+        raise FileExistsError(f"{_describe(name, path)} exists; pass {flag} to replace it")
+    _check_writable(target, name, path)
+    return Path(path)
+
+
+def _renameat2() -> Optional[Callable[..., int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    return function
+
+
+_RENAMEAT2 = _renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _rename_new(source: Path, destination: Path) -> None:
+    """Rename ``source`` to ``destination``, raising FileExistsError if ``destination`` exists:
+    never replaces anything (Linux: renameat2 RENAME_NOREPLACE; else an exclusive claim first)."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # not supported by this file system
+            raise OSError(code, os.strerror(code), str(destination))
+    if os.name == "nt":  # Windows' rename never replaces
+        os.rename(source, destination)
+    elif source.is_dir():
+        os.mkdir(destination)  # the exclusive claim; rename then replaces this empty folder
+        os.rename(source, destination)
+    else:
+        os.link(source, destination)  # exclusive
+        os.unlink(source)
 
 
 @contextlib.contextmanager
-def staged_folder(out: Union[str, os.PathLike], force: bool = False, flag: str = "--force") -> Iterator[Path]:
-    """Yield an empty folder to write into; on success it becomes ``out`` (replacing an existing
-    ``out`` only when ``force``), on any exception it is removed. Files end up world-readable."""
-    out = check_new_folder(out, force, flag)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (re-raised on exit) so a few steps that must run together do.
+
+    Python-level handlers, not a signal mask: torch's worker threads would take a masked signal.
+    Only the main thread can set handlers; elsewhere nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda received, frame: caught.append(received)) for number in held}
     try:
-        yield staging
-        for root, dirs, files in os.walk(staging):
-            for name in files:
-                os.chmod(os.path.join(root, name), 0o644)
-            for name in dirs:
-                os.chmod(os.path.join(root, name), 0o755)
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        for number in caught:
+            signal.raise_signal(number)
+
+
+def _make_public(staging: Path) -> None:
+    """mkdtemp folders are private; results are ordinary world-readable files and folders."""
+    for root, dirs, files in os.walk(staging):
+        for entry in files:
+            os.chmod(os.path.join(root, entry), 0o644)
+        for entry in dirs:
+            os.chmod(os.path.join(root, entry), 0o755)
+    os.chmod(staging, 0o755)
+
+
+def _replace(staging: Path, target: Path, label: str, flag: str) -> None:
+    """``target`` (a leanconv folder) aside, ``staging`` in, then the old one deleted."""
+    if target.is_symlink() or not target.is_dir() or not _is_ours(target):
+        raise ValueError(f"{label} became something leanconv did not write while it ran: not replacing it, "
+                         f"even with {flag}; this run's result is kept in {str(staging)!r}")
+    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    with signals_held():
+        os.rename(target, aside)  # the unique name cannot exist
+        try:
+            _rename_new(staging, target)
+        except FileExistsError:
+            raise FileExistsError(f"{label} was created again while leanconv replaced it; the old output is in "
+                                  f"{str(aside)!r}, this run's result in {str(staging)!r}") from None
+    try:
+        _remove_tree(aside)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        print(f"leanconv: {label} holds the new output; removing the old one was interrupted: "
+              f"delete {str(aside)!r}", file=sys.stderr)
         raise
 
 
+def _install(staging: Path, target: Path, force: bool, label: str, flag: str) -> None:
+    """Move the finished ``staging`` folder to ``target`` without ever replacing what is not ours."""
+    try:
+        _rename_new(staging, target)
+        return
+    except FileExistsError:
+        if not force:
+            raise FileExistsError(f"{label} was created while leanconv ran: not replacing it without {flag}; "
+                                  f"this run's result is kept in {str(staging)!r}") from None
+    _replace(staging, target, label, flag)
+
+
 @contextlib.contextmanager
-def atomic_file(path: Union[str, os.PathLike]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``
-    (world-readable), on any exception it is removed: readers never see half a file."""
+def staged_folder(out: PathArg, force: bool = False, flag: str = "--force", name: str = "--out") -> Iterator[Path]:
+    """Yield an empty staging folder to write into; on success it becomes ``out`` (see the module
+    doc for the checks and the exclusive install), on any exception while writing it is removed."""
+    check_new_folder(out, force, flag, name)
+    target = _resolved(out, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        (staging / MARKER).write_text(_MARKER_TEXT)
+        yield staging
+        _make_public(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _install(staging, target, force, _describe(name, out), flag)
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathArg, replace: bool = True, flag: str = "--force", name: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it becomes ``path``
+    (world-readable), on any exception it is removed: readers never see half a file.
+
+    ``replace=False`` installs it exclusively: a ``path`` that appeared meanwhile is kept and
+    ``FileExistsError`` says where this run's file is.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    tmp = Path(name)
+    tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are ordinary files
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if not replace:
+        try:
+            _rename_new(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{_describe(name, path)} was created while leanconv ran: not replacing it "
+                                  f"without {flag}; this run's result is kept in {str(tmp)!r}") from None
+        return
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-__all__ = ["atomic_file", "check_new_folder", "staged_folder"]
+__all__ = ["MARKER", "atomic_file", "check_new_file", "check_new_folder", "signals_held", "staged_folder"]

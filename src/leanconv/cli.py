@@ -189,13 +189,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     import torch
 
-    from leanconv._files import staged_folder
+    from leanconv._files import check_new_folder, staged_folder
     from leanconv import convert, save_plan
     from leanconv.models import DEFAULT_INPUTS
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SystemExit(f"leanconv: {out} exists; pass --force to replace it")
+    out = check_new_folder(args.out, args.force)
     model = load_model(args.model).eval()
     if args.weights:
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
@@ -211,7 +209,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      input_size=input_shape, calib=_calib_batches(args.calib, input_shape or (1,)),
                      exclude=args.exclude, order=args.order, core=args.core,
                      permute=args.permute)
-    with staged_folder(out, force=True) as staging:
+    with staged_folder(out, args.force) as staging:
         torch.save(result.model.state_dict(), staging / "model.pt")
         save_plan(result.plan, staging / "plan.json")
         (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
@@ -307,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args))
-    except ValueError as error:  # bad arguments: say which and why, no traceback
+    except (ValueError, OSError) as error:  # bad arguments, existing or unwritable output: no traceback
         print(f"leanconv {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -518,15 +518,15 @@ def export_hls(
     }
     for name, values in zip(names, outputs):
         files[f"golden/{name}.txt"] = _golden_text(values)
-    _write_folder(out_dir, files)
+    _write_folder(out_dir, files, force)
     return HlsProject(out_dir, sorted(files), top, names, codes.shape[0], headers, hazards)
 
 
-def _write_folder(out_dir: Path, files: Dict[str, str]) -> None:
+def _write_folder(out_dir: Path, files: Dict[str, str], force: bool) -> None:
     """Write every file into a staging folder beside ``out_dir``, then move it into place."""
     from leanconv._files import staged_folder
 
-    with staged_folder(out_dir, force=True) as staging:
+    with staged_folder(out_dir, force) as staging:
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)

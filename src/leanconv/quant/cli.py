@@ -12,14 +12,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     import torch
 
-    from leanconv._files import staged_folder
+    from leanconv._files import check_new_folder, staged_folder
     from leanconv.cli import _calib_batches, load_model
     from leanconv.models import DEFAULT_INPUTS
     from leanconv.quant import accuracy_report, hazard_report, quantize
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ValueError(f"--out={str(out)!r} exists; pass --force to replace it")
+    out = check_new_folder(args.out, args.force)
     settings = {}
     if args.dialect == "apfixed":
         settings = {"narrowing": args.narrowing, "store": args.store, "min_factor_bits": args.min_factor_bits}
@@ -41,7 +39,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = (f"# leanconv quantize {args.model} --dialect {args.dialect}\n\n{qmodel!r}\n\n"
               f"## Float vs integer on the calibration data\n\n{accuracy.to_markdown()}\n"
               f"## Hazards\n\n{hazards.to_markdown()}")
-    with staged_folder(out, force=True) as staging:
+    with staged_folder(out, args.force) as staging:
         qmodel.save(staging / "qmodel.pt")
         (staging / "scales.json").write_text(json.dumps(scales, indent=2) + "\n")
         (staging / "report.md").write_text(report)
@@ -54,9 +52,11 @@ def cmd_export_hls(args: argparse.Namespace) -> int:
     """Write HLS C++, golden data, testbench and Makefile for a quantized model; --check runs it."""
     from pathlib import Path
 
+    from leanconv._files import check_new_folder
     from leanconv.export.hls import check_hls, export_hls
     from leanconv.quant import QuantizedModel
 
+    check_new_folder(args.out, args.force)
     source = Path(args.qmodel)
     path = source / "qmodel.pt" if source.is_dir() else source
     if not path.is_file():

@@ -1,0 +1,307 @@
+"""Output folders and files: never over the working directory or a folder leanconv did not write,
+created exclusively at the end, replaced (``--force``) so that an interruption leaves the old or
+the new output complete, never a mix."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from leanconv import _files
+from leanconv._files import MARKER, atomic_file, check_new_file, check_new_folder, signals_held, staged_folder
+
+
+def listing(folder: Path) -> dict:
+    return {p.name: p.read_text() for p in sorted(folder.iterdir())}
+
+
+def write_output(out: Path, prefix: str, count: int, force: bool = False) -> None:
+    with staged_folder(out, force) as staging:
+        for i in range(count):
+            (staging / f"{prefix}{i}.txt").write_text(prefix)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.txt").write_text("precious")
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.mark.parametrize("out", [".", "", "..", "./", "WORK", "/"])
+def test_refuses_the_working_directory_and_its_ancestors_even_with_force(workdir, out):
+    out = str(workdir) if out == "WORK" else out
+    with pytest.raises(ValueError, match=r"^--out=.* (is the working directory or a folder above it|must name|is the root)"):
+        check_new_folder(out, force=True)
+    with pytest.raises(ValueError):
+        with staged_folder(out, force=True):
+            pytest.fail("staging must not start")
+    assert listing(workdir) == {"mine.txt": "precious"}
+    assert sorted(p.name for p in workdir.parent.iterdir()) == ["work"]
+
+
+def test_refuses_a_folder_leanconv_did_not_write_even_with_force(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"^--out='.*theirs' exists; pass --force to replace it$"):
+        check_new_folder(theirs, force=False)
+    with pytest.raises(ValueError, match=rf"leanconv did not write \(no {MARKER} file\): not replacing it, even with --force"):
+        write_output(theirs, "new", 3, force=True)
+    assert listing(theirs) == {"notes.txt": "keep"}
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        check_new_folder(tmp_path / "file", force=True)
+    (tmp_path / "link").symlink_to(theirs)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        check_new_folder(tmp_path / "link", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "theirs"]  # no staging left
+
+
+def test_force_replaces_an_empty_folder_and_a_leanconv_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    write_output(out, "first", 2, force=True)
+    assert set(listing(out)) == {MARKER, "first0.txt", "first1.txt"}
+    write_output(out, "second", 1, force=True)
+    assert set(listing(out)) == {MARKER, "second0.txt"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # neither staging nor the old folder left
+    assert oct(out.stat().st_mode & 0o777) == "0o755" and oct((out / "second0.txt").stat().st_mode & 0o777) == "0o644"
+
+
+def test_unwritable_out_is_refused_before_any_work_naming_out(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"^--out='.*file/sub/out' cannot be created: '.*file' is a file"):
+        check_new_folder(tmp_path / "file" / "sub" / "out", force=False)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match=r"^--out='.*locked/out' is not writable: Permission denied"):
+            check_new_folder(locked / "out", force=False)
+    with pytest.raises(ValueError, match="is a folder: name a file"):
+        check_new_file(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] + (["locked"] if os.geteuid() else [])
+
+
+@pytest.mark.parametrize("exclusive_rename", ["renameat2", "claim_then_rename"])
+def test_a_folder_created_meanwhile_is_never_replaced_without_force(tmp_path, monkeypatch, exclusive_rename):
+    if exclusive_rename == "claim_then_rename":
+        monkeypatch.setattr(_files, "_RENAMEAT2", None)
+    elif _files._RENAMEAT2 is None:
+        pytest.skip("renameat2 is Linux only")
+    out = tmp_path / "out"
+    with pytest.raises(FileExistsError) as raised:
+        with staged_folder(out) as staging:
+            (staging / "result.txt").write_text("mine")
+            out.mkdir()  # appears while the command runs (empty: rename(2) alone would replace it)
+    message = str(raised.value)
+    assert message.startswith(f"--out={str(out)!r} was created while leanconv ran: not replacing it without --force")
+    kept = Path(message.rsplit("kept in ", 1)[1].strip("'"))
+    assert (kept / "result.txt").read_text() == "mine" and list(out.iterdir()) == []
+
+
+def test_force_never_replaces_a_foreign_folder_that_appeared_meanwhile(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="became something leanconv did not write") as raised:
+        with staged_folder(out, force=True) as staging:
+            (staging / "result.txt").write_text("mine")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+    assert listing(out) == {"theirs.txt": "theirs"}
+    kept = Path(str(raised.value).rsplit("kept in ", 1)[1].strip("'"))
+    assert (kept / "result.txt").read_text() == "mine"
+
+
+def test_an_error_while_writing_leaves_the_old_output_and_no_staging(tmp_path):
+    out = tmp_path / "out"
+    write_output(out, "old", 2)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(out, force=True) as staging:
+            (staging / "half.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert set(listing(out)) == {MARKER, "old0.txt", "old1.txt"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_signals_held_delivers_sigint_only_after_the_block():
+    reached_end = False
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached_end = True
+    assert reached_end
+
+
+def test_atomic_file_without_replace_keeps_a_file_that_appeared(tmp_path):
+    path = tmp_path / "report.md"
+    with pytest.raises(FileExistsError, match=r"was created while leanconv ran.*kept in") as raised:
+        with atomic_file(path, replace=False) as tmp:
+            tmp.write_text("mine")
+            path.write_text("theirs")
+    assert path.read_text() == "theirs"
+    assert Path(str(raised.value).rsplit("kept in ", 1)[1].strip("'")).read_text() == "mine"
+    with atomic_file(path) as tmp:
+        tmp.write_text("forced")
+    assert path.read_text() == "forced"
+
+
+# ------------------------------------------------------------------------ other processes
+
+WRITER = textwrap.dedent("""
+    import shutil, sys, time
+    from pathlib import Path
+    from leanconv import _files
+
+    out, prefix, count, phase = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+    def slow_remove(path, ignore_errors=False):  # the delete of the replaced folder, slowed down
+        print("deleting", flush=True)
+        for item in sorted(Path(path).iterdir()):
+            item.unlink()
+            time.sleep(0.005)
+        Path(path).rmdir()
+
+    _files._remove_tree = slow_remove
+    with _files.staged_folder(out, force=phase != "race") as staging:
+        for i in range(count):
+            (staging / f"{prefix}{i}.txt").write_text(prefix)
+        if phase == "write":
+            print("writing", flush=True)
+            time.sleep(60)
+        if phase == "race":  # both runs passed the start check before either installs
+            (out.parent / f"ready-{prefix}").touch()
+            while len(list(out.parent.glob("ready-*"))) < 2:
+                time.sleep(0.01)
+    print("done", flush=True)
+""")
+
+
+def start_writer(tmp_path: Path, out: Path, prefix: str, count: int, phase: str) -> subprocess.Popen:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen([sys.executable, str(script), str(out), prefix, str(count), phase],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("phase", ["write", "delete"])
+def test_a_signal_during_a_forced_replacement_leaves_old_or_new_complete(tmp_path, sig, phase):
+    out = tmp_path / "out"
+    write_output(out, "old", 300)
+    old = listing(out)
+    writer = start_writer(tmp_path, out, "new", 200, phase)
+    line = writer.stdout.readline().strip()
+    assert line == ("writing" if phase == "write" else "deleting"), writer.stderr.read()
+    time.sleep(0.2)  # well inside the slow step
+    writer.send_signal(sig)
+    writer.wait(timeout=60)
+    assert writer.returncode != 0
+    now = listing(out)
+    if phase == "write":
+        assert now == old
+    else:
+        assert now == {MARKER: old[MARKER], **{f"new{i}.txt": "new" for i in range(200)}}
+
+
+def test_two_runs_into_the_same_new_folder_one_fails_clearly(tmp_path):
+    out = tmp_path / "out"
+    writers = [start_writer(tmp_path, out, prefix, 50, "race") for prefix in ("a", "b")]
+    results = [(w.wait(timeout=60), w.stderr.read()) for w in writers]
+    assert sorted(code for code, _ in results) == [0, 1]
+    winner, loser = ("a", "b") if results[0][0] == 0 else ("b", "a")
+    assert set(listing(out)) == {MARKER} | {f"{winner}{i}.txt" for i in range(50)}
+    message = [err for code, err in results if code][0].strip().splitlines()[-1]
+    assert f"FileExistsError: --out={str(out)!r} was created while leanconv ran" in message
+    kept = Path(message.rsplit("kept in ", 1)[1].strip("'"))
+    assert set(listing(kept)) == {MARKER} | {f"{loser}{i}.txt" for i in range(50)}
+
+
+# ------------------------------------------------------------------------ the commands
+
+MODEL_FILE = """
+import torch, leanconv
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(leanconv.DepthwiseSeparableConv2d(4, 6, 3, padding=1), torch.nn.ReLU()).eval()
+"""
+
+
+@pytest.fixture
+def qmodel_file(tmp_path):
+    import torch
+
+    from leanconv.quant import quantize
+
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    path = tmp_path / "q.pt"
+    quantize(block, torch.randn(4, 3, 8, 8)).save(path)
+    return path
+
+
+def folder_commands(tmp_path: Path, qmodel: Path) -> dict:
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    model = f"{tmp_path / 'net.py'}:build"
+    return {
+        "convert": ["convert", model, "--rank", "1", "--input", "1,4,8,8"],
+        "quantize": ["quantize", model, "--calib", "random:8", "--input", "1,4,8,8"],
+        "export-hls": ["export-hls", str(qmodel), "--vectors", "1"],
+        "optimize": ["optimize", model, "--data", "digits", "--rank", "1"],
+        "demo": ["demo"],
+    }
+
+
+def run_main(argv, capsys):
+    from leanconv.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "export-hls", "optimize", "demo"])
+@pytest.mark.parametrize("out", [".", "", ".."])
+def test_commands_refuse_the_working_directory_with_force(workdir, qmodel_file, capsys, command, out):
+    argv = folder_commands(workdir.parent, qmodel_file)[command] + ["--out", out, "--force"]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"leanconv {command}: --out={out!r} ")
+    assert listing(workdir) == {"mine.txt": "precious"}
+
+
+@pytest.mark.parametrize("command", ["convert", "quantize", "export-hls"])
+def test_commands_keep_a_folder_created_while_they_run(tmp_path, qmodel_file, capsys, monkeypatch, command):
+    import contextlib
+
+    real = _files.staged_folder
+    out = tmp_path / "out"
+
+    @contextlib.contextmanager
+    def intruded(target, force=False, *args, **kwargs):
+        with real(target, force, *args, **kwargs) as staging:
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+            yield staging
+
+    monkeypatch.setattr(_files, "staged_folder", intruded)
+    code, _, err = run_main(folder_commands(tmp_path, qmodel_file)[command] + ["--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--out={str(out)!r} was created while leanconv ran: not replacing it without --force" in err
+    assert listing(out) == {"theirs.txt": "theirs"}
+
+
+def test_export_hls_into_an_existing_folder_is_one_line(tmp_path, qmodel_file, capsys):
+    out = tmp_path / "hls"
+    assert run_main(["export-hls", str(qmodel_file), "--vectors", "1", "--out", str(out)], capsys)[0] == 0
+    code, _, err = run_main(["export-hls", str(qmodel_file), "--vectors", "1", "--out", str(out)], capsys)
+    assert (code, err) == (2, f"leanconv export-hls: --out={str(out)!r} exists; pass --force to replace it\n")
