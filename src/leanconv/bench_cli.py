@@ -36,12 +36,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--converted {folder} must hold plan.json and model.pt (leanconv convert --out)")
     model = load_model(args.model).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     if args.converted:
         from leanconv import apply_plan
 
         converted = apply_plan(load_model(args.model), json.loads((folder / "plan.json").read_text())).eval()
-        converted.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+        converted.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     options = dict(settings=settings, compile=args.compile, threads=args.threads, min_run_time=args.min_run_time,
                    rounds=args.rounds, progress=True)
     if converted is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import pickle
 import sys
 from typing import List, Optional, Sequence
 
@@ -177,7 +178,7 @@ def _calib_batches(spec: Optional[str], input_shape: tuple, batch: int = 64):
         count = int(spec.split(":", 1)[1])
         generator = torch.Generator().manual_seed(0)
         return list(torch.randn((count, *input_shape[1:]), generator=generator).split(batch))
-    tensor = torch.load(spec, map_location="cpu")
+    tensor = torch.load(spec, map_location="cpu", weights_only=True)
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
         raise SystemExit(f"leanconv: --calib {spec!r} must hold an (N, C, H, W) tensor")
     return list(tensor.split(batch))
@@ -196,7 +197,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = check_new_folder(args.out, args.force)
     model = load_model(args.model).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     input_shape = tuple(args.input) if args.input else (DEFAULT_INPUTS.get(args.model, (None,))[0])
     if input_shape is None and (args.mac_budget or args.latency_budget or args.calib):
         raise SystemExit("leanconv: --input N,C,H,W is required with --mac-budget, --latency-budget or --calib "
@@ -305,8 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         return int(args.func(args))
-    except (ValueError, OSError) as error:  # bad arguments, existing or unwritable output: no traceback
-        print(f"leanconv {args.command}: {error}", file=sys.stderr)
+    except (ValueError, OSError, pickle.UnpicklingError) as error:  # bad arguments or files, existing output
+        print(f"leanconv {args.command}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 

@@ -39,7 +39,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise SystemExit(f"leanconv optimize: {error}")
     model = load_model(args.model).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     else:
         print("leanconv optimize: no --weights given: optimizing an untrained model", file=sys.stderr)
     data = load_data(args.data)

@@ -28,7 +28,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ValueError(f"--input N,C,H,W is required for MODEL={args.model!r}")
     model = load_model(args.model).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     calib = _calib_batches(args.calib, input_shape)
     qmodel = quantize(model, calib, args.dialect, observer=args.observer, percentile=args.percentile,
                       per_channel=not args.per_tensor, progress=True, **settings)

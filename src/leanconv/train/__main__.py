@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -77,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
                              f"{needed.name} is missing")
     teacher = load_model(args.model)
     if args.weights:
-        teacher.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        teacher.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     plan = json.loads(plan_path.read_text())
     student = apply_plan(load_model(args.model), plan)
-    student.load_state_dict(torch.load(weights_path, map_location="cpu"))
+    student.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     data = load_data(args.data, size=args.size).train
     result = distill(student, teacher, data, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
                      alpha=args.alpha, feature_paths=list(plan["layers"]) if args.features else None,
@@ -103,8 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except ValueError as error:
-        print(f"leanconv.train: {error}", file=sys.stderr)
+    except (ValueError, OSError, pickle.UnpicklingError) as error:
+        print(f"leanconv.train: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
 
 
