@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import leanconv
 from leanconv import models
-from leanconv.analysis.profiling import write_atomic
+from leanconv._files import write_atomic
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

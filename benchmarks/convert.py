@@ -22,7 +22,7 @@ from typing import Dict, List
 import torch
 
 import leanconv
-from leanconv.analysis.profiling import write_atomic
+from leanconv._files import write_atomic
 from leanconv.data import load_digits
 from leanconv.models.digits import train_digits_cnn
 

@@ -23,7 +23,7 @@ from typing import Dict, List
 import torch
 
 import leanconv
-from leanconv.analysis.profiling import write_atomic
+from leanconv._files import write_atomic
 from leanconv.bench import DEFAULT_SETTINGS, SETTINGS, measure_latency, prepare, realized_efficiency
 from leanconv.data import load_digits
 from leanconv.models.digits import train_digits_cnn

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 import leanconv
-from leanconv.analysis.profiling import write_atomic
+from leanconv._files import write_atomic
 from leanconv.bench import measure_latency as time_ms
 from leanconv.kinds import ConvSpec, get_kind
 

@@ -305,3 +305,13 @@ def test_export_hls_into_an_existing_folder_is_one_line(tmp_path, qmodel_file, c
     assert run_main(["export-hls", str(qmodel_file), "--vectors", "1", "--out", str(out)], capsys)[0] == 0
     code, _, err = run_main(["export-hls", str(qmodel_file), "--vectors", "1", "--out", str(out)], capsys)
     assert (code, err) == (2, f"leanconv export-hls: --out={str(out)!r} exists; pass --force to replace it\n")
+
+
+def test_write_atomic_lives_in_files_and_writes_whole_text(tmp_path):
+    import leanconv.analysis.profiling as profiling
+    from leanconv._files import write_atomic
+
+    assert not hasattr(profiling, "write_atomic") or profiling.write_atomic is write_atomic
+    write_atomic(tmp_path / "a" / "report.md", "x" * 10_000)
+    assert (tmp_path / "a" / "report.md").read_text() == "x" * 10_000
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.md"]

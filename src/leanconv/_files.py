@@ -271,4 +271,10 @@ def atomic_file(path: PathArg, replace: bool = True, flag: str = "--force", name
         raise
 
 
-__all__ = ["MARKER", "atomic_file", "check_new_file", "check_new_folder", "signals_held", "staged_folder"]
+def write_atomic(path: PathArg, text: str, replace: bool = True, flag: str = "--force", name: str = "--out") -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file` (no half files; see ``replace`` there)."""
+    with atomic_file(path, replace, flag, name) as tmp:
+        tmp.write_text(text)
+
+
+__all__ = ["MARKER", "atomic_file", "check_new_file", "check_new_folder", "signals_held", "staged_folder", "write_atomic"]

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from leanconv._files import write_atomic
 from leanconv.analysis.counting import ModuleCall, trace_calls
 
 InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -231,14 +232,6 @@ def render_text(print_to_console) -> str:
     return console.export_text()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (no half files)."""
-    from leanconv._files import atomic_file
-
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
 def _normalize_sizes(input_size: InputSize, batch_size: Optional[int]) -> List[Tuple[int, ...]]:
     if not input_size:
         raise ValueError("input_size must be a shape like (1, 3, 224, 224) or a list of shapes")
@@ -382,4 +375,4 @@ def _measure(model: nn.Module, sizes, inputs, repeats: int, dtype: torch.dtype) 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-__all__ = ["LayerRow", "Profile", "conv_kind", "meta_copy", "profile", "render_text", "write_atomic"]
+__all__ = ["LayerRow", "Profile", "conv_kind", "meta_copy", "profile", "render_text"]

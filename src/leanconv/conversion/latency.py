@@ -71,7 +71,7 @@ class LatencyCache:
 
     def save(self) -> None:
         """Write the table atomically (other processes may read it at the same time)."""
-        from leanconv.analysis.profiling import write_atomic
+        from leanconv._files import write_atomic
 
         write_atomic(self.path, json.dumps(self._table, indent=1, sort_keys=True))
 

@@ -465,7 +465,7 @@ def apply_plan(model: nn.Module, plan: Union[Dict[str, Any], str, Path], inplace
 
 
 def save_plan(plan: Dict[str, Any], path: Union[str, Path]) -> None:
-    from leanconv.analysis.profiling import write_atomic
+    from leanconv._files import write_atomic
 
     write_atomic(Path(path), json.dumps(plan, indent=2))
 
