@@ -13,7 +13,7 @@ from torch import nn
 
 import leanconv
 from leanconv._files import staged_folder
-from leanconv.optimization import Candidate, ModelStats, _choose, calibration_batches, evaluate, stem_paths
+from leanconv.optimization import ModelStats, Trial, _choose, calibration_batches, evaluate, stem_paths
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
@@ -119,7 +119,7 @@ def test_staged_folder_leaves_nothing_when_interrupted(tmp_path):
 
 
 def candidate(label, accuracy, latency):
-    return Candidate(label, {}, 1, 1, accuracy, latency, "eager", 1)
+    return Trial(label, {}, 1, 1, accuracy, latency, "eager", 1)
 
 
 def test_target_speedup_picks_the_most_accurate_candidate_fast_enough():
@@ -139,8 +139,8 @@ def test_helpers_and_bad_arguments():
     batches = calibration_batches(data, 6, batch_size=4)
     assert [len(b) for b in batches] == [4, 2] and len(set(torch.cat(batches).flatten().tolist())) == 6
     splits = leanconv.data.load_data("digits")
-    for kwargs, match in [({}, "exactly one of"), ({"rank": 1, "mac_budget": 0.5}, "exactly one of"),
-                          ({"mac_budget": 1.5}, "mac_budget=1.5 must be a fraction"),
+    for kwargs, match in [({}, "exactly one of"), ({"rank": 1, "mac_fraction": 0.5}, "exactly one of"),
+                          ({"mac_fraction": 1.5}, "mac_fraction=1.5 must be a fraction"),
                           ({"target_speedup": -1.0}, "target_speedup=-1.0 must be"),
                           ({"rank": 0}, "rank=0 must be >= 1"), ({"rank": 1, "epochs": -1}, "epochs=-1")]:
         with pytest.raises(ValueError, match=match):

@@ -3,10 +3,10 @@
 :func:`optimize` takes a trained model and its data and
 
 1. measures the original (test accuracy, params, MACs, latency in its fastest deployment form);
-2. tries a few candidate conversions (ranks or MAC budgets around the one asked for, plus a
+2. tries a few candidate conversions (ranks or MAC fractions around the one asked for, plus a
    measured-latency budget when a speedup is the target), each with the least-squares refit
-   on calibration images, and measures each the same way;
-3. picks one: the rank or MAC budget asked for, or, for ``target_speedup``, the most accurate
+   on calibration images, and measures each the same way (a :class:`Trial` each);
+3. picks one: the rank or MAC fraction asked for, or, for ``target_speedup``, the most accurate
    candidate whose *measured* speedup reaches it (the fastest one, flagged, when none does);
 4. distills the original into it for a few epochs (:func:`leanconv.train.distill`);
 5. measures the realized efficiency (speedup / MAC reduction) at each batch size, each model
@@ -36,8 +36,11 @@ SWEEP_FRACTIONS = (0.15, 0.25, 0.4, 0.6)
 
 
 @dataclass
-class Candidate:
-    """One conversion tried: what was asked, what it costs, how it does after the refit."""
+class Trial:
+    """One candidate whole-model conversion, tried and measured: the :func:`leanconv.convert`
+    options asked for, what the converted model costs and how accurate it is after the
+    least-squares refit (before any distillation). Not to be confused with
+    :class:`leanconv.analysis.Candidate`, one way to build a single layer."""
 
     label: str
     options: Dict[str, Any]  # the convert() keyword arguments that define it
@@ -75,8 +78,8 @@ class OptimizeResult:
     model: nn.Module
     plan: Dict[str, Any]
     original: ModelStats
-    candidates: List[Candidate]
-    chosen: Candidate
+    candidates: List[Trial]  # every candidate conversion tried, in the order tried
+    chosen: Trial
     distilled_accuracy: float
     efficiency: Dict[int, Any]  # batch size -> leanconv.bench.EfficiencyReport
     distill_history: Optional[Any] = None
@@ -188,25 +191,28 @@ def _deployed(model: nn.Module, input_size: Sequence[int], min_run_time: float) 
     return best.latency_ms, best.setting
 
 
-def _candidate_grid(rank, mac_budget, target_speedup, sweep: bool) -> List[Tuple[str, Dict[str, Any]]]:
+def _candidate_grid(rank: Optional[int], mac_fraction: Optional[float], target_speedup: Optional[float],
+                    sweep: bool) -> List[Tuple[str, Dict[str, Any]]]:
     """(label, convert kwargs) for every candidate to try; the one asked for comes first."""
     grid: List[Tuple[str, Dict[str, Any]]] = []
     if rank is not None:
         grid.append((f"rank {rank}", {"rank": rank}))
         grid += [(f"rank {r}", {"rank": r}) for r in (SWEEP_RANKS if sweep else ()) if r != rank]
     else:
-        fractions = [mac_budget] if mac_budget is not None else []
-        fractions += [f for f in (SWEEP_FRACTIONS if sweep or mac_budget is None else ()) if f not in fractions]
+        fractions = [mac_fraction] if mac_fraction is not None else []
+        fractions += [f for f in (SWEEP_FRACTIONS if sweep or mac_fraction is None else ()) if f not in fractions]
         grid += [(f"{f:.0%} of the MACs", {"mac_fraction": f}) for f in fractions]
         if target_speedup is not None:
             grid.append((f"latency budget (1/{target_speedup:g} of the original)", {"speedup": target_speedup}))
     return grid
 
 
-def _choose(candidates: List[Candidate], original: ModelStats, target_speedup: Optional[float],
-            notes: List[str]) -> Candidate:
+def _choose(candidates: List[Trial], original: ModelStats, target_speedup: Optional[float],
+            notes: List[str]) -> Trial:
+    """The first candidate (the one asked for) without a target speedup; with one, the most accurate
+    candidate whose measured batch-1 speedup reaches it, else the fastest (with a note)."""
     if target_speedup is None:
-        return candidates[0]  # the rank or MAC budget asked for
+        return candidates[0]  # the rank or MAC fraction asked for
     fast = [c for c in candidates if original.latency_ms / c.latency_ms >= target_speedup]
     if fast:
         return max(fast, key=lambda c: (c.accuracy, -c.latency_ms))
@@ -225,7 +231,7 @@ def optimize(
     *,
     to: str = "dsconv",
     rank: Optional[int] = None,
-    mac_budget: Optional[float] = None,
+    mac_fraction: Optional[float] = None,
     target_speedup: Optional[float] = None,
     epochs: int = 3,
     lr: float = 1e-3,
@@ -246,91 +252,184 @@ def optimize(
 
     ``data``: a :class:`leanconv.data.DataSplits` (``leanconv.data.load_data('digits')``, a
     CIFAR-10 or class-folder path). Choose with one of ``rank`` (fixed rank everywhere),
-    ``mac_budget`` (a fraction in (0, 1] of the original MACs) or ``target_speedup`` (measured,
+    ``mac_fraction`` (a fraction in (0, 1] of the original MACs, which becomes
+    :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup`` (measured,
     batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
     the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of the
-    teacher's soft targets against the labels (0.5: measured on the digits CNN, 3 epochs at
-    lr 3e-3: 98.3% with alpha 0.5 vs 97.8% with 0.9, the original at 98.3%). ``out``: a folder to write (must not exist unless ``force``); written all
-    at once, so an interrupted run leaves nothing half-written.
+    teacher's soft targets against the labels (0.5 here, 0.9 in ``distill``: to be made one). ``out``:
+    a folder to write (must not exist unless ``force``), written all at once.
     """
     from leanconv._files import check_new_folder
-    from leanconv.bench import count_macs, realized_efficiency
-    from leanconv import convert
 
-    if sum(v is not None for v in (rank, mac_budget, target_speedup)) != 1:
-        raise ValueError("pass exactly one of rank, mac_budget and target_speedup")
-    if rank is not None:
-        check_positive_int(rank, "rank")
-    if mac_budget is not None and not 0 < mac_budget <= 1:
-        raise ValueError(f"mac_budget={mac_budget!r} must be a fraction of the original MACs in (0, 1]")
-    if target_speedup is not None and not (target_speedup > 0 and math.isfinite(target_speedup)):
-        raise ValueError(f"target_speedup={target_speedup!r} must be a number > 0")
-    if epochs < 0:
-        raise ValueError(f"epochs={epochs!r} must be >= 0")
-    for batch in batch_sizes:
-        check_positive_int(batch, "batch_sizes")
+    _check_choice(rank, mac_fraction, target_speedup)
+    _check_run(epochs, batch_sizes)
     if out is not None:
         out = check_new_folder(out, force)  # refuse before any work
-    input_size = data.input_size(1)
     say = _Say(progress)
-
     say(f"measuring the original on {data.name} ({len(data.test)} test images)")
-    original_model = copy.deepcopy(model).eval()  # every step below reads this copy only
-    latency, setting = _deployed(original_model, input_size, min_run_time)
-    original = ModelStats(evaluate(original_model, data.test), _params(original_model),
-                          count_macs(original_model, input_size), latency, setting)
-    calib = calibration_batches(data.train, calib_images, seed=seed)
-    skip = list(exclude or []) + (stem_paths(original_model, input_size[1]) if keep_stem else [])
-
-    candidates: List[Candidate] = []
-    notes: List[str] = []
-    if skip:
-        notes.append(f"kept dense by request or as the stem: {', '.join(skip)}")
-    for label, options in _candidate_grid(rank, mac_budget, target_speedup, sweep):
-        say(f"candidate {label}: convert, refit on {calib_images} images, measure")
-        kwargs = dict(options)
-        if "mac_fraction" in kwargs:
-            kwargs = {"mac_budget": int(original.macs * kwargs.pop("mac_fraction"))}
-        elif "speedup" in kwargs:
-            kwargs = {"latency_budget": _eager_ms(original_model, input_size, min_run_time) / kwargs.pop("speedup")}
-        try:
-            result = convert(original_model, to=to, input_size=input_size, calib=calib, exclude=skip, **kwargs)
-        except ValueError as error:  # e.g. a budget below what the lowest ranks reach
-            notes.append(f"candidate {label} skipped: {error}")
-            continue
-        converted = result.model.eval()
-        latency, setting = _deployed(converted, input_size, min_run_time)
-        candidates.append(Candidate(label, options, count_macs(converted, input_size), _params(converted),
-                                    evaluate(converted, data.test), latency, setting,
-                                    sum(r.converted for r in result.layers), converted, result.plan, result))
-    if not candidates:
-        raise ValueError("no candidate conversion was possible: " + "; ".join(notes))
+    setup = _Setup(copy.deepcopy(model).eval(), data, data.input_size(1), min_run_time)  # every step reads this copy
+    original = _measure_original(setup)
+    conversion = _Conversion.of(setup, to, exclude, keep_stem, calib_images, seed)
+    notes = [f"kept dense by request or as the stem: {', '.join(conversion.skip)}"] if conversion.skip else []
+    candidates = _try_candidates(_candidate_grid(rank, mac_fraction, target_speedup, sweep), setup, original,
+                                 conversion, notes, say)
     chosen = _choose(candidates, original, target_speedup, notes)
-
-    student = copy.deepcopy(chosen.model)
-    history = None
-    if epochs:
-        from leanconv.train import distill
-
-        say(f"distilling the original into '{chosen.label}' for {epochs} epoch(s)")
-        history = distill(student, original_model, data.train, epochs=epochs, lr=lr, alpha=alpha, seed=seed,
-                          progress=progress)
+    student, history = _distill_chosen(chosen, setup, _Distillation(epochs, lr, alpha, seed, progress), say)
     distilled_accuracy = evaluate(student, data.test)
-    efficiency = {}
-    for batch in batch_sizes:
-        say(f"measuring realized efficiency at batch {batch}")
-        efficiency[batch] = realized_efficiency(original_model, student.eval(), data.input_size(batch),
-                                                min_run_time=min_run_time)
+    efficiency = _measure_efficiency(student, setup, batch_sizes, say)
     say("timing each converted layer against its dense original")
     result = OptimizeResult(student, chosen.plan, original, candidates, chosen, distilled_accuracy, efficiency,
-                            history, notes, layer_latency(original_model, chosen, input_size))
+                            history, notes, layer_latency(setup.original, chosen, setup.input_size))
     if out is not None:
         write_outputs(result, out, force, title)
         result.out = Path(out)
     return result
 
 
-def layer_latency(original: nn.Module, chosen: Candidate, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
+# ------------------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class _Setup:
+    """What every measurement of one :func:`optimize` run reads: the original (an eval-mode copy,
+    never trained), the data, the batch-1 input size and the time per latency measurement."""
+
+    original: nn.Module
+    data: Any
+    input_size: Tuple[int, ...]
+    min_run_time: float
+
+
+@dataclass
+class _Conversion:
+    """How each candidate is converted: the kind, the refit's calibration batches, the layers kept dense."""
+
+    to: str
+    calib: List[torch.Tensor]
+    calib_images: int
+    skip: List[str]
+
+    @classmethod
+    def of(cls, setup: _Setup, to: str, exclude: Optional[Sequence[str]], keep_stem: bool, calib_images: int,
+           seed: int) -> "_Conversion":
+        """``calib_images`` seeded training images; ``exclude`` and, with ``keep_stem``, the stem kept dense."""
+        skip = list(exclude or []) + (stem_paths(setup.original, setup.input_size[1]) if keep_stem else [])
+        return cls(to, calibration_batches(setup.data.train, calib_images, seed=seed), calib_images, skip)
+
+
+@dataclass
+class _Distillation:
+    """:func:`leanconv.train.distill`'s settings for the chosen candidate (``epochs=0``: none)."""
+
+    epochs: int
+    lr: float
+    alpha: float
+    seed: int
+    progress: bool
+
+
+def _check_choice(rank: Optional[int], mac_fraction: Optional[float], target_speedup: Optional[float]) -> None:
+    """Exactly one way to choose the conversion, each with a valid value."""
+    if sum(v is not None for v in (rank, mac_fraction, target_speedup)) != 1:
+        raise ValueError("pass exactly one of rank, mac_fraction and target_speedup")
+    if rank is not None:
+        check_positive_int(rank, "rank")
+    if mac_fraction is not None and not (_is_number(mac_fraction) and 0 < mac_fraction <= 1):
+        raise ValueError(f"mac_fraction={mac_fraction!r} must be a fraction of the original MACs in (0, 1]")
+    if target_speedup is not None and not (_is_number(target_speedup) and target_speedup > 0
+                                           and math.isfinite(target_speedup)):
+        raise ValueError(f"target_speedup={target_speedup!r} must be a number > 0")
+
+
+def _check_run(epochs: int, batch_sizes: Sequence[int]) -> None:
+    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0):
+        raise ValueError(f"epochs={epochs!r} must be an int >= 0")
+    for batch in batch_sizes:
+        check_positive_int(batch, "batch_sizes")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _measure_original(setup: _Setup) -> ModelStats:
+    """The original's test accuracy, params, MACs and latency in its fastest deployment setting."""
+    from leanconv.bench import count_macs
+
+    latency, setting = _deployed(setup.original, setup.input_size, setup.min_run_time)
+    return ModelStats(evaluate(setup.original, setup.data.test), _params(setup.original),
+                      count_macs(setup.original, setup.input_size), latency, setting)
+
+
+def _convert_options(options: Dict[str, Any], original: ModelStats, setup: _Setup) -> Dict[str, Any]:
+    """:func:`leanconv.convert`'s keyword arguments for one candidate: a MAC fraction becomes a MAC
+    count, a target speedup a latency budget in eager milliseconds."""
+    if "mac_fraction" in options:
+        return {"mac_budget": int(original.macs * options["mac_fraction"])}
+    if "speedup" in options:
+        return {"latency_budget": _eager_ms(setup.original, setup.input_size, setup.min_run_time) / options["speedup"]}
+    return dict(options)
+
+
+def _try_candidates(grid: List[Tuple[str, Dict[str, Any]]], setup: _Setup, original: ModelStats,
+                    conversion: _Conversion, notes: List[str], say: _Say) -> List[Trial]:
+    """Convert and refit the original once per candidate in ``grid`` and measure each result; a
+    candidate :func:`leanconv.convert` refuses is skipped with a note."""
+    from leanconv import convert
+
+    trials: List[Trial] = []
+    for label, options in grid:
+        say(f"candidate {label}: convert, refit on {conversion.calib_images} images, measure")
+        try:
+            result = convert(setup.original, to=conversion.to, input_size=setup.input_size, calib=conversion.calib,
+                             exclude=conversion.skip, **_convert_options(options, original, setup))
+        except ValueError as error:  # e.g. a budget below what the lowest ranks reach
+            notes.append(f"candidate {label} skipped: {error}")
+            continue
+        trials.append(_measure_trial(label, options, result, setup))
+    if not trials:
+        raise ValueError("no candidate conversion was possible: " + "; ".join(notes))
+    return trials
+
+
+def _measure_trial(label: str, options: Dict[str, Any], result: Any, setup: _Setup) -> Trial:
+    """A :class:`Trial` from one :class:`leanconv.conversion.ConversionResult`: cost, accuracy, latency."""
+    from leanconv.bench import count_macs
+
+    converted = result.model.eval()
+    latency, setting = _deployed(converted, setup.input_size, setup.min_run_time)
+    return Trial(label, options, count_macs(converted, setup.input_size), _params(converted),
+                 evaluate(converted, setup.data.test), latency, setting, sum(r.converted for r in result.layers),
+                 converted, result.plan, result)
+
+
+def _distill_chosen(chosen: Trial, setup: _Setup, settings: _Distillation, say: _Say) -> Tuple[nn.Module, Any]:
+    """A copy of the chosen candidate's model, distilled from the original; and the loss history
+    (None without epochs)."""
+    student = copy.deepcopy(chosen.model)
+    if not settings.epochs:
+        return student, None
+    from leanconv.train import distill
+
+    say(f"distilling the original into '{chosen.label}' for {settings.epochs} epoch(s)")
+    history = distill(student, setup.original, setup.data.train, epochs=settings.epochs, lr=settings.lr,
+                      alpha=settings.alpha, seed=settings.seed, progress=settings.progress)
+    return student, history
+
+
+def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], say: _Say) -> Dict[int, Any]:
+    """Batch size -> :class:`leanconv.bench.EfficiencyReport` of ``student`` against the original."""
+    from leanconv.bench import realized_efficiency
+
+    efficiency = {}
+    for batch in batch_sizes:
+        say(f"measuring realized efficiency at batch {batch}")
+        efficiency[batch] = realized_efficiency(setup.original, student.eval(), setup.data.input_size(batch),
+                                                min_run_time=setup.min_run_time)
+    return efficiency
+
+
+def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
     """Per converted layer: (dense ms, converted ms) timed alone at its input shape (cached)."""
     from leanconv.conversion.latency import LatencyCache
     from leanconv.conversion.surgery import _input_sizes, build_module, describe
@@ -392,5 +491,5 @@ class _Say:
             self.console.print(f"[bold cyan]leanconv[/bold cyan] [dim]{self.clock() - self.start:6.1f}s[/dim] {message}")
 
 
-__all__ = ["Candidate", "ModelStats", "OptimizeResult", "calibration_batches", "evaluate", "layer_latency",
-           "optimize", "stem_paths", "write_outputs"]
+__all__ = ["ModelStats", "OptimizeResult", "Trial", "calibration_batches", "evaluate", "layer_latency", "optimize",
+           "stem_paths", "write_outputs"]

@@ -23,7 +23,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from leanconv._validate import check_positive_int
 from leanconv.train.distributed import DistInfo, setup, teardown
+
+DEFAULT_ALPHA = 0.9
+"""The default weight of the teacher's soft targets, for :func:`distill`, :func:`distill_loss` and
+:func:`leanconv.optimize`."""
 
 
 class LossParts(NamedTuple):
@@ -48,7 +52,7 @@ def distill_loss(
     teacher_logits: torch.Tensor,
     targets: Optional[torch.Tensor] = None,
     temperature: float = 4.0,
-    alpha: float = 0.9,
+    alpha: float = DEFAULT_ALPHA,
 ) -> LossParts:
     """``alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE(student, y)``.
 
@@ -225,7 +229,7 @@ def distill(
     lr: float = 1e-3,
     *,
     temperature: float = 4.0,
-    alpha: float = 0.9,
+    alpha: float = DEFAULT_ALPHA,
     feature_paths: Optional[Sequence[str]] = None,
     feature_weight: float = 1.0,
     batch_size: int = 64,
@@ -244,9 +248,10 @@ def distill(
     to another device) and gets its former mode back.
 
     ``data``: a map-style Dataset of ``(input, label)`` pairs (or bare inputs, then
-    ``alpha=1``) or a DataLoader. ``batch_size`` is per process. ``feature_paths``: module
-    paths present in both models whose outputs are matched (MSE, weight ``feature_weight``).
-    ``max_steps`` stops early (all epochs otherwise).
+    ``alpha=1``) or a DataLoader. ``batch_size`` is per process. ``alpha``: the weight of the
+    teacher's soft targets against the labels (:data:`DEFAULT_ALPHA`, measured as its doc
+    says). ``feature_paths``: module paths present in both models whose outputs are matched
+    (MSE, weight ``feature_weight``). ``max_steps`` stops early (all epochs otherwise).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started if needed (gloo on
     CPU, nccl on GPU), the student is wrapped in DistributedDataParallel, a Dataset is
@@ -254,6 +259,31 @@ def distill(
     statistics are averaged over the ranks at the end so all ranks hold identical weights.
     """
     _check_models(student, teacher)
+    _check_settings(epochs, lr, batch_size, max_steps, feature_weight, weight_decay)
+    _check_loss_args(temperature, alpha)
+    paths = _resolve_paths(student, teacher, feature_paths)
+    info = setup(_device_for(student, device))
+    teacher_mode = teacher.training
+    captures: List[_Capture] = []
+    try:
+        loader, sampler = _loader(data, info, batch_size, seed, num_workers)
+        running_teacher = _place_models(student, teacher, info.device)
+        captures = [_Capture(student, paths), _Capture(running_teacher, paths)]
+        optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+        trainer = _Trainer(_wrap_for_ddp(student, info), running_teacher, optimizer, captures, paths,
+                           temperature, alpha, feature_weight, info)
+        return _train(trainer, student, loader, sampler, epochs, max_steps, progress)
+    finally:
+        for capture in captures:
+            capture.remove()
+        teacher.train(teacher_mode)
+        student.eval()
+        teardown(info)
+
+
+def _check_settings(epochs: int, lr: float, batch_size: int, max_steps: Optional[int], feature_weight: float,
+                    weight_decay: float) -> None:
+    """distill's numeric settings, each with its rule (the loss's own are in :func:`_check_loss_args`)."""
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     if max_steps is not None:
@@ -264,76 +294,117 @@ def distill(
         raise ValueError(f"feature_weight={feature_weight!r} must be >= 0")
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
-    _check_loss_args(temperature, alpha)
-    paths = _resolve_paths(student, teacher, feature_paths)
-    first_param = next(student.parameters())
-    info = setup(torch.device(device) if device is not None else (None if first_param.device.type == "cpu"
-                                                                   else first_param.device))
-    teacher_mode = teacher.training
-    captures: List[_Capture] = []
-    try:
-        loader, sampler = _loader(data, info, batch_size, seed, num_workers)
-        student.to(info.device)
-        teacher_param = next(teacher.parameters(), None)
-        if teacher_param is not None and teacher_param.device != info.device:
-            teacher = copy.deepcopy(teacher).to(info.device)
-        teacher.eval()
-        student.train()
-        captures = [_Capture(student, paths), _Capture(teacher, paths)]
-        model: nn.Module = student
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
 
-            model = DistributedDataParallel(student, device_ids=[info.device] if info.device.type == "cuda" else None)
-        optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
-        total_steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
-        result = DistillResult(world_size=info.world_size, feature_paths=paths)
-        start = time.perf_counter()
-        with _progress(progress and info.is_main, total_steps) as advance:
-            for epoch in range(epochs):
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                sums = torch.zeros(6, dtype=torch.float64, device=info.device)  # loss, soft, hard, feat, n, steps
-                for batch in loader:
-                    if result.steps >= total_steps:
-                        break
-                    x, y = _split_batch(batch)
-                    x = x.to(info.device, non_blocking=True)
-                    y = y.to(info.device, non_blocking=True) if y is not None else None
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    student_logits = model(x)
-                    parts = distill_loss(student_logits, teacher_logits, y, temperature, alpha)
-                    feature = _feature_loss(captures[0], captures[1], paths, parts.total)
-                    loss = parts.total + feature_weight * feature
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    result.steps += 1
-                    result.step_losses.append(loss.item())
-                    n = x.shape[0]
-                    sums += torch.tensor([loss.item() * n, parts.soft.item() * n, parts.hard.item() * n,
-                                          feature.item() * n, n, 1], dtype=torch.float64, device=info.device)
-                    advance(f"epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
-                if info.distributed:
-                    dist.all_reduce(sums)
-                    sums[5] /= info.world_size  # every rank takes the same number of steps
-                count = max(sums[4].item(), 1.0)
-                result.epochs.append(EpochStats(epoch + 1, sums[0].item() / count, sums[1].item() / count,
-                                                sums[2].item() / count, sums[3].item() / count, int(sums[4].item()),
-                                                int(sums[5].item())))
-                if result.steps >= total_steps:
-                    break
-        if info.distributed:
-            _sync_buffers(student, info)
-        result.seconds = time.perf_counter() - start
-        return result
-    finally:
-        for capture in captures:
-            capture.remove()
-        teacher.train(teacher_mode)
-        student.eval()
-        teardown(info)
+
+def _device_for(student: nn.Module, device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
+    """The device asked for; else the student's own when it is not on the CPU (None: let
+    :func:`leanconv.train.distributed.setup` choose)."""
+    if device is not None:
+        return torch.device(device)
+    first_param = next(student.parameters())
+    return None if first_param.device.type == "cpu" else first_param.device
+
+
+def _place_models(student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
+    """Move the student to ``device`` in train mode; return the teacher to run, in eval mode on
+    ``device`` (a copy when it has to move, so the caller's teacher is never changed)."""
+    student.to(device)
+    teacher_param = next(teacher.parameters(), None)
+    if teacher_param is not None and teacher_param.device != device:
+        teacher = copy.deepcopy(teacher).to(device)
+    teacher.eval()
+    student.train()
+    return teacher
+
+
+def _wrap_for_ddp(student: nn.Module, info: DistInfo) -> nn.Module:
+    """The student itself in one process; wrapped in DistributedDataParallel under torchrun."""
+    if not info.distributed:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[info.device] if info.device.type == "cuda" else None)
+
+
+@dataclass
+class _Trainer:
+    """One optimizer step of the distillation loss on one batch."""
+
+    model: nn.Module  # the student, or its DistributedDataParallel wrapper
+    teacher: nn.Module
+    optimizer: torch.optim.Optimizer
+    captures: List[_Capture]  # [student's, teacher's]
+    paths: List[str]
+    temperature: float
+    alpha: float
+    feature_weight: float
+    info: DistInfo
+
+    def step(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Train on ``batch``; return the loss and the step's sums (loss, soft, hard, feature, each
+        times the batch size, then the batch size and 1) for the epoch means."""
+        x, y = _split_batch(batch)
+        x = x.to(self.info.device, non_blocking=True)
+        y = y.to(self.info.device, non_blocking=True) if y is not None else None
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        student_logits = self.model(x)
+        parts = distill_loss(student_logits, teacher_logits, y, self.temperature, self.alpha)
+        feature = _feature_loss(self.captures[0], self.captures[1], self.paths, parts.total)
+        loss = parts.total + self.feature_weight * feature
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        n = x.shape[0]
+        sums = torch.tensor([loss.item() * n, parts.soft.item() * n, parts.hard.item() * n, feature.item() * n, n, 1],
+                            dtype=torch.float64, device=self.info.device)
+        return loss, sums
+
+
+def _train(trainer: _Trainer, student: nn.Module, loader: DataLoader, sampler, epochs: int,
+           max_steps: Optional[int], progress: bool) -> DistillResult:
+    """Every epoch (or ``max_steps`` steps in all); then, under torchrun, the same BatchNorm
+    statistics on every rank."""
+    info = trainer.info
+    total_steps = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
+    result = DistillResult(world_size=info.world_size, feature_paths=trainer.paths)
+    start = time.perf_counter()
+    with _progress(progress and info.is_main, total_steps) as advance:
+        for epoch in range(epochs):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            result.epochs.append(_train_epoch(trainer, loader, f"{epoch + 1}/{epochs}", total_steps, result, advance))
+            if result.steps >= total_steps:
+                break
+    if info.distributed:
+        _sync_buffers(student, info)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train_epoch(trainer: _Trainer, loader: DataLoader, epoch: str, total_steps: int, result: DistillResult,
+                 advance: Callable[[str], None]) -> EpochStats:
+    """One pass over ``loader`` (``epoch``: "n/of"), stopping at ``total_steps``; the epoch's means."""
+    sums = torch.zeros(6, dtype=torch.float64, device=trainer.info.device)  # loss, soft, hard, feat, n, steps
+    for batch in loader:
+        if result.steps >= total_steps:
+            break
+        loss, step_sums = trainer.step(batch)
+        result.steps += 1
+        result.step_losses.append(loss.item())
+        sums += step_sums
+        advance(f"epoch {epoch} loss {loss.item():.4f}")
+    return _epoch_stats(len(result.epochs), sums, trainer.info)
+
+
+def _epoch_stats(epoch: int, sums: torch.Tensor, info: DistInfo) -> EpochStats:
+    """One epoch's means from this process's sums (added over every rank when distributed)."""
+    if info.distributed:
+        dist.all_reduce(sums)
+        sums[5] /= info.world_size  # every rank takes the same number of steps
+    count = max(sums[4].item(), 1.0)
+    return EpochStats(epoch + 1, sums[0].item() / count, sums[1].item() / count, sums[2].item() / count,
+                      sums[3].item() / count, int(sums[4].item()), int(sums[5].item()))
 
 
 class _progress:
@@ -362,4 +433,4 @@ class _progress:
             self.bar.stop()
 
 
-__all__ = ["DistillResult", "EpochStats", "LossParts", "distill", "distill_loss"]
+__all__ = ["DEFAULT_ALPHA", "DistillResult", "EpochStats", "LossParts", "distill", "distill_loss"]
