@@ -185,3 +185,73 @@ def test_export_rejects_bad_input_before_writing(tmp_path):
         export_hls(q, out)
     export_hls(q, out, force=True, vectors=1)
     assert (out / "golden" / "input.txt").read_text().startswith("1 3 8 8\n")
+
+
+# ------------------------------------------------------------------------------ tampered files
+
+
+def _payload(marker) -> str:
+    """A layer name that, pasted into a C++ comment, would run ``touch marker`` when the testbench runs."""
+    return f'x\nstatic int leanconv_pwn = system("touch {marker}");\n//'
+
+
+def _small_qmodel() -> QuantizedModel:
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    return quantize(block, torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0)))
+
+
+def test_export_refuses_names_and_values_changed_after_loading(tmp_path):
+    out = tmp_path / "never"
+    for attribute, value, message in [
+        ("name", _payload(tmp_path / "MARKER"), r"layers\[0\]: name='x\\nstatic int leanconv_pwn.* must be a name"),
+        ("padding", (1, 1, 1, "1"), r"layers\[0\]: 0: padding\[3\]='1' must be an int >= 0"),
+        ("groups", 1.0, r"layers\[0\]: 0: groups=1.0 must be an int >= 1"),
+    ]:
+        q = _small_qmodel()
+        setattr(q.layers[0], attribute, value)
+        with pytest.raises(ValueError, match=message):
+            export_hls(q, out, vectors=1)
+    q = _small_qmodel()
+    q.input_shape = (3, "6", 6)
+    with pytest.raises(ValueError, match=r"input_shape\[1\]='6' must be an int"):
+        export_hls(q, out, vectors=1)
+    with pytest.raises(ValueError, match=r"function name 'fill' .*not a keyword nor a name the generated code uses"):
+        export_hls(_small_qmodel(), out, names=["fill"])
+    with pytest.raises(ValueError, match=r"function name 'conv\\n' must be a C identifier"):
+        export_hls(_small_qmodel(), out, names=["conv\n"])
+    with pytest.raises(ValueError, match=r"top='while' must be a C identifier"):
+        export_hls(_small_qmodel(), out, top="while")
+    assert not out.exists()
+
+
+def test_export_refuses_an_ap_types_path_that_would_inject_make_text(tmp_path):
+    headers = tmp_path / "a$(shell touch MARKER)"
+    headers.mkdir()
+    (headers / "ap_fixed.h").write_text("")
+    (headers / "ap_int.h").write_text("")
+    with pytest.raises(ValueError, match=r"ap_types='.*a\$\(shell touch MARKER\)' must be a path of letters"):
+        export_hls(_small_qmodel(), tmp_path / "never", ap_types=headers)
+    assert not (tmp_path / "never").exists()
+
+
+@needs_cpp
+def test_cli_export_hls_check_refuses_a_tampered_qmodel_and_runs_nothing(tmp_path):
+    # control: the payload, pasted into a comment of the generated C++, really runs when the testbench runs
+    control = export_hls(_small_qmodel(), tmp_path / "control", vectors=1)
+    kernels = control.directory / "kernels.cpp"
+    ran = tmp_path / "RAN"
+    kernels.write_text(kernels.read_text().replace("// 0: ", f"// {_payload(ran)}: ", 1))
+    assert check_hls(control.directory, cxxflags="-O0 -std=c++14").passed and ran.exists()
+    # the same name in a received qmodel.pt: load and export refuse it, nothing is compiled or run
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "received"
+    folder.mkdir()
+    data = _small_qmodel().to_dict()
+    data["layers"][0]["name"] = _payload(marker)
+    torch.save(data, folder / "qmodel.pt")
+    run = subprocess.run([sys.executable, "-m", "leanconv.cli", "export-hls", str(folder), "--out",
+                          str(tmp_path / "hls"), "--check"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "layers[0].name=" in run.stderr and "must be a name of" in run.stderr
+    assert "Traceback" not in run.stderr and "PASS" not in run.stdout
+    assert not marker.exists() and not (tmp_path / "hls").exists()

@@ -336,3 +336,100 @@ def test_leanconv_kinds_quantize_exactly_through_their_stages():
     assert q.layers[2].padding == (1, 2, 1, 2)  # TF 'same' of 12 with k=5, s=2: total 3, extra after
     report = accuracy_report(q, model, torch.randn(4, 3, 12, 12))
     assert report.within_one_step > 0.5
+
+
+# ------------------------------------------------------------------------------ tampered files
+
+PAYLOAD = 'x\nstatic int pwn = system("touch MARKER");\n//'
+
+
+def _set(path, value):
+    """A tampering: set ``data[path[0]][path[1]]...`` to ``value`` in the saved dict."""
+    def tamper(data):
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return tamper
+
+
+TAMPERINGS = [
+    (_set(["layers", 0, "name"], PAYLOAD), r"layers\[0\]\.name='x\\nstatic int pwn = system.* must be a name of "
+                                            r"letters, digits, '_' and '\.'"),
+    (_set(["layers", 1, "name"], "a b"), r"layers\[1\]\.name='a b' must be a name of"),
+    (_set(["layers", 0, "name"], 7), r"layers\[0\]\.name=7 must be a name of"),
+    (_set(["input_shape"], [3, "8", 8]), r"input_shape\[1\]='8' must be an int in \[1, 1048576\]"),
+    (_set(["input_shape"], [3, 8.0, 8]), r"input_shape\[1\]=8.0 must be an int"),
+    (_set(["input_shape"], "3,8,8"), r"input_shape='3,8,8' must be a list of ints >= 1"),
+    (_set(["layers", 0, "stride"], ["1", 1]), r"layers\[0\]: stride=\['1', 1\] must be an int or a pair of ints"),
+    (_set(["layers", 0, "padding"], [1, 1, 1, "1"]), r"layers\[0\]: padding=\[1, 1, 1, '1'\] must hold ints >= 0"),
+    (_set(["layers", 0, "groups"], "1"), r"layers\[0\]: groups='1' must be an int >= 1"),
+    (_set(["layers", 0, "weight"], torch.zeros(4, 3, 3, 3)), r"layers\[0\]: 0: weight must be a 4-D integer tensor"),
+    (_set(["layers", 0, "in_q", "bits"], "8> x; //"), r"layers\[0\]\.in_q: bits='8> x; //' must be an int in \[2, 32\]"),
+    (_set(["layers", 0, "in_q", "scale"], "0.1"), r"layers\[0\]\.in_q: scale='0.1' must be a finite real number"),
+    (_set(["layers", 0, "in_q", "signed"], 1), r"layers\[0\]\.in_q: signed=1 must be True or False"),
+    (_set(["input_q", "zero_point"], 0.5), r"input_q: zero_point=0.5 must lie in the integer range"),
+    (_set(["layers", 0, "requant", "relu"], "yes"), r"layers\[0\]\.requant: relu='yes' must be True or False"),
+    (_set(["layers", 0, "requant", "factor"], torch.full((4,), 1e6)),
+     r"layers\[0\]\.requant: factor must be a tensor of integers, got dtype torch.float32"),
+    (_set(["layers", 0, "requant", "bias"], ["a"] * 4), r"layers\[0\]\.requant: bias must be a tensor of integers"),
+    (_set(["layers", 0, "requant", "out", "bits"], 99), r"layers\[0\]\.requant\.out: bits=99 must be an int in"),
+    (_set(["layers", 0, "requant", "evil"], 1), r"layers\[0\]\.requant has unknown field\(s\) \['evil'\]"),
+    (_set(["layers", 1, "pool"], "16"), r"layers\[1\]: pool='16' must be an int >= 1"),
+    (_set(["layers", 1, "type"], "python"), r"layers\[1\]\.type='python' must be one of \('conv', 'linear'\)"),
+    (_set(["layers", 0, "code"], "x"), r"layers\[0\] has unknown field\(s\) \['code'\]"),
+    (_set(["dialect", "narrowing"], "round\n"), r"narrowing='round\\n' must be one of \('trunc', 'floor', 'round'\)"),
+    (_set(["dialect", "acc_bits"], "32"), r"acc_bits='32' must be an int in \[16, 32\]"),
+    (_set(["dialect", "evil"], 1), r"dialect has unknown field\(s\) \['evil'\]"),
+    (_set(["dialect", "dialect"], "apfixed; rm"), r"dialect='apfixed; rm' must be one of \('apfixed', 'tflite'\)"),
+    (_set(["source"], "a\nb"), r"source='a\\nb' must be printable text"),
+    (_set(["layers"], "abc"), r"layers=str must be a list of layer dicts"),
+    (lambda data: data["layers"][0].pop("requant"), r"layers\[0\] lacks the field\(s\) \['requant'\]"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """A real quantized conv + pooled linear model, saved: the file tampered with below."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))
+    q = quantize(model, torch.randn(4, 3, 8, 8))
+    path = q.save(tmp_path_factory.mktemp("saved") / "qmodel.pt")
+    QuantizedModel.load(path)  # the untampered file loads: every refusal below comes from the tampering
+    return path
+
+
+@pytest.mark.parametrize("tamper, message", TAMPERINGS)
+def test_load_refuses_a_tampered_file(saved_model, tmp_path, tamper, message):
+    data = torch.load(saved_model, weights_only=True)
+    tamper(data)
+    torch.save(data, tmp_path / "tampered.pt")
+    with pytest.raises(ValueError, match=message):
+        QuantizedModel.load(tmp_path / "tampered.pt")
+
+
+def test_load_refuses_tampered_tflite_constants(tmp_path):
+    q = quantize(nn.Sequential(nn.Conv2d(3, 4, 1)), torch.randn(2, 3, 4, 4), "tflite")
+    assert QuantizedModel.from_dict(q.to_dict()).dialect == q.dialect
+    for key, value, message in [("shift", torch.full((4,), 99), r"shift values must be in \[-31, 30\]"),
+                                ("multiplier", torch.full((4,), 5), r"multiplier values must be in \[2\*\*30"),
+                                ("multiplier", torch.full((4,), 2.0**30), r"multiplier must be a tensor of integers")]:
+        data = q.to_dict()
+        data["layers"][0]["requant"][key] = value
+        with pytest.raises(ValueError, match=r"layers\[0\]\.requant: " + message):
+            QuantizedModel.from_dict(data)
+
+
+def test_layer_names_and_flags_are_checked_when_built():
+    weight = torch.ones(2, 2, 1, 1, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"name='a;b' must be a name of letters, digits"):
+        IntConv2d.apfixed(weight, [0, 0], 0.5, name="a;b")
+    with pytest.raises(ValueError, match=r"relu=1 must be True or False"):
+        IntConv2d.apfixed(weight, [0, 0], 0.5, relu=1)
+    with pytest.raises(ValueError, match=r"settings \['rounding'\] are not settings of the apfixed dialect"):
+        quantize(nn.Sequential(nn.Conv2d(2, 2, 1)), torch.randn(1, 2, 4, 4), "apfixed", rounding="single")
+    layer = IntConv2d.apfixed(weight, [0, 0], 0.5, name="features.0.conv")
+    q = QuantizedModel([layer], ApFixed(), input_shape=(2, 4, 4))
+    layer.name = "features.0\nconv"  # changed after it was built: check() sees it
+    with pytest.raises(ValueError, match=r"layers\[0\]: name='features.0\\nconv' must be a name of"):
+        q.check()

@@ -38,8 +38,20 @@ import torch
 from leanconv._validate import check_choice
 
 WEIGHT_MODES = ("const", "args")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CPP_KEYWORDS = {"int", "char", "void", "top", "main", "static", "const", "return", "for", "if", "else", "auto"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CPP_KEYWORDS = frozenset("""
+    alignas alignof and and_eq asm auto bitand bitor bool break case catch char char16_t char32_t class compl
+    const constexpr const_cast continue decltype default delete do double dynamic_cast else enum explicit export
+    extern false float for friend goto if inline int long mutable namespace new noexcept not not_eq nullptr
+    operator or or_eq private protected public register reinterpret_cast return short signed sizeof static
+    static_assert static_cast struct switch template this thread_local throw true try typedef typeid typename
+    union unsigned using virtual void volatile wchar_t while xor xor_eq""".split())
+# names the generated files define or use themselves: a layer function may not take them
+_GENERATED_NAMES = frozenset("""
+    main top bottom input output chain dir compared mismatches open_golden read_values fill compare
+    narrow_trunc narrow_floor narrow_round ap_int ap_uint ap_fixed""".split())
+_NUMBERED_NAME = re.compile(r"(buf|gold|buffer|f)[0-9]+")
+_MAKE_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+,@:~=-]+")
 
 
 def find_ap_types() -> Optional[Path]:
@@ -101,17 +113,23 @@ class _Buffer:
 # ------------------------------------------------------------------------------ validation
 
 
+def _reserved(name: str) -> bool:
+    """A C++ keyword or a name the generated files use themselves."""
+    return name in _CPP_KEYWORDS or name in _GENERATED_NAMES or bool(_NUMBERED_NAME.fullmatch(name))
+
+
 def _layer_names(qmodel, names: Optional[Sequence[str]], top: str) -> List[str]:
     if names is None:
         names = [re.sub(r"\W", "_", layer.name).strip("_") or f"layer{i}" for i, layer in enumerate(qmodel.layers)]
-        names = [n if re.match(r"[A-Za-z_]", n) else f"layer_{n}" for n in names]
+        names = [n if re.match(r"[A-Za-z_]", n) and not _reserved(n) else f"layer_{n}" for n in names]
         names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
     names = list(names)
     if len(names) != len(qmodel.layers):
         raise ValueError(f"names has {len(names)} entries, the model has {len(qmodel.layers)} layers")
-    for name in names + [top]:
-        if not isinstance(name, str) or not _IDENTIFIER.match(name) or name in _CPP_KEYWORDS:
-            raise ValueError(f"function name {name!r} must be a C identifier (letters, digits, _) and not a keyword")
+    for name in names:
+        if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name) or _reserved(name):
+            raise ValueError(f"function name {name!r} must be a C identifier (letters, digits, _), not a keyword "
+                             "nor a name the generated code uses itself")
     if len(set(names + [top])) != len(names) + 1:
         raise ValueError(f"names={names} and top={top!r} must all differ")
     return names
@@ -123,6 +141,7 @@ def _check_exportable(qmodel) -> None:
 
     if not isinstance(qmodel, QuantizedModel):
         raise ValueError(f"qmodel={type(qmodel).__name__} must be a leanconv.quant.QuantizedModel")
+    qmodel.check()  # names, shapes and integers are pasted into the C++: re-checked, they may have changed
     if qmodel.dialect.name != "apfixed":
         raise ValueError(f"dialect={qmodel.dialect.name!r}: HLS export needs the 'apfixed' dialect (ap_fixed factors)")
     for layer in qmodel.layers:
@@ -493,8 +512,9 @@ def export_hls(
         raise ValueError(f"margin={margin!r} must be an int >= 0")
     if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
         raise ValueError(f"vectors={vectors!r} must be an int >= 1")
-    if not isinstance(top, str) or not _IDENTIFIER.match(top):
-        raise ValueError(f"top={top!r} must be a C identifier")
+    if not isinstance(top, str) or not _IDENTIFIER.fullmatch(top) or _reserved(top):
+        raise ValueError(f"top={top!r} must be a C identifier (letters, digits, _), not a keyword nor a name "
+                         "the generated code uses itself")
     names = _layer_names(qmodel, names, top)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
@@ -503,6 +523,9 @@ def export_hls(
     headers = Path(ap_types) if ap_types is not None else find_ap_types()
     if headers is not None and not (headers / "ap_fixed.h").is_file():
         raise ValueError(f"ap_types={str(headers)!r} must be a folder holding ap_fixed.h and ap_int.h")
+    if headers is not None and not _MAKE_SAFE_PATH.fullmatch(str(headers)):
+        raise ValueError(f"ap_types={str(headers)!r} must be a path of letters, digits and _ . / + , @ : ~ = - "
+                         "(it is written into the Makefile)")
     outputs = qmodel.forward_all(codes)
     hazards = hazard_report(qmodel, codes).to_markdown()
     buffers = _buffers(qmodel, (codes.shape[2], codes.shape[3]), margin)

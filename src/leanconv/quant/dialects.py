@@ -22,13 +22,14 @@ tensors (exact: no float rounding anywhere):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from leanconv._validate import check_choice
+from leanconv.quant.checks import check_fields, check_int
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -136,11 +137,15 @@ class ApFixed:
     name: ClassVar[str] = "apfixed"
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every setting is one of its choices or an int in its range."""
         check_choice(self.narrowing, "narrowing", NARROWINGS)
         check_choice(self.store, "store", STORES)
-        _check_int_in(self.acc_bits, "acc_bits", 16, 32)
-        _check_int_in(self.bias_bits, "bias_bits", 8, 32)
-        _check_int_in(self.min_factor_bits, "min_factor_bits", 1, 31)
+        check_int(self.acc_bits, "acc_bits", 16, 32)
+        check_int(self.bias_bits, "bias_bits", 8, 32)
+        check_int(self.min_factor_bits, "min_factor_bits", 1, 31)
 
     def to_dict(self) -> dict:
         return {"dialect": self.name, "narrowing": self.narrowing, "store": self.store,
@@ -226,6 +231,10 @@ class TFLite:
     name: ClassVar[str] = "tflite"
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless ``rounding`` is one of its choices."""
         check_choice(self.rounding, "rounding", ROUNDINGS)
 
     def to_dict(self) -> dict:
@@ -243,18 +252,19 @@ def make_dialect(dialect: Union[str, Dialect], **settings) -> Dialect:
             raise ValueError(f"settings {sorted(settings)} only apply when dialect is given by name")
         return dialect
     check_choice(dialect, "dialect", DIALECTS)
-    return ApFixed(**settings) if dialect == "apfixed" else TFLite(**settings)
+    cls = ApFixed if dialect == "apfixed" else TFLite
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(str(key) for key in settings if key not in allowed)
+    if unknown:
+        raise ValueError(f"settings {unknown} are not settings of the {dialect} dialect; allowed: {allowed}")
+    return cls(**settings)
 
 
 def dialect_from_dict(data: dict) -> Dialect:
-    """Inverse of ``to_dict``."""
-    data = dict(data)
+    """Inverse of ``to_dict``; a malformed dict raises ``ValueError`` naming the field."""
+    data = dict(check_fields(data, "dialect", ["dialect"], ["narrowing", "store", "acc_bits", "bias_bits",
+                                                              "min_factor_bits", "rounding"]))
     return make_dialect(data.pop("dialect"), **data)
-
-
-def _check_int_in(value, name: str, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} must be an int in [{low}, {high}]")
 
 
 __all__ = [

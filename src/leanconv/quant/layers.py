@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from leanconv._validate import check_positive_int, check_positive_pair, pair
+from leanconv._validate import check_choice, check_positive_int, check_positive_pair, pair
+from leanconv.quant.checks import check_fields, check_int, check_ints, check_name
 from leanconv.quant.dialects import ApFixed, int_range
 from leanconv.quant.qparams import QParams
-from leanconv.quant.requant import ApFixedRequant, Requant, Stats, requant_from_dict
+from leanconv.quant.requant import ApFixedRequant, Requant, Stats, TFLiteRequant, requant_from_dict
 
 Pads = Tuple[int, int, int, int]  # (top, bottom, left, right)
 
@@ -57,6 +58,35 @@ def _check_codes(x: Tensor, q: QParams, channels: int, layer: str, dims: int) ->
         raise ValueError(f"{layer}: input codes span [{int(x.min())}, {int(x.max())}], outside {q.ctype} [{low}, {high}]")
 
 
+def _int8_weight(value, dims: int, name: str, layout: str) -> Tensor:
+    """``value`` as an int64 tensor of ``dims`` non-empty dimensions holding int8 values."""
+    rule = f"{name}: weight must be a {dims}-D integer tensor {layout} with every dimension >= 1"
+    try:
+        weight = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{rule}, got {type(value).__name__}") from None
+    if weight.dim() != dims or 0 in weight.shape or weight.is_floating_point() or weight.is_complex() \
+            or weight.dtype == torch.bool:
+        raise ValueError(f"{rule}, got {weight.dtype} {tuple(weight.shape)}")
+    if int(weight.min()) < -128 or int(weight.max()) > 127:
+        raise ValueError(f"{name}: weight values span [{int(weight.min())}, {int(weight.max())}], outside int8")
+    return weight.to(torch.int64)
+
+
+def _check_requant_and_input(layer) -> None:
+    """A layer's requantization and input QParams: the right types, valid, one channel count."""
+    if not isinstance(layer.requant, (ApFixedRequant, TFLiteRequant)):
+        raise ValueError(f"{layer.name}: requant={type(layer.requant).__name__} must be an ApFixedRequant or "
+                         "TFLiteRequant")
+    layer.requant.check()
+    if layer.requant.channels != layer.weight.shape[0]:
+        raise ValueError(f"{layer.name}: requantization has {layer.requant.channels} channels, weight has "
+                         f"{layer.weight.shape[0]} output channels")
+    if not isinstance(layer.in_q, QParams):
+        raise ValueError(f"{layer.name}: in_q={type(layer.in_q).__name__} must be a QParams")
+    layer.in_q.check()
+
+
 class IntConv2d:
     """An integer conv: int8 weights ``(O, C/groups, kh, kw)``, exact accumulator, requantization.
 
@@ -75,26 +105,31 @@ class IntConv2d:
         groups: int = 1,
         name: str = "conv",
     ) -> None:
-        weight = torch.as_tensor(weight)
-        if weight.dim() != 4 or weight.is_floating_point():
-            raise ValueError(f"{name}: weight must be a 4-D integer tensor (O, C/groups, kh, kw), got "
-                             f"{weight.dtype} {tuple(weight.shape)}")
-        if weight.numel() and (int(weight.min()) < -128 or int(weight.max()) > 127):
-            raise ValueError(f"{name}: weight values span [{int(weight.min())}, {int(weight.max())}], outside int8")
-        check_positive_int(groups, "groups")
-        if weight.shape[0] % groups:
-            raise ValueError(f"{name}: out_channels={weight.shape[0]} must be divisible by groups={groups}")
-        if requant.channels != weight.shape[0]:
-            raise ValueError(f"{name}: requantization has {requant.channels} channels, weight has "
-                             f"{weight.shape[0]} output channels")
-        self.weight = weight.to(torch.int64)
+        self.name = check_name(name, "name")
+        self.weight = _int8_weight(weight, 4, name, "(O, C/groups, kh, kw)")
         self.requant = requant
         self.in_q = in_q
         self.stride = check_positive_pair(stride, "stride")
         self.dilation = check_positive_pair(dilation, "dilation")
         self.padding: Pads = normalize_pads(padding)
-        self.groups = groups
-        self.name = name
+        self.groups = check_positive_int(groups, "groups")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every field is a plain value in range.
+
+        Run when built (so also when loaded from a file) and again before code generation:
+        the name, shapes and integers are pasted into generated C++.
+        """
+        name = check_name(self.name, "name")
+        self.weight = _int8_weight(self.weight, 4, name, "(O, C/groups, kh, kw)")
+        check_ints(self.stride, f"{name}: stride", 2, 1)
+        check_ints(self.dilation, f"{name}: dilation", 2, 1)
+        check_ints(self.padding, f"{name}: padding", 4, 0)
+        check_int(self.groups, f"{name}: groups", 1)
+        if self.weight.shape[0] % self.groups:
+            raise ValueError(f"{name}: out_channels={self.weight.shape[0]} must be divisible by groups={self.groups}")
+        _check_requant_and_input(self)
 
     @property
     def in_channels(self) -> int:
@@ -214,18 +249,20 @@ class IntLinear:
 
     def __init__(self, weight: Tensor, requant: Requant, in_q: QParams, pool: Optional[int] = None,
                  name: str = "linear") -> None:
-        weight = torch.as_tensor(weight)
-        if weight.dim() != 2 or weight.is_floating_point():
-            raise ValueError(f"{name}: weight must be a 2-D integer tensor (O, C), got {weight.dtype} {tuple(weight.shape)}")
-        if requant.channels != weight.shape[0]:
-            raise ValueError(f"{name}: requantization has {requant.channels} channels, weight has {weight.shape[0]} rows")
-        if pool is not None:
-            check_positive_int(pool, "pool")
-        self.weight = weight.to(torch.int64)
+        self.name = check_name(name, "name")
+        self.weight = _int8_weight(weight, 2, name, "(O, C)")
         self.requant = requant
         self.in_q = in_q
-        self.pool = pool
-        self.name = name
+        self.pool = None if pool is None else check_positive_int(pool, "pool")
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every field is a plain value in range (see :meth:`IntConv2d.check`)."""
+        name = check_name(self.name, "name")
+        self.weight = _int8_weight(self.weight, 2, name, "(O, C)")
+        if self.pool is not None:
+            check_int(self.pool, f"{name}: pool", 1)
+        _check_requant_and_input(self)
 
     in_channels = property(lambda self: self.weight.shape[1])
     out_channels = property(lambda self: self.weight.shape[0])
@@ -267,14 +304,23 @@ class IntLinear:
 IntLayer = Union[IntConv2d, IntLinear]
 
 
-def layer_from_dict(dialect, data: dict) -> IntLayer:
-    """Inverse of ``to_dict``."""
-    requant = requant_from_dict(dialect, data["requant"])
-    in_q = QParams(**data["in_q"])
-    if data["type"] == "conv":
-        return IntConv2d(data["weight"], requant, in_q, tuple(data["stride"]), tuple(data["padding"]),
-                         tuple(data["dilation"]), data["groups"], data["name"])
-    return IntLinear(data["weight"], requant, in_q, data["pool"], data["name"])
+def layer_from_dict(dialect, data: dict, where: str = "layer") -> IntLayer:
+    """Inverse of ``to_dict``; a malformed dict raises ``ValueError`` naming ``where`` and the field."""
+    conv_fields, common = ["stride", "padding", "dilation", "groups"], ["name", "weight", "requant", "in_q"]
+    kind = check_fields(data, where, ["type"], common + conv_fields + ["pool"])["type"]
+    check_choice(kind, f"{where}.type", ("conv", "linear"))
+    conv = kind == "conv"
+    check_fields(data, where, ["type"] + common + (conv_fields if conv else ["pool"]))
+    name = check_name(data["name"], f"{where}.name")
+    requant = requant_from_dict(dialect, data["requant"], f"{where}.requant")
+    in_q = QParams.from_dict(data["in_q"], f"{where}.in_q")
+    try:
+        if conv:
+            return IntConv2d(data["weight"], requant, in_q, data["stride"], data["padding"], data["dilation"],
+                             data["groups"], name)
+        return IntLinear(data["weight"], requant, in_q, data["pool"], name)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def acc_bits_needed(value: int) -> int:

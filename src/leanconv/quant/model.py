@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from leanconv.quant.dialects import Dialect, dialect_from_dict
+from leanconv.quant.checks import check_fields, check_int, check_text
+from leanconv.quant.dialects import ApFixed, Dialect, TFLite, dialect_from_dict
 from leanconv.quant.layers import IntConv2d, IntLayer, IntLinear, layer_from_dict
 from leanconv.quant.qparams import QParams
 from leanconv.quant.requant import Stats
@@ -23,6 +24,37 @@ from leanconv.quant.requant import Stats
 
 def _same_q(a: QParams, b: QParams) -> bool:
     return (a.zero_point, a.bits, a.signed) == (b.zero_point, b.bits, b.signed) and abs(a.scale - b.scale) <= 1e-12 * a.scale
+
+
+def _check_layer(layer: IntLayer, index: int, dialect: Dialect) -> None:
+    if not isinstance(layer, (IntConv2d, IntLinear)):
+        raise ValueError(f"layers[{index}]={type(layer).__name__} must be an IntConv2d or IntLinear")
+    try:
+        layer.check()
+    except ValueError as error:
+        raise ValueError(f"layers[{index}]: {error}") from None
+    if layer.requant.settings != dialect:
+        raise ValueError(f"{layer.name}: its requantization settings {layer.requant.settings} differ from "
+                         f"dialect={dialect}")
+
+
+def _check_chain(layers: Sequence[IntLayer]) -> None:
+    """Each layer takes the previous layer's channels and output quantization."""
+    for previous, layer in zip(layers, layers[1:]):
+        if layer.in_channels != previous.out_channels:
+            raise ValueError(f"channel mismatch: {layer.name} takes {layer.in_channels} channels but "
+                             f"{previous.name} gives {previous.out_channels}")
+        if not _same_q(layer.in_q, previous.out_q):
+            raise ValueError(f"{layer.name}'s input quantization {layer.in_q} differs from {previous.name}'s "
+                             f"output {previous.out_q}")
+
+
+def _check_input_shape(shape) -> None:
+    """``(C,)`` or ``(C, H, W)`` (the input without its batch dimension): ints >= 1."""
+    if not isinstance(shape, tuple) or len(shape) not in (1, 3):
+        raise ValueError(f"input_shape={shape!r} must be (C,) or (C, H, W), ints >= 1")
+    for index, size in enumerate(shape):
+        check_int(size, f"input_shape[{index}]", 1, 1 << 20)
 
 
 class QuantizedModel:
@@ -34,29 +66,36 @@ class QuantizedModel:
 
     def __init__(self, layers: Sequence[IntLayer], dialect: Dialect, input_q: Optional[QParams] = None,
                  input_shape: Optional[Sequence[int]] = None, source: str = "") -> None:
-        layers = list(layers)
-        if not layers:
-            raise ValueError("layers must contain at least one integer layer")
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, (IntConv2d, IntLinear)):
-                raise ValueError(f"layers[{index}]={type(layer).__name__} must be an IntConv2d or IntLinear")
-            if layer.requant.settings != dialect:
-                raise ValueError(f"{layer.name}: its requantization settings {layer.requant.settings} differ from "
-                                 f"dialect={dialect}")
-        for previous, layer in zip(layers, layers[1:]):
-            if layer.in_channels != previous.out_channels:
-                raise ValueError(f"channel mismatch: {layer.name} takes {layer.in_channels} channels but "
-                                 f"{previous.name} gives {previous.out_channels}")
-            if not _same_q(layer.in_q, previous.out_q):
-                raise ValueError(f"{layer.name}'s input quantization {layer.in_q} differs from {previous.name}'s "
-                                 f"output {previous.out_q}")
-        self.layers: List[IntLayer] = layers
+        self.layers: List[IntLayer] = list(layers)
         self.dialect = dialect
-        self.input_q = input_q or layers[0].in_q
-        if not _same_q(self.input_q, layers[0].in_q):
-            raise ValueError(f"input_q={self.input_q} differs from {layers[0].name}'s input quantization {layers[0].in_q}")
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_q = input_q or (self.layers[0].in_q if self.layers else None)
+        self.input_shape = tuple(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
         self.source = source
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the model is a valid chain of plain values.
+
+        Every layer is re-checked (:meth:`IntConv2d.check`): names, shapes and integers reach
+        generated code. Run when built and loaded, and again by the exporters.
+        """
+        if not self.layers:
+            raise ValueError("layers must contain at least one integer layer")
+        if not isinstance(self.dialect, (ApFixed, TFLite)):
+            raise ValueError(f"dialect={self.dialect!r} must be an ApFixed or TFLite")
+        self.dialect.check()
+        for index, layer in enumerate(self.layers):
+            _check_layer(layer, index, self.dialect)
+        _check_chain(self.layers)
+        if not isinstance(self.input_q, QParams):
+            raise ValueError(f"input_q={self.input_q!r} must be a QParams")
+        self.input_q.check()
+        if not _same_q(self.input_q, self.layers[0].in_q):
+            raise ValueError(f"input_q={self.input_q} differs from {self.layers[0].name}'s input quantization "
+                             f"{self.layers[0].in_q}")
+        if self.input_shape is not None:
+            _check_input_shape(self.input_shape)
+        check_text(self.source, "source")
 
     @property
     def output_q(self) -> QParams:
@@ -99,11 +138,21 @@ class QuantizedModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> "QuantizedModel":
-        if data.get("format") != "leanconv.quant/1":
-            raise ValueError(f"format={data.get('format')!r} must be 'leanconv.quant/1' (a file from QuantizedModel.save)")
+        """Inverse of :meth:`to_dict`. Everything is validated (a received file may be tampered
+        with): a malformed entry raises ``ValueError`` naming the field and the rule."""
+        if not isinstance(data, dict) or data.get("format") != "leanconv.quant/1":
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"format={found!r} must be 'leanconv.quant/1' (a file from QuantizedModel.save)")
+        check_fields(data, "model", ["format", "dialect", "input_q", "layers"], ["input_shape", "source"])
         dialect = dialect_from_dict(data["dialect"])
-        layers = [layer_from_dict(dialect, item) for item in data["layers"]]
-        return cls(layers, dialect, QParams(**data["input_q"]), data["input_shape"], data.get("source", ""))
+        if not isinstance(data["layers"], list):
+            raise ValueError(f"layers={type(data['layers']).__name__} must be a list of layer dicts")
+        layers = [layer_from_dict(dialect, item, f"layers[{i}]") for i, item in enumerate(data["layers"])]
+        input_q = QParams.from_dict(data["input_q"], "input_q")
+        shape = data.get("input_shape")
+        if shape is not None and not isinstance(shape, list):
+            raise ValueError(f"input_shape={shape!r} must be a list of ints >= 1, or None")
+        return cls(layers, dialect, input_q, shape, data.get("source", ""))
 
     def save(self, path: Union[str, os.PathLike], force: bool = False) -> Path:
         """Write to ``path`` atomically; refuses to replace an existing file unless ``force``."""

@@ -9,12 +9,14 @@ both dialects require. Which activation scheme a tensor gets is the dialect's ru
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
+from leanconv.quant.checks import check_bool, check_fields, check_int, check_real
 from leanconv.quant.dialects import ApFixed, Dialect, int_range
 
 
@@ -28,11 +30,28 @@ class QParams:
     signed: bool = False
 
     def __post_init__(self) -> None:
-        if not (float(self.scale) > 0 and torch.isfinite(torch.tensor(float(self.scale)))):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless scale is a real > 0, bits an int in [2, 32], signed a bool and
+        zero_point an int in the type's range (plain values: they reach generated code)."""
+        if check_real(self.scale, "scale") <= 0:
             raise ValueError(f"scale={self.scale!r} must be a finite number > 0")
+        check_int(self.bits, "bits", 2, 32)
+        check_bool(self.signed, "signed")
         low, high = self.range
-        if not low <= self.zero_point <= high:
-            raise ValueError(f"zero_point={self.zero_point} must lie in the integer range [{low}, {high}]")
+        zero_point = self.zero_point
+        if isinstance(zero_point, bool) or not isinstance(zero_point, numbers.Integral) or not low <= zero_point <= high:
+            raise ValueError(f"zero_point={zero_point!r} must lie in the integer range [{low}, {high}] (an int)")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "qparams") -> "QParams":
+        """Inverse of :meth:`to_dict`; a malformed dict raises ``ValueError`` naming ``where``."""
+        check_fields(data, where, ["scale", "zero_point", "bits", "signed"])
+        try:
+            return cls(**data)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
     @property
     def range(self) -> Tuple[int, int]:

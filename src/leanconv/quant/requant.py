@@ -15,7 +15,9 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor
 
+from leanconv.quant.checks import check_bool, check_fields, check_int, int_tensor
 from leanconv.quant.dialects import (
+    INT32_MAX,
     ApFixed,
     Dialect,
     TFLite,
@@ -68,8 +70,13 @@ class ApFixedRequant:
     bias_clipped: int = 0
 
     def __post_init__(self) -> None:
-        self.factor = torch.as_tensor(self.factor, dtype=torch.int64).reshape(-1)
-        self.bias = torch.as_tensor(self.bias, dtype=torch.int64).reshape(-1)
+        self.factor = int_tensor(self.factor, "factor").reshape(-1)
+        self.bias = int_tensor(self.bias, "bias").reshape(-1)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every constant is an integer of its range and every flag a bool."""
+        _check_common(self, ApFixed)
         if self.factor.shape != self.bias.shape:
             raise ValueError(f"factor has {self.factor.numel()} channels but bias has {self.bias.numel()}")
         if bool(((self.factor <= 0) | (self.factor > (1 << 31) - 1)).any()):
@@ -114,11 +121,23 @@ class TFLiteRequant:
     bias_clipped: int = 0
 
     def __post_init__(self) -> None:
-        self.multiplier = torch.as_tensor(self.multiplier, dtype=torch.int64).reshape(-1)
-        self.shift = torch.as_tensor(self.shift, dtype=torch.int64).reshape(-1)
-        self.bias = torch.as_tensor(self.bias, dtype=torch.int64).reshape(-1)
+        self.multiplier = int_tensor(self.multiplier, "multiplier").reshape(-1)
+        self.shift = int_tensor(self.shift, "shift").reshape(-1)
+        self.bias = int_tensor(self.bias, "bias").reshape(-1)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless every constant is an integer of its range and every flag a bool."""
+        _check_common(self, TFLite)
         if not self.multiplier.shape == self.shift.shape == self.bias.shape:
             raise ValueError("multiplier, shift and bias must have one value per output channel")
+        if bool(((self.multiplier < 1 << 30) | (self.multiplier > INT32_MAX)).any()):
+            raise ValueError("multiplier values must be in [2**30, 2**31 - 1] (QuantizeMultiplier's range)")
+        if bool(((self.shift < -31) | (self.shift > 30)).any()):
+            raise ValueError("shift values must be in [-31, 30]")
+        low, high = int_range(32, True)
+        if bool(((self.bias < low) | (self.bias > high)).any()):
+            raise ValueError(f"bias values must fit int32: [{low}, {high}]")
 
     @property
     def channels(self) -> int:
@@ -147,6 +166,19 @@ class TFLiteRequant:
 
 
 Requant = Union[ApFixedRequant, TFLiteRequant]
+
+
+def _check_common(requant: Requant, settings_type: type) -> None:
+    """The fields both requantizations share: settings, flags, clipped count, output QParams."""
+    if not isinstance(requant.settings, settings_type):
+        raise ValueError(f"settings={requant.settings!r} must be a {settings_type.__name__}")
+    requant.settings.check()
+    check_bool(requant.relu, "relu")
+    check_bool(requant.per_channel, "per_channel")
+    check_int(requant.bias_clipped, "bias_clipped", 0)
+    if not isinstance(requant.out, QParams):
+        raise ValueError(f"out={requant.out!r} must be a QParams")
+    requant.out.check()
 
 
 def make_requant(
@@ -189,13 +221,16 @@ def make_requant(
                          wanted.clamp(low, high).to(torch.int64), relu, out, per_channel, clipped)
 
 
-def requant_from_dict(dialect: Dialect, data: dict) -> Requant:
-    """Inverse of ``to_dict`` for ``dialect``."""
-    data = dict(data)
-    data["out"] = QParams(**data["out"])
-    if isinstance(dialect, ApFixed):
-        return ApFixedRequant(dialect, **data)
-    return TFLiteRequant(dialect, **data)
+def requant_from_dict(dialect: Dialect, data: dict, where: str = "requant") -> Requant:
+    """Inverse of ``to_dict`` for ``dialect``; a malformed dict raises ``ValueError`` naming the field."""
+    constants = ["factor"] if isinstance(dialect, ApFixed) else ["multiplier", "shift"]
+    data = dict(check_fields(data, where, constants + ["bias", "relu", "out"], ["per_channel", "bias_clipped"]))
+    data["out"] = QParams.from_dict(data["out"], f"{where}.out")
+    cls = ApFixedRequant if isinstance(dialect, ApFixed) else TFLiteRequant
+    try:
+        return cls(dialect, **data)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 __all__ = ["ApFixedRequant", "Requant", "TFLiteRequant", "make_requant", "requant_from_dict"]
