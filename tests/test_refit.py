@@ -8,7 +8,7 @@ from torch import nn
 
 import leanconv
 from leanconv import convert
-from leanconv.conversion.refitting import reestimate_bn, refit, solve_stage
+from leanconv.conversion.refitting import capture, last_stage_name, reestimate_bn, refit, solve_stage
 
 pytest.importorskip("sklearn")
 from leanconv.data import load_digits  # noqa: E402
@@ -37,6 +37,48 @@ def test_solve_stage_recovers_the_generating_weights(make):
     torch.testing.assert_close(fitted.weight, truth.weight)
     if truth.bias is not None:
         torch.testing.assert_close(fitted.bias, truth.bias)
+
+
+def test_capture_returns_what_the_module_sees_and_removes_its_hook():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    batches = [torch.randn(2, 3, 5, 5) for _ in range(3)]
+    inputs = capture(model, model[2], batches, "input")
+    outputs = capture(model, model[2], batches, "output")
+    with torch.no_grad():
+        for x, seen_in, seen_out in zip(batches, inputs, outputs):
+            torch.testing.assert_close(seen_in, model[:2](x))
+            torch.testing.assert_close(seen_out, model(x))
+    assert len(inputs) == 3 and not seen_out.requires_grad
+    with pytest.raises(RuntimeError):
+        capture(model, model[2], [torch.randn(2, 5, 5, 5)], "input")  # wrong channel count
+    assert not model[2]._forward_hooks
+    with pytest.raises(ValueError, match="want='inputs' must be 'input' or 'output'"):
+        capture(model, model[2], batches, "inputs")
+
+
+def test_last_stage_is_the_declared_output_stage():
+    assert last_stage_name(leanconv.Conv2d(4, 6, 3)) == ""
+    assert last_stage_name(leanconv.DepthwiseSeparableConv2d(4, 6, 3, order="pointwise_first")) == "depthwise"
+    assert last_stage_name(leanconv.AsymmetricConv2d(4, 6, 3, order="1xk_first")) == "conv_kx1"
+    assert last_stage_name(leanconv.PermutedGroupedConv2d(4, 6, 3, groups=2)) == "conv"
+    with pytest.raises(ValueError, match="ParallelAsymmetricConv2d has no output_stage"):
+        last_stage_name(leanconv.ParallelAsymmetricConv2d(4, 6, 3))
+
+
+def test_refit_solves_a_reordered_stage_against_permuted_targets():
+    """PermutedGroupedConv2d declares reorders_output: the refit permutes the targets by
+    output_order, so a layer with the truth's structure recovers the truth exactly."""
+    torch.manual_seed(0)
+    truth = nn.Sequential(leanconv.PermutedGroupedConv2d(6, 4, 3, padding=1, groups=2, dtype=F64))
+    truth[0].input_order.copy_(torch.randperm(6))
+    truth[0].output_order.copy_(torch.randperm(4))
+    fitted = nn.Sequential(leanconv.PermutedGroupedConv2d(6, 4, 3, padding=1, groups=2, dtype=F64))
+    fitted[0].load_state_dict({**fitted[0].state_dict(), "input_order": truth[0].input_order,
+                               "output_order": truth[0].output_order})
+    calib = [torch.randn(4, 6, 8, 8, dtype=F64) for _ in range(2)]
+    (report,) = refit(fitted, truth, {"layers": {"0": {}}}, calib, ridge=0.0)
+    assert report.error_before > 0.1 and report.error_after < 1e-6
+    torch.testing.assert_close(fitted[0].conv.weight, truth[0].conv.weight)
 
 
 def test_reestimate_bn_matches_batch_statistics():

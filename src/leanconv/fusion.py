@@ -12,18 +12,21 @@ its closed form:
 * :func:`merge_1x1_kxk` — a 1x1 conv followed by a kxk conv is one kxk conv.
 
 :func:`fuse` applies them model-wide: blocks with a ``fuse()`` method become that single
-module, and every declared or sequential conv->BatchNorm pair is folded.
+module, and every declared or sequential conv->BatchNorm pair is folded. What it reads from a
+layer (``fuse()``, ``conv_norm_pairs``, ``output_stage``, ``reorders_output``) is the layer
+protocol of :mod:`leanconv.protocol`.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from leanconv.protocol import conv_norm_pairs_of, fuse_method_of, norm_target_of
 
 WeightBias = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -191,16 +194,17 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
 def _fold_pair(owner: nn.Module, conv_path: str, norm_path: str) -> bool:
     """Fold ``owner.<norm_path>`` into ``owner.<conv_path>`` when both are foldable.
 
-    Skipped (False) when a path does not resolve, the conv is not a conv, the norm is not a
+    A multi-stage layer at ``conv_path`` (depthwise separable, asymmetric, Tucker-2) ends in
+    a plain conv, its ``output_stage``: the norm folds into that. Skipped (False) when a path
+    does not resolve, there is no such conv (a reordering layer included), the norm is not a
     BatchNorm with running statistics (``nn.Identity`` included), or the channels differ.
     """
-    conv, norm = _get(owner, conv_path), _get(owner, norm_path)
-    while (conv is not None and not isinstance(conv, _CONVS) and isinstance(getattr(conv, "output_stage", None), str)
-           and not getattr(conv, "reorders_output", False)):
-        # a multi-stage layer (depthwise separable, asymmetric, Tucker-2) ends in a plain conv:
-        # the norm after the layer folds into that last stage
-        conv_path = f"{conv_path}.{conv.output_stage}" if conv_path else conv.output_stage
-        conv = _get(owner, conv_path)
+    layer, norm = _get(owner, conv_path), _get(owner, norm_path)
+    inner = None if layer is None else norm_target_of(layer)
+    if inner is None:
+        return False
+    conv_path = ".".join(p for p in (conv_path, inner) if p)
+    conv = _get(owner, conv_path)
     if not isinstance(conv, _CONVS) or not isinstance(norm, nn.modules.batchnorm._BatchNorm):
         return False
     if norm.running_mean is None or norm.running_var is None or norm.num_features != conv.out_channels:
@@ -210,25 +214,10 @@ def _fold_pair(owner: nn.Module, conv_path: str, norm_path: str) -> bool:
     return True
 
 
-def _fuse_method(module: nn.Module):
-    """``module.fuse`` when it is a method callable without arguments, else None.
-
-    A child module that happens to be *named* ``fuse`` is callable too, but is no method.
-    """
-    method = getattr(module, "fuse", None)
-    if not inspect.ismethod(method):
-        return None
-    try:
-        inspect.signature(method).bind()
-    except (TypeError, ValueError):
-        return None
-    return method
-
-
 def _fuse_block(module: nn.Module) -> nn.Module:
     """``module.fuse()`` when it has one and it returns a module, else ``module``; then the same
     for every child of the result (a fused block's result may itself hold fusable blocks)."""
-    method = _fuse_method(module)
+    method = fuse_method_of(module)
     if method is not None:
         result = method()
         if isinstance(result, nn.Module):
@@ -263,7 +252,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     # with inplace=True); the folding below still runs on it.
     model = _fuse_block(model)
     for owner in list(model.modules()):
-        for conv_path, norm_path in getattr(owner, "conv_norm_pairs", ()):
+        for conv_path, norm_path in conv_norm_pairs_of(owner):
             _fold_pair(owner, conv_path, norm_path)
         if isinstance(owner, nn.Sequential):
             names = [name for name, _ in owner.named_children()]

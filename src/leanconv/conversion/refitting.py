@@ -5,7 +5,9 @@ layer's output on the original network's activations; the input is what the conv
 network (with every earlier layer already refit) feeds that stage. The last stage (the
 pointwise conv of a depthwise separable conv, the ``1 x kw`` conv of an asymmetric pair, the
 expand conv of a Tucker-2 bottleneck) is linear in its weights, so the best weights and bias
-are a ridge-regularized least-squares solution over all output pixels.
+are a ridge-regularized least-squares solution over all output pixels. Which stage that is,
+and whether its outputs are reordered, is read through the layer protocol
+(:mod:`leanconv.protocol`: ``output_stage``, ``reorders_output``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv.padding import pad_same
-
+from leanconv.protocol import output_order_of, output_stage_of
 
 
 @dataclass
@@ -35,8 +37,8 @@ def last_stage_name(module: nn.Module) -> str:
     refit solves it, a following BN folds into it): the layer's ``output_stage``, '' for a conv."""
     if isinstance(module, nn.Conv2d):
         return ""
-    name = getattr(module, "output_stage", None)
-    if not isinstance(name, str):
+    name = output_stage_of(module)
+    if name is None:
         raise ValueError(f"{type(module).__name__} has no output_stage: its last linear stage is unknown")
     return name
 
@@ -47,8 +49,16 @@ def last_stage(module: nn.Module) -> nn.Conv2d:
     return module.get_submodule(name) if name else module
 
 
-def _capture(model: nn.Module, module: nn.Module, batches: Sequence[torch.Tensor], want: str) -> List[torch.Tensor]:
-    """The input (``want='input'``) or output of ``module`` for each batch run through ``model``."""
+def capture(model: nn.Module, module: nn.Module, batches: Sequence[torch.Tensor], want: str) -> List[torch.Tensor]:
+    """What ``module`` sees while ``model`` runs each batch: its first input (``want='input'``)
+    or its output (``want='output'``), detached, one tensor per batch.
+
+    ``module`` must be a submodule of ``model`` (or ``model`` itself); ``model`` runs under
+    ``torch.no_grad()`` in whatever mode it is in (callers put it in eval mode). The hook is
+    removed even when a batch raises.
+    """
+    if want not in ("input", "output"):
+        raise ValueError(f"want={want!r} must be 'input' or 'output'")
     seen: List[torch.Tensor] = []
 
     def hook(_, args, output):
@@ -134,15 +144,14 @@ def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable
     reports = []
     try:
         for path in order:
-            targets = _capture(original, original.get_submodule(path), batches, "output")
+            targets = capture(original, original.get_submodule(path), batches, "output")
             layer = converted.get_submodule(path)
-            before = _relative_error(_capture(converted, layer, batches, "output"), targets)
+            before = _relative_error(capture(converted, layer, batches, "output"), targets)
             stage = last_stage(layer)
-            stage_targets = targets
-            if isinstance(getattr(layer, "output_order", None), torch.Tensor):  # the stage's outputs are reordered
-                stage_targets = [t.index_select(1, layer.output_order) for t in targets]
-            solve_stage(stage, _capture(converted, stage, batches, "input"), stage_targets, ridge)
-            after = _relative_error(_capture(converted, layer, batches, "output"), targets)
+            order = output_order_of(layer)  # the stage's output j is the layer's channel order[j]
+            stage_targets = targets if order is None else [t.index_select(1, order) for t in targets]
+            solve_stage(stage, capture(converted, stage, batches, "input"), stage_targets, ridge)
+            after = _relative_error(capture(converted, layer, batches, "output"), targets)
             reports.append(RefitReport(path, before, after))
     finally:
         converted.train(modes[0]), original.train(modes[1])
@@ -170,4 +179,4 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
         model.train(was_training)
 
 
-__all__ = ["RefitReport", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]
+__all__ = ["RefitReport", "capture", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]

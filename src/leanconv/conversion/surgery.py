@@ -396,7 +396,7 @@ def _budget_options(model, eligible, to, budget, input_size, sizes, extra=None,
     output error on the layer's calibration inputs. Fills ``timings`` with the measured ladders,
     the whole model's latency and the part of it outside the convertible layers."""
     from leanconv.analysis.profiling import profile
-    from leanconv.conversion.refitting import _capture
+    from leanconv.conversion.refitting import capture as _capture
     from leanconv.conversion.select import allocate, ladder, latency_ladder
 
     timings = {} if timings is None else timings

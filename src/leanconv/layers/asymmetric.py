@@ -23,9 +23,18 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from leanconv._validate import check_choice, check_input, check_positive_int
+from leanconv._validate import check_input
 from leanconv.fusion import add_branches, fold_bn, pad_kernel
-from leanconv.layers.conv import Conv2d, ConvNormAct, check_conv_args, make_act, make_norm
+from leanconv.layers.base import TwoStageConv, swap_orders
+from leanconv.layers.conv import Conv2d, ConvNormAct
+from leanconv.layers.rules import (
+    ASYMMETRIC_ORDERS,
+    check_asymmetric_order,
+    check_branch_split,
+    check_conv_args,
+    check_odd_kernel,
+    check_optional_channels,
+)
 from leanconv.padding import PaddingArg, axis_padding, pad_same, resolve_padding
 
 # pad_same reads input sizes; under torch.fx symbolic tracing it becomes one graph node.
@@ -34,20 +43,12 @@ torch.fx.wrap("pad_same")
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
 
-ORDERS = ("kx1_first", "1xk_first")
+ORDERS = ASYMMETRIC_ORDERS  # the name leanconv.keras.asymmetric imports
 
 
 # --------------------------------------------------------------------------------------------
 # Shared by the parallel forms: pad once like the kxk conv, slice the centre rows / columns.
 # --------------------------------------------------------------------------------------------
-
-
-def _check_odd_kernel(kernel: Tuple[int, int], kernel_size: IntPair) -> None:
-    if kernel[0] % 2 == 0 or kernel[1] % 2 == 0:
-        raise ValueError(
-            f"kernel_size={kernel_size!r} must be odd in both dimensions "
-            "(the 1xk and kx1 branches sit on the kernel's centre row and column)"
-        )
 
 
 class CenterTapPad(nn.Module):
@@ -108,7 +109,7 @@ class CenterTapPad(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-class AsymmetricConv2d(nn.Module):
+class AsymmetricConv2d(TwoStageConv):
     """Spatially separable conv: ``kh x 1`` then ``1 x kw`` (or the reverse), in series.
 
     ``conv_kx1`` gets the row parts of stride/padding/dilation, ``conv_1xk`` the column parts;
@@ -116,9 +117,12 @@ class AsymmetricConv2d(nn.Module):
     Optional inner ``norm``/``act`` between the stages. Without them the layer is exactly a
     ``kh x kw`` conv of rank <= ``mid_channels`` (default ``out_channels``). MACs
     ``C*mid*kh*H1*W1 + mid*O*kw*H'*W'`` vs ``C*O*kh*kw*H'*W'`` (H1, W1: size after stage 1).
+    ``order='1xk_first'`` swaps the stages, ``output_stage`` and ``conv_norm_pairs``
+    (:class:`~leanconv.layers.base.TwoStageConv`).
     """
 
-    conv_norm_pairs: Tuple[Tuple[str, str], ...] = (("conv_kx1", "norm"),)
+    stage_orders = swap_orders(ASYMMETRIC_ORDERS, "conv_kx1", "conv_1xk")
+    repr_fields = ("order", "mid_channels")
 
     def __init__(
         self,
@@ -141,8 +145,8 @@ class AsymmetricConv2d(nn.Module):
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
-        mid = out_channels if mid_channels is None else check_positive_int(mid_channels, "mid_channels")
-        check_choice(order, "order", ORDERS)
+        mid = check_optional_channels(mid_channels, "mid_channels") or out_channels
+        check_asymmetric_order(order)
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
@@ -159,24 +163,7 @@ class AsymmetricConv2d(nn.Module):
             *row_io, (1, kernel[1]), (1, strides[1]), axis_padding(padding, 1),
             (1, dilations[1]), 1, bias and kx1_first, padding_mode, device=device, dtype=dtype,
         )
-        self.norm = make_norm(norm_layer, mid, device, dtype)
-        self.act = make_act(act_layer)
-        if not kx1_first:
-            self.conv_norm_pairs = (("conv_1xk", "norm"),)
-
-    @property
-    def output_stage(self) -> str:
-        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
-        return "conv_1xk" if self.order == "kx1_first" else "conv_kx1"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, type(self).__name__)
-        if self.order == "kx1_first":
-            return self.conv_1xk(self.act(self.norm(self.conv_kx1(x))))
-        return self.conv_kx1(self.act(self.norm(self.conv_1xk(x))))
-
-    def extra_repr(self) -> str:
-        return f"order={self.order!r}, mid_channels={self.mid_channels}"
+        self._set_between(norm_layer, act_layer, mid, device, dtype)
 
 
 class ParallelAsymmetricConv2d(nn.Module):
@@ -205,11 +192,8 @@ class ParallelAsymmetricConv2d(nn.Module):
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
-        _check_odd_kernel(kernel, kernel_size)
-        if out_channels < 2:
-            raise ValueError(
-                f"out_channels={out_channels} must be >= 2 (split between the 1xk and kx1 branches)"
-            )
+        check_odd_kernel(kernel_size)
+        check_branch_split(out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
@@ -265,7 +249,7 @@ class ACBlock(nn.Module):
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
         )
-        _check_odd_kernel(kernel, kernel_size)
+        check_odd_kernel(kernel_size)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding

@@ -13,16 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from leanconv._validate import (
-    check_callable_or_none,
-    check_choice,
-    check_input,
-    check_positive_int,
-    check_positive_pair,
-)
+from leanconv._validate import check_callable_or_none, check_input, check_positive_int
 from leanconv.layers.conv import Conv2d, IntPair, ModuleFactory, make_act
-
-CBAM_VARIANTS = ("paper", "common")
+from leanconv.layers.rules import CBAM_VARIANTS, check_cbam_variant, check_odd_kernel  # noqa: F401 (keras imports CBAM_VARIANTS from here)
 
 
 class SqueezeExcite(nn.Module):
@@ -96,7 +89,7 @@ class ChannelGate(nn.Module):
         super().__init__()
         check_positive_int(channels, "channels")
         check_positive_int(hidden, "hidden")
-        check_choice(variant, "variant", CBAM_VARIANTS)
+        check_cbam_variant(variant)
         self.channels = channels
         self.variant = variant
         factory = dict(device=device, dtype=dtype)
@@ -131,10 +124,8 @@ class SpatialGate(nn.Module):
 
     def __init__(self, kernel_size: IntPair = 7, variant: str = "paper", device=None, dtype=None) -> None:
         super().__init__()
-        kernel = check_positive_pair(kernel_size, "kernel_size")
-        if any(k % 2 == 0 for k in kernel):
-            raise ValueError(f"kernel_size={kernel_size!r} must be odd (so that the gate keeps the input size)")
-        check_choice(variant, "variant", CBAM_VARIANTS)
+        kernel = check_odd_kernel(kernel_size, reason="so that the gate keeps the input size")
+        check_cbam_variant(variant)
         self.variant = variant
         factory = dict(device=device, dtype=dtype)
         self.conv = Conv2d(2, 1, kernel, padding=(kernel[0] // 2, kernel[1] // 2), bias=False, **factory)
@@ -173,7 +164,7 @@ class CBAM(nn.Module):
         super().__init__()
         check_positive_int(channels, "channels")
         check_positive_int(reduction, "reduction")
-        check_choice(variant, "variant", CBAM_VARIANTS)
+        check_cbam_variant(variant)
         self.channels = channels
         self.variant = variant
         self.hidden = max(1, channels // reduction)

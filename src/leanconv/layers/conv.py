@@ -16,51 +16,15 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from leanconv._validate import (
-    check_callable_or_none,
-    check_divisible,
-    check_input,
-    check_positive_int,
-    check_positive_pair,
-)
-from leanconv.padding import (
-    PaddingArg,
-    check_padding,
-    check_padding_mode,
-    pad_same,
-    resolve_padding,
-    resolve_transposed_padding,
-)
+from leanconv._validate import check_callable_or_none, check_input
+from leanconv.layers.rules import check_conv_args
+from leanconv.padding import PaddingArg, pad_same, resolve_padding, resolve_transposed_padding
 
 # pad_same reads input sizes; under torch.fx symbolic tracing it becomes one graph node.
 torch.fx.wrap("pad_same")
 
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
-
-
-def check_conv_args(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: IntPair,
-    stride: IntPair,
-    padding: PaddingArg,
-    dilation: IntPair,
-    groups: int,
-    padding_mode: str,
-) -> Tuple[Tuple[int, int], Tuple[int, int], Tuple[int, int]]:
-    """Validate the arguments every conv shares; return normalized (kernel, stride, dilation)."""
-    check_positive_int(in_channels, "in_channels")
-    check_positive_int(out_channels, "out_channels")
-    check_positive_int(groups, "groups")
-    check_divisible(in_channels, "in_channels", groups, "groups")
-    check_divisible(out_channels, "out_channels", groups, "groups")
-    kernel = check_positive_pair(kernel_size, "kernel_size")
-    strides = check_positive_pair(stride, "stride")
-    dilations = check_positive_pair(dilation, "dilation")
-    check_padding(padding)
-    check_padding_mode(padding_mode)
-    return kernel, strides, dilations
 
 
 def _same_repr(text: str, padding_arg: PaddingArg, resolved) -> str:
@@ -146,8 +110,10 @@ class PermutedGroupedConv2d(nn.Module):
         self.register_buffer("input_order", torch.arange(in_channels, device=device))
         self.register_buffer("output_order", torch.arange(out_channels, device=device))
 
-    output_stage = "conv"  # the refit solves it; its outputs are this layer's reordered,
-    reorders_output = True  # so a following BN does not fold into it
+    # leanconv.protocol: the refit solves ``conv`` against targets permuted by
+    # ``output_order``; a following BN does not fold into it (its outputs are reordered)
+    output_stage = "conv"
+    reorders_output = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)

@@ -10,19 +10,27 @@ and every ``padding_mode`` work, and BN folding, analysis and conversion see pla
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
 
-from leanconv._validate import check_choice, check_input, check_positive_int
-from leanconv.layers.conv import Conv2d, check_conv_args, make_act, make_norm
+from leanconv._validate import check_input
+from leanconv.layers.base import TwoStageConv, swap_orders
+from leanconv.layers.conv import Conv2d
+from leanconv.layers.rules import (
+    SEPARABLE_ORDERS,
+    check_conv_args,
+    check_depth_multiplier,
+    check_depthwise_channels,
+    check_ranks,
+    check_separable_order,
+    check_tucker2_core,
+)
 from leanconv.padding import PaddingArg
 
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
-SEPARABLE_ORDERS = ("depthwise_first", "pointwise_first")
-TUCKER2_CORES = ("dense", "asymmetric")
 
 
 class DepthwiseConv2d(Conv2d):
@@ -47,13 +55,7 @@ class DepthwiseConv2d(Conv2d):
         device=None,
         dtype=None,
     ) -> None:
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(out_channels, "out_channels")
-        if out_channels % in_channels != 0:
-            raise ValueError(
-                f"out_channels={out_channels} must be a multiple of in_channels={in_channels} "
-                f"(depth multiplier = out/in)"
-            )
+        check_depthwise_channels(in_channels, out_channels)
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, in_channels, bias,
             padding_mode, device=device, dtype=dtype,
@@ -87,7 +89,7 @@ class PointwiseConv2d(Conv2d):
         )
 
 
-class DepthwiseSeparableConv2d(nn.Module):
+class DepthwiseSeparableConv2d(TwoStageConv):
     """Depthwise ``kh x kw`` conv (C -> C*m) then pointwise 1x1 (C*m -> O), as in MobileNet.
 
     The depthwise stage takes stride, padding, dilation (a dilated one is the atrous separable
@@ -98,10 +100,12 @@ class DepthwiseSeparableConv2d(nn.Module):
     ``order='pointwise_first'`` is the dual: pointwise 1x1 (C -> O*m) at the input resolution,
     then a ``kh x kw`` conv (O*m -> O, groups O: each output filters its own ``m`` channels,
     a plain depthwise conv when ``m = 1``). It is what a conversion picks when the dense kernel
-    is closer to low rank per output channel than per input channel (e.g. ``C > O``).
+    is closer to low rank per output channel than per input channel (e.g. ``C > O``), and
+    swaps ``output_stage`` and ``conv_norm_pairs`` (:class:`~leanconv.layers.base.TwoStageConv`).
     """
 
-    conv_norm_pairs: Tuple[Tuple[str, str], ...] = (("depthwise", "norm"),)
+    stage_orders = swap_orders(SEPARABLE_ORDERS, "depthwise", "pointwise")
+    repr_fields = ("order", "depth_multiplier")
 
     def __init__(
         self,
@@ -124,8 +128,8 @@ class DepthwiseSeparableConv2d(nn.Module):
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
-        check_positive_int(depth_multiplier, "depth_multiplier")
-        check_choice(order, "order", SEPARABLE_ORDERS)
+        check_depth_multiplier(depth_multiplier)
+        check_separable_order(order)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
@@ -137,40 +141,13 @@ class DepthwiseSeparableConv2d(nn.Module):
         if order == "depthwise_first":
             mid = in_channels * depth_multiplier
             self.depthwise = DepthwiseConv2d(in_channels, mid, kernel, bias=False, **spatial)
-            self.norm = make_norm(norm_layer, mid, device, dtype)
-            self.act = make_act(act_layer)
+            self._set_between(norm_layer, act_layer, mid, device, dtype)
             self.pointwise = PointwiseConv2d(mid, out_channels, bias=bias, device=device, dtype=dtype)
         else:
             mid = out_channels * depth_multiplier
             self.pointwise = PointwiseConv2d(in_channels, mid, bias=False, device=device, dtype=dtype)
-            self.norm = make_norm(norm_layer, mid, device, dtype)
-            self.act = make_act(act_layer)
+            self._set_between(norm_layer, act_layer, mid, device, dtype)
             self.depthwise = Conv2d(mid, out_channels, kernel, groups=out_channels, bias=bias, **spatial)
-            self.conv_norm_pairs = (("pointwise", "norm"),)
-
-    @property
-    def output_stage(self) -> str:
-        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
-        return "pointwise" if self.order == "depthwise_first" else "depthwise"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, type(self).__name__)
-        if self.order == "depthwise_first":
-            return self.pointwise(self.act(self.norm(self.depthwise(x))))
-        return self.depthwise(self.act(self.norm(self.pointwise(x))))
-
-    def extra_repr(self) -> str:
-        return f"order={self.order!r}, depth_multiplier={self.depth_multiplier}"
-
-
-def _check_ranks(ranks: Optional[Sequence[int]], in_channels: int, out_channels: int) -> Tuple[int, int]:
-    if ranks is None:
-        return (in_channels, out_channels)
-    if isinstance(ranks, (str, bytes)) or not isinstance(ranks, Sequence) or len(ranks) != 2:
-        raise ValueError(f"ranks={ranks!r} must be a pair (r_in, r_out) of ints >= 1")
-    if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in ranks):
-        raise ValueError(f"ranks={ranks!r} must be a pair (r_in, r_out) of ints >= 1")
-    return (int(ranks[0]), int(ranks[1]))
 
 
 class Tucker2Conv2d(nn.Module):
@@ -206,12 +183,8 @@ class Tucker2Conv2d(nn.Module):
         kernel, strides, dilations = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
         )
-        check_choice(core, "core", TUCKER2_CORES)
-        if core_mid_channels is not None:
-            check_positive_int(core_mid_channels, "core_mid_channels")
-            if core != "asymmetric":
-                raise ValueError(f"core_mid_channels={core_mid_channels} applies only to core='asymmetric'")
-        r_in, r_out = _check_ranks(ranks, in_channels, out_channels)
+        check_tucker2_core(core, core_mid_channels)
+        r_in, r_out = check_ranks(ranks, in_channels, out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel, strides, dilations
         self.padding: PaddingArg = padding
@@ -229,7 +202,7 @@ class Tucker2Conv2d(nn.Module):
                                          device=device, dtype=dtype)
         self.expand = PointwiseConv2d(r_out, out_channels, bias=bias, device=device, dtype=dtype)
 
-    output_stage = "expand"  # the conv whose output is this layer's output
+    output_stage = "expand"  # see leanconv.protocol
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.in_channels, type(self).__name__)

@@ -24,20 +24,25 @@ from torch import nn
 
 from leanconv._validate import (
     check_callable_or_none,
-    check_choice,
     check_input,
     check_positive_int,
     check_positive_pair,
     pair,
 )
-from leanconv.layers.conv import Conv2d, ConvTranspose2d, IntPair, ModuleFactory, make_act, make_norm
+from leanconv.layers.base import TwoStageConv, swap_orders
+from leanconv.layers.conv import Conv2d, ConvTranspose2d, IntPair, ModuleFactory
+from leanconv.layers.rules import (  # noqa: F401 (leanconv.keras.transposed imports UPSAMPLE_MODES from here)
+    SEPARABLE_ORDERS,
+    UPSAMPLE_MODES,
+    check_transpose_multiplier,
+    check_upsample,
+)
 from leanconv.padding import PaddingArg
 
 ConvFactory = Union[str, Callable[..., nn.Module]]
 """A conv kind name from :mod:`leanconv.kinds` or a callable with ``nn.Conv2d``'s keywords."""
 
-UPSAMPLE_MODES = ("nearest", "bilinear", "bicubic")
-TRANSPOSE_ORDERS = ("depthwise_first", "pointwise_first")
+TRANSPOSE_ORDERS = SEPARABLE_ORDERS  # the name leanconv.keras.transposed imports (with UPSAMPLE_MODES)
 _UPSAMPLING_KINDS = ("resize_conv", "dsconv_transpose")
 
 
@@ -81,7 +86,7 @@ def make_conv(
     return module
 
 
-class DepthwiseSeparableConvTranspose2d(nn.Module):
+class DepthwiseSeparableConvTranspose2d(TwoStageConv):
     """Transposed conv factorized into a depthwise transposed conv and a 1x1 pointwise conv.
 
     ``order='depthwise_first'`` (the usual form): ``depthwise`` = transposed kxk, ``C -> C*m``,
@@ -96,12 +101,13 @@ class DepthwiseSeparableConvTranspose2d(nn.Module):
     count input positions; dense: ``C*O*k*k*H*W``):
     depthwise_first ``C*m*k*k*H*W + C*m*O*H'*W'``, pointwise_first ``C*O*H*W + O*k*k*H*W``.
     When upsampling (``H' ~ s*H``) pointwise_first is cheaper because its 1x1 runs at the low
-    resolution: ``s*s`` times fewer pointwise MACs.
+    resolution: ``s*s`` times fewer pointwise MACs. ``output_stage`` and ``conv_norm_pairs``
+    follow the order (:class:`~leanconv.layers.base.TwoStageConv`): the class attributes are
+    ``order='depthwise_first'`` 's, an instance built with ``'pointwise_first'`` swaps them.
     """
 
-    conv_norm_pairs: Tuple[Tuple[str, str], ...] = (("depthwise", "norm"),)
-    """BN folding pairs for ``order='depthwise_first'``; instances built with
-    ``order='pointwise_first'`` override it with ``(("pointwise", "norm"),)``."""
+    stage_orders = swap_orders(SEPARABLE_ORDERS, "depthwise", "pointwise")
+    repr_fields = ("order", "depth_multiplier")
 
     def __init__(
         self,
@@ -124,15 +130,9 @@ class DepthwiseSeparableConvTranspose2d(nn.Module):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(out_channels, "out_channels")
-        check_positive_int(depth_multiplier, "depth_multiplier")
-        check_choice(order, "order", TRANSPOSE_ORDERS)
+        check_transpose_multiplier(depth_multiplier, order)
         check_callable_or_none(norm_layer, "norm_layer")
         check_callable_or_none(act_layer, "act_layer")
-        if order == "pointwise_first" and depth_multiplier != 1:
-            raise ValueError(
-                f"depth_multiplier={depth_multiplier} must be 1 with order='pointwise_first' "
-                "(the depthwise stage maps out_channels to out_channels)"
-            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.depth_multiplier = depth_multiplier
@@ -144,39 +144,13 @@ class DepthwiseSeparableConvTranspose2d(nn.Module):
             mid = in_channels * depth_multiplier
             self.depthwise = ConvTranspose2d(in_channels, mid, kernel_size, groups=in_channels,
                                              bias=False, **transposed)
-            self.norm = make_norm(norm_layer, mid, device, dtype)
-            self.act = make_act(act_layer)
+            self._set_between(norm_layer, act_layer, mid, device, dtype)
             self.pointwise = Conv2d(mid, out_channels, 1, bias=bias, **factory)
         else:
             self.pointwise = Conv2d(in_channels, out_channels, 1, bias=False, **factory)
-            self.norm = make_norm(norm_layer, out_channels, device, dtype)
-            self.act = make_act(act_layer)
+            self._set_between(norm_layer, act_layer, out_channels, device, dtype)
             self.depthwise = ConvTranspose2d(out_channels, out_channels, kernel_size,
                                              groups=out_channels, bias=bias, **transposed)
-            self.conv_norm_pairs = (("pointwise", "norm"),)
-
-    @property
-    def output_stage(self) -> str:
-        """The conv whose output is this layer's output (it has the bias; a following BN folds into it)."""
-        return "pointwise" if self.order == "depthwise_first" else "depthwise"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, type(self).__name__)
-        if self.order == "depthwise_first":
-            return self.pointwise(self.act(self.norm(self.depthwise(x))))
-        return self.depthwise(self.act(self.norm(self.pointwise(x))))
-
-    def extra_repr(self) -> str:
-        return f"order={self.order!r}, depth_multiplier={self.depth_multiplier}"
-
-
-def _check_upsample_args(scale_factor: IntPair, mode: str, align_corners: Optional[bool]) -> Tuple[int, int]:
-    scale = check_positive_pair(scale_factor, "scale_factor")
-    check_choice(mode, "mode", UPSAMPLE_MODES)
-    check_choice(align_corners, "align_corners", (None, True, False))
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError(f"align_corners={align_corners!r} must be None with mode='nearest'")
-    return scale
 
 
 class ResizeConv2d(nn.Module):
@@ -215,7 +189,7 @@ class ResizeConv2d(nn.Module):
         super().__init__()
         check_positive_int(in_channels, "in_channels")
         check_positive_int(out_channels, "out_channels")
-        scale = _check_upsample_args(scale_factor, mode, align_corners)
+        scale = check_upsample(scale_factor, mode, align_corners)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.scale_factor: Tuple[int, int] = scale
