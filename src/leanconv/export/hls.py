@@ -251,64 +251,81 @@ def _signature(layer, name: str, inp: _Buffer, out: _Buffer, weights: str) -> st
     return f"void {name}({', '.join(params)})"
 
 
-def _layer_function(layer, name: str, inp: _Buffer, out: _Buffer, weights: str, pragmas: bool) -> str:
+def _layer_comment(layer) -> List[str]:
+    """Two comment lines: the conv's geometry, then its requantization settings (validated values only)."""
     settings = layer.requant.settings
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
-    out_h, out_w = out.height, out.width
-    per_group, out_per_group = layer.weight.shape[1], layer.out_channels // layer.groups
-    row0, col0 = inp.border[0] - layer.padding[0], inp.border[2] - layer.padding[2]
-    _, index = _weight_layout(layer)
-    ref = "" if weights == "args" else f"{name}_"
-    factor = f"{ref}factor[co]" if layer.requant.per_channel else f"{ref}factor"
-    acc, sum_bits = settings.acc_bits, max(settings.acc_bits, settings.bias_bits) + 1
-    low, high = layer.out_q.range
-    top_b, _, left_b, _ = out.border
-    body = [
+    return [
         f"// {layer.name}: {layer.kind} conv {layer.in_channels}->{layer.out_channels}, kernel {kh}x{kw}, "
         f"stride {sh}x{sw}, dilation {dh}x{dw}, padding (t,b,l,r) {layer.padding}, groups {layer.groups};",
         f"// requantization: narrowing '{settings.narrowing}', store '{settings.store}', "
         f"relu {'on' if layer.requant.relu else 'off'}",
-        _signature(layer, name, inp, out, weights) + " {",
     ]
-    if any(out.border):
-        oh_total, ow_total = out.height + out.border[0] + out.border[1], out.width + out.border[2] + out.border[3]
-        body += [
-            "  // zero border: the next layer's zero padding",
-            f"  for (int c = 0; c < {out.channels}; c++)",
-            f"    for (int h = 0; h < {oh_total}; h++)",
-            f"      for (int w = 0; w < {ow_total}; w++)",
-            f"        if (h < {top_b} || h >= {top_b + out_h} || w < {left_b} || w >= {left_b + out_w}) top[c][h][w] = 0;",
-        ]
+
+
+def _zero_border(out: _Buffer) -> List[str]:
+    """Loops writing zeros to the output buffer's border (none without a border)."""
+    if not any(out.border):
+        return []
+    top_b, _, left_b, _ = out.border
+    oh_total, ow_total = out.height + out.border[0] + out.border[1], out.width + out.border[2] + out.border[3]
+    return [
+        "  // zero border: the next layer's zero padding",
+        f"  for (int c = 0; c < {out.channels}; c++)",
+        f"    for (int h = 0; h < {oh_total}; h++)",
+        f"      for (int w = 0; w < {ow_total}; w++)",
+        f"        if (h < {top_b} || h >= {top_b + out.height} || w < {left_b} || w >= {left_b + out.width}) "
+        "top[c][h][w] = 0;",
+    ]
+
+
+def _accumulate(layer, inp: _Buffer, out: _Buffer, ref: str, pragmas: bool) -> List[str]:
+    """The output loops opened and the exact ``mid_result`` accumulated over the kernel window."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    per_group, out_per_group = layer.weight.shape[1], layer.out_channels // layer.groups
+    row0, col0 = inp.border[0] - layer.padding[0], inp.border[2] - layer.padding[2]
+    _, index = _weight_layout(layer)
     cin = f"(co / {out_per_group}) * {per_group} + ci" if layer.groups > 1 else "ci"
-    body += [
+    lines = [
         f"  for (int co = 0; co < {layer.out_channels}; co++) {{",
-        f"    for (int h = 0; h < {out_h}; h++) {{",
-        f"      for (int w = 0; w < {out_w}; w++) {{",
-    ]
-    if pragmas:
-        body.append("#pragma HLS PIPELINE II=1")
-    body += [
-        f"        ap_int<{acc}> mid_result = 0;",
+        f"    for (int h = 0; h < {out.height}; h++) {{",
+        f"      for (int w = 0; w < {out.width}; w++) {{",
+    ] + (["#pragma HLS PIPELINE II=1"] if pragmas else []) + [
+        f"        ap_int<{layer.requant.settings.acc_bits}> mid_result = 0;",
         f"        for (int ci = 0; ci < {per_group}; ci++) {{",
         f"          for (int kh = 0; kh < {kh}; kh++) {{",
         f"            for (int kw = 0; kw < {kw}; kw++) {{",
-    ]
-    if pragmas:
-        body.append("#pragma HLS UNROLL")
-    body += [
+    ] + (["#pragma HLS UNROLL"] if pragmas else [])
+    return lines + [
         f"              mid_result += {ref}weight{index} * bottom[{cin}][{row0} + h * {sh} + kh * {dh}]"
         f"[{col0} + w * {sw} + kw * {dw}];",
         "            }", "          }", "        }",
-        f"        ap_int<{sum_bits}> y = {ref}bias[co] + narrow_{settings.narrowing}<{acc}>(mid_result, {factor});",
     ]
+
+
+def _requantize_and_store(layer, out: _Buffer, ref: str) -> List[str]:
+    """Bias plus the narrowed ``mid_result * factor``, ReLU, the store (saturating or plain), loops closed."""
+    settings = layer.requant.settings
+    factor = f"{ref}factor[co]" if layer.requant.per_channel else f"{ref}factor"
+    acc, sum_bits = settings.acc_bits, max(settings.acc_bits, settings.bias_bits) + 1
+    low, high = layer.out_q.range
+    lines = [f"        ap_int<{sum_bits}> y = {ref}bias[co] + narrow_{settings.narrowing}<{acc}>(mid_result, {factor});"]
     if layer.requant.relu:
-        body.append("        if (y < 0) y = 0;  // ReLU")
-    target = f"top[co][{top_b} + h][{left_b} + w]"
+        lines.append("        if (y < 0) y = 0;  // ReLU")
+    target = f"top[co][{out.border[0]} + h][{out.border[2]} + w]"
     if settings.store == "saturate":
-        body.append(f"        {target} = y > {high} ? ap_int<{sum_bits}>({high}) : (y < {low} ? ap_int<{sum_bits}>({low}) : y);")
+        lines.append(f"        {target} = y > {high} ? ap_int<{sum_bits}>({high}) : "
+                     f"(y < {low} ? ap_int<{sum_bits}>({low}) : y);")
     else:
-        body.append(f"        {target} = y;  // plain store: keeps the low {layer.out_q.bits} bits (wraps)")
-    body += ["      }", "    }", "  }", "}", ""]
+        lines.append(f"        {target} = y;  // plain store: keeps the low {layer.out_q.bits} bits (wraps)")
+    return lines + ["      }", "    }", "  }", "}", ""]
+
+
+def _layer_function(layer, name: str, inp: _Buffer, out: _Buffer, weights: str, pragmas: bool) -> str:
+    """One layer's C++ function: comment, signature, zero border, exact accumulation, requantization."""
+    ref = "" if weights == "args" else f"{name}_"
+    body = _layer_comment(layer) + [_signature(layer, name, inp, out, weights) + " {"] + _zero_border(out)
+    body += _accumulate(layer, inp, out, ref, pragmas) + _requantize_and_store(layer, out, ref)
     return "\n".join(body)
 
 
@@ -327,6 +344,11 @@ template <int W> ap_int<W> narrow_round(ap_int<W> acc, ap_fixed<32, 1> factor) {
   return ap_int<W>(q);
 }
 """
+
+
+def _weight_args(name: str, weights: str) -> List[str]:
+    """A layer's weight, bias and factor arguments when ``weights='args'`` (none for constants)."""
+    return [f"{name}_weight", f"{name}_bias", f"{name}_factor"] if weights == "args" else []
 
 
 def _kernels(qmodel, names, buffers, top, weights, pragmas) -> Tuple[str, str]:
@@ -351,7 +373,7 @@ def _kernels(qmodel, names, buffers, top, weights, pragmas) -> Tuple[str, str]:
     for i, name in enumerate(names):
         src = "input" if i == 0 else f"buffer{i}"
         dst = "output" if i == len(names) - 1 else f"buffer{i + 1}"
-        args = [src, dst] + ([f"{name}_weight", f"{name}_bias", f"{name}_factor"] if weights == "args" else [])
+        args = [src, dst] + _weight_args(name, weights)
         calls.append(f"  {name}({', '.join(args)});")
     source.append(f"// the whole chain: {' -> '.join(names)}")
     source.append(top_signature + " {")
@@ -361,87 +383,137 @@ def _kernels(qmodel, names, buffers, top, weights, pragmas) -> Tuple[str, str]:
     return "\n".join(header), "\n".join(source)
 
 
-def _testbench(qmodel, names, buffers, top, weights, vectors) -> str:
+_TB_FILL_AND_COMPARE = [
+    "// values (C, H, W) into the interior of a bordered buffer; the border set to zero",
+    "template <typename T, int C, int HB, int WB>",
+    "static void fill(T (&buf)[C][HB][WB], const int* values, int top, int left, int h, int w) {",
+    "  for (int c = 0; c < C; c++)",
+    "    for (int y = 0; y < HB; y++)",
+    "      for (int x = 0; x < WB; x++) {",
+    "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
+    "        buf[c][y][x] = inside ? values[(c * h + (y - top)) * w + (x - left)] : 0;",
+    "      }",
+    "}",
+    "",
+    "template <typename T, int C, int HB, int WB>",
+    "static void compare(const char* what, int vector, T (&buf)[C][HB][WB], const int* expected, int top,",
+    "                    int left, int h, int w) {",
+    "  for (int c = 0; c < C; c++)",
+    "    for (int y = 0; y < HB; y++)",
+    "      for (int x = 0; x < WB; x++) {",
+    "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
+    "        int want = inside ? expected[(c * h + (y - top)) * w + (x - left)] : 0;",
+    "        int got = buf[c][y][x].to_int();",
+    "        compared++;",
+    "        if (got != want) {",
+    "          if (mismatches < 10)",
+    "            printf(\"MISMATCH %s vector %d %s[%d][%d][%d]: got %d expected %d\\n\", what, vector,",
+    "                   inside ? \"out\" : \"border\", c, y - top, x - left, got, want);",
+    "          mismatches++;",
+    "        }",
+    "      }",
+    "}",
+    "",
+]
+
+
+def _tb_includes(weights: str) -> List[str]:
+    """The testbench's opening comment and includes (``weights.h`` for weights passed as arguments)."""
     lines = ["// Testbench generated by leanconv: every layer on its golden input, then the top function;",
              "// every output value and every border value compared exactly with the Python reference.",
              "#include <cstdio>", "#include <cstdlib>", '#include "leanconv_kernels.h"']
-    if weights == "args":
-        lines.append('#include "weights.h"')
-    lines += ["", "static long compared = 0, mismatches = 0;", "",
-              "static FILE* open_golden(const char* dir, const char* name, int c, int h, int w) {",
-              "  char path[4096];",
-              "  snprintf(path, sizeof(path), \"%s/%s.txt\", dir, name);",
-              "  FILE* f = fopen(path, \"r\");",
-              "  int n, fc, fh, fw;",
-              "  if (!f || fscanf(f, \"%d %d %d %d\", &n, &fc, &fh, &fw) != 4 || fc != c || fh != h || fw != w) {",
-              f"    fprintf(stderr, \"cannot read %s (expected header N %d %d %d with N >= {vectors})\\n\", path, c, h, w);",
-              "    exit(2);", "  }", "  return f;", "}", "",
-              "static void read_values(FILE* f, int* values, long count) {",
-              "  for (long i = 0; i < count; i++)",
-              "    if (fscanf(f, \"%d\", &values[i]) != 1) { fprintf(stderr, \"golden file ended early\\n\"); exit(2); }",
-              "}", "",
-              "// values (C, H, W) into the interior of a bordered buffer; the border set to zero",
-              "template <typename T, int C, int HB, int WB>",
-              "static void fill(T (&buf)[C][HB][WB], const int* values, int top, int left, int h, int w) {",
-              "  for (int c = 0; c < C; c++)",
-              "    for (int y = 0; y < HB; y++)",
-              "      for (int x = 0; x < WB; x++) {",
-              "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
-              "        buf[c][y][x] = inside ? values[(c * h + (y - top)) * w + (x - left)] : 0;",
-              "      }", "}", "",
-              "template <typename T, int C, int HB, int WB>",
-              "static void compare(const char* what, int vector, T (&buf)[C][HB][WB], const int* expected, int top,",
-              "                    int left, int h, int w) {",
-              "  for (int c = 0; c < C; c++)",
-              "    for (int y = 0; y < HB; y++)",
-              "      for (int x = 0; x < WB; x++) {",
-              "        bool inside = y >= top && y < top + h && x >= left && x < left + w;",
-              "        int want = inside ? expected[(c * h + (y - top)) * w + (x - left)] : 0;",
-              "        int got = buf[c][y][x].to_int();",
-              "        compared++;",
-              "        if (got != want) {",
-              "          if (mismatches < 10)",
-              "            printf(\"MISMATCH %s vector %d %s[%d][%d][%d]: got %d expected %d\\n\", what, vector,",
-              "                   inside ? \"out\" : \"border\", c, y - top, x - left, got, want);",
-              "          mismatches++;",
-              "        }",
-              "      }", "}", "",
-              "int main(int argc, char** argv) {",
-              "  const char* dir = argc > 1 ? argv[1] : \"golden\";"]
+    return lines + (['#include "weights.h"'] if weights == "args" else [])
+
+
+def _tb_golden_readers(vectors: int) -> List[str]:
+    """The match counters, ``open_golden`` (checks a golden file's header; its error names ``vectors``)
+    and ``read_values``."""
+    return [
+        "",
+        "static long compared = 0, mismatches = 0;",
+        "",
+        "static FILE* open_golden(const char* dir, const char* name, int c, int h, int w) {",
+        "  char path[4096];",
+        "  snprintf(path, sizeof(path), \"%s/%s.txt\", dir, name);",
+        "  FILE* f = fopen(path, \"r\");",
+        "  int n, fc, fh, fw;",
+        "  if (!f || fscanf(f, \"%d %d %d %d\", &n, &fc, &fh, &fw) != 4 || fc != c || fh != h || fw != w) {",
+        f"    fprintf(stderr, \"cannot read %s (expected header N %d %d %d with N >= {vectors})\\n\", path, c, h, w);",
+        "    exit(2);",
+        "  }",
+        "  return f;",
+        "}",
+        "",
+        "static void read_values(FILE* f, int* values, long count) {",
+        "  for (long i = 0; i < count; i++)",
+        "    if (fscanf(f, \"%d\", &values[i]) != 1) { fprintf(stderr, \"golden file ended early\\n\"); exit(2); }",
+        "}",
+        "",
+    ]
+
+
+def _tb_helpers(vectors: int) -> List[str]:
+    """The golden-file readers, then ``fill`` and ``compare``."""
+    return _tb_golden_readers(vectors) + _TB_FILL_AND_COMPARE
+
+
+def _tb_declarations(names: List[str], buffers: List[_Buffer]) -> List[str]:
+    """``main``'s start: a buffer and a golden array per activation, the chain's output, the golden files."""
+    lines = ["int main(int argc, char** argv) {", "  const char* dir = argc > 1 ? argv[1] : \"golden\";"]
     for i, buf in enumerate(buffers):
         lines.append(f"  static {buf.ctype} buf{i}{buf.dims};")
         lines.append(f"  static int gold{i}[{buf.channels * buf.height * buf.width}];")
     lines.append(f"  static {buffers[-1].ctype} chain{buffers[-1].dims};")
-    files = ["input"] + list(names)
-    for i, (buf, file) in enumerate(zip(buffers, files)):
+    for i, (buf, file) in enumerate(zip(buffers, ["input"] + list(names))):
         lines.append(f"  FILE* f{i} = open_golden(dir, \"{file}\", {buf.channels}, {buf.height}, {buf.width});")
-    lines.append(f"  for (int v = 0; v < {vectors}; v++) {{")
+    return lines
+
+
+def _tb_fill(index: int, buf: _Buffer) -> str:
+    """Load golden values ``gold<index>`` into the bordered buffer ``buf<index>``."""
+    return f"    fill(buf{index}, gold{index}, {buf.border[0]}, {buf.border[2]}, {buf.height}, {buf.width});"
+
+
+def _tb_compare(what: str, output: str, index: int, buf: _Buffer) -> str:
+    """Compare the buffer ``output`` with golden ``gold<index>``, every value and border, under ``what``."""
+    return (f"    compare(\"{what}\", v, {output}, gold{index}, {buf.border[0]}, {buf.border[2]}, {buf.height}, "
+            f"{buf.width});")
+
+
+def _tb_vector_loop(names: List[str], buffers: List[_Buffer], top: str, weights: str, vectors: int) -> List[str]:
+    """Per vector: read every golden file, run each layer on its golden input, then the top function."""
+    lines = [f"  for (int v = 0; v < {vectors}; v++) {{"]
     for i, buf in enumerate(buffers):
         lines.append(f"    read_values(f{i}, gold{i}, {buf.channels * buf.height * buf.width}L);")
-    lines.append(f"    fill(buf0, gold0, {buffers[0].border[0]}, {buffers[0].border[2]}, {buffers[0].height}, {buffers[0].width});")
+    lines.append(_tb_fill(0, buffers[0]))
     for i, name in enumerate(names):
-        inp, out = buffers[i], buffers[i + 1]
         if i > 0:  # each layer on the golden input: a mismatch stays in the layer that made it
-            lines.append(f"    fill(buf{i}, gold{i}, {inp.border[0]}, {inp.border[2]}, {inp.height}, {inp.width});")
-        args = [f"buf{i}", f"buf{i + 1}"] + ([f"{name}_weight", f"{name}_bias", f"{name}_factor"] if weights == "args" else [])
-        lines.append(f"    {name}({', '.join(args)});")
-        lines.append(f"    compare(\"{name}\", v, buf{i + 1}, gold{i + 1}, {out.border[0]}, {out.border[2]}, {out.height}, {out.width});")
-    last = buffers[-1]
-    top_args = ["buf0", "chain"]
-    if weights == "args":
-        for name in names:
-            top_args += [f"{name}_weight", f"{name}_bias", f"{name}_factor"]
-    lines.append(f"    fill(buf0, gold0, {buffers[0].border[0]}, {buffers[0].border[2]}, {buffers[0].height}, {buffers[0].width});")
+            lines.append(_tb_fill(i, buffers[i]))
+        lines.append(f"    {name}({', '.join([f'buf{i}', f'buf{i + 1}'] + _weight_args(name, weights))});")
+        lines.append(_tb_compare(name, f"buf{i + 1}", i + 1, buffers[i + 1]))
+    top_args = ["buf0", "chain"] + [arg for name in names for arg in _weight_args(name, weights)]
+    lines.append(_tb_fill(0, buffers[0]))
     lines.append(f"    {top}({', '.join(top_args)});")
-    lines.append(f"    compare(\"{top}\", v, chain, gold{len(names)}, {last.border[0]}, {last.border[2]}, {last.height}, {last.width});")
-    lines += ["  }",
-              "  if (mismatches) {",
-              "    printf(\"FAIL: %ld of %ld values differ from the Python reference\\n\", mismatches, compared);",
-              "    return 1;",
-              "  }",
-              f"  printf(\"PASS: %ld values match the Python reference bit for bit ({vectors} vectors, "
-              f"{len(names)} layers and the top function)\\n\", compared);",
-              "  return 0;", "}", ""]
+    lines.append(_tb_compare(top, "chain", len(names), buffers[-1]))
+    return lines + ["  }"]
+
+
+def _tb_verdict(vectors: int, layers: int) -> List[str]:
+    """``main``'s end: FAIL and exit 1 on any mismatch, else PASS with the count of values compared."""
+    return ["  if (mismatches) {",
+            "    printf(\"FAIL: %ld of %ld values differ from the Python reference\\n\", mismatches, compared);",
+            "    return 1;",
+            "  }",
+            f"  printf(\"PASS: %ld values match the Python reference bit for bit ({vectors} vectors, "
+            f"{layers} layers and the top function)\\n\", compared);",
+            "  return 0;", "}", ""]
+
+
+def _testbench(names: List[str], buffers: List[_Buffer], top: str, weights: str, vectors: int) -> str:
+    """``tb.cpp``: includes, golden-file helpers, ``fill``/``compare``, and a ``main`` that checks every
+    layer on its golden input and the top function on the model input, exiting 1 on any mismatch."""
+    lines = _tb_includes(weights) + _tb_helpers(vectors) + _tb_declarations(names, buffers)
+    lines += _tb_vector_loop(names, buffers, top, weights, vectors) + _tb_verdict(vectors, len(names))
     return "\n".join(lines)
 
 
@@ -480,6 +552,29 @@ def _golden_text(values: torch.Tensor) -> str:
 # ------------------------------------------------------------------------------ public API
 
 
+def _check_options(weights: str, margin: int, vectors: int, top: str) -> None:
+    """``weights``, ``margin``, ``vectors`` and ``top`` of :func:`export_hls`, before any work."""
+    check_choice(weights, "weights", WEIGHT_MODES)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"margin={margin!r} must be an int >= 0")
+    if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
+        raise ValueError(f"vectors={vectors!r} must be an int >= 1")
+    if not isinstance(top, str) or not _IDENTIFIER.fullmatch(top) or _reserved(top):
+        raise ValueError(f"top={top!r} must be a C identifier (letters, digits, _), not a keyword nor a name "
+                         "the generated code uses itself")
+
+
+def _ap_types_folder(ap_types: Optional[Union[str, os.PathLike]]) -> Optional[Path]:
+    """The headers folder to write into the Makefile: ``ap_types``, else hls4ml's, else None."""
+    headers = Path(ap_types) if ap_types is not None else find_ap_types()
+    if headers is not None and not (headers / "ap_fixed.h").is_file():
+        raise ValueError(f"ap_types={str(headers)!r} must be a folder holding ap_fixed.h and ap_int.h")
+    if headers is not None and not _MAKE_SAFE_PATH.fullmatch(str(headers)):
+        raise ValueError(f"ap_types={str(headers)!r} must be a path of letters, digits and _ . / + , @ : ~ = - "
+                         "(it is written into the Makefile)")
+    return headers
+
+
 def export_hls(
     qmodel,
     out_dir: Union[str, os.PathLike],
@@ -501,31 +596,20 @@ def export_hls(
     at ``qmodel.input_shape``. ``names``: C function names per layer (default from the layer
     paths). ``weights``: ``'const'`` arrays or ``'args'``. ``margin``: a border of at least this
     many zeros around every buffer (``margin=1`` gives the seed's ``[16][34][66]`` buffers
-    everywhere). Everything is validated before anything is written; the folder is written
-    atomically and an existing one is replaced only with ``force=True``.
+    everywhere). Everything is validated before anything is written (the model too: its names
+    and integers are pasted into the C++); the folder is written atomically and an existing one
+    is replaced only with ``force=True``.
     """
     from leanconv.quant.hazards import hazard_report
 
     _check_exportable(qmodel)
-    check_choice(weights, "weights", WEIGHT_MODES)
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"margin={margin!r} must be an int >= 0")
-    if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
-        raise ValueError(f"vectors={vectors!r} must be an int >= 1")
-    if not isinstance(top, str) or not _IDENTIFIER.fullmatch(top) or _reserved(top):
-        raise ValueError(f"top={top!r} must be a C identifier (letters, digits, _), not a keyword nor a name "
-                         "the generated code uses itself")
+    _check_options(weights, margin, vectors, top)
     names = _layer_names(qmodel, names, top)
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise FileExistsError(f"{out_dir} exists: pass force=True (--force) to replace it")
     codes = _golden_inputs(qmodel, inputs, vectors, seed)
-    headers = Path(ap_types) if ap_types is not None else find_ap_types()
-    if headers is not None and not (headers / "ap_fixed.h").is_file():
-        raise ValueError(f"ap_types={str(headers)!r} must be a folder holding ap_fixed.h and ap_int.h")
-    if headers is not None and not _MAKE_SAFE_PATH.fullmatch(str(headers)):
-        raise ValueError(f"ap_types={str(headers)!r} must be a path of letters, digits and _ . / + , @ : ~ = - "
-                         "(it is written into the Makefile)")
+    headers = _ap_types_folder(ap_types)
     outputs = qmodel.forward_all(codes)
     hazards = hazard_report(qmodel, codes).to_markdown()
     buffers = _buffers(qmodel, (codes.shape[2], codes.shape[3]), margin)
@@ -534,7 +618,7 @@ def export_hls(
         "leanconv_kernels.h": header,
         "kernels.cpp": source,
         "weights.h": _weights_header(qmodel, names),
-        "tb.cpp": _testbench(qmodel, names, buffers, top, weights, codes.shape[0]),
+        "tb.cpp": _testbench(names, buffers, top, weights, codes.shape[0]),
         "Makefile": _makefile(headers),
         "hazards.md": "# Hazards before code generation\n\n" + hazards,
         "golden/input.txt": _golden_text(codes),
