@@ -1,35 +1,80 @@
-"""``leanconv quantize`` and ``leanconv export-hls``."""
+"""``leanconv bench``, ``quantize`` and ``export-hls``: measure, quantize and emit HLS C++."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_converted, check_out_folder, console, \
+    input_shape, load_converted, load_model, load_weights, parse_shape, rows_csv
+
+
+def _settings(text: Optional[str]) -> Optional[List[str]]:
+    from leanconv.bench import SETTINGS
+
+    settings = text.split(",") if text else None
+    if settings is not None and any(s not in SETTINGS for s in settings):
+        raise ValueError(f"--settings {text!r} must be a comma-separated subset of {','.join(SETTINGS)}")
+    return settings
+
+
+def _print_bench(report: Any, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    elif fmt == "md":
+        print(report.to_markdown(), end="")
+    elif fmt == "csv":
+        table = report.to_dict()
+        rows = table.get("per_setting") or table.get("results") or []
+        print(rows_csv(rows), end="")
+    else:
+        from rich.markdown import Markdown
+
+        console().print(Markdown(report.to_markdown()))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure MODEL (and a converted twin) in each deployment setting; print the table."""
+    from leanconv.bench import benchmark_settings, realized_efficiency
+
+    settings = _settings(args.settings)
+    shape = input_shape(args.input, args.model)
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
+        shape = (args.batch_size, *shape[1:])
+    if args.converted:
+        check_converted(args.converted)  # before any measurement
+    model = load_weights(load_model(args.model).eval(), args.weights)
+    options = dict(settings=settings, compile=args.compile, threads=args.threads, min_run_time=args.min_run_time,
+                   rounds=args.rounds, progress=True)
+    if args.converted:
+        converted = load_converted(args.model, args.converted)[0].eval()
+        report = realized_efficiency(model, converted, shape, **options)
+    else:
+        report = benchmark_settings(model, shape, **options)
+    _print_bench(report, args.format)
+    return 0
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Quantize a model on calibration data; write qmodel.pt, scales.json and report.md to --out."""
-    import json
-    from pathlib import Path
-
     import torch
 
-    from leanconv._files import check_new_folder, staged_folder
-    from leanconv.cli import _calib_batches, load_model
-    from leanconv.models import DEFAULT_INPUTS
+    from leanconv._files import staged_folder
     from leanconv.quant import accuracy_report, hazard_report, quantize
 
-    out = check_new_folder(args.out, args.force)
+    out = check_out_folder(args)
     settings = {}
     if args.dialect == "apfixed":
         settings = {"narrowing": args.narrowing, "store": args.store, "min_factor_bits": args.min_factor_bits}
     elif args.rounding:
         settings = {"rounding": args.rounding}
-    input_shape = tuple(args.input) if args.input else DEFAULT_INPUTS.get(args.model, (None,))[0]
-    if input_shape is None:
-        raise ValueError(f"--input N,C,H,W is required for MODEL={args.model!r}")
-    model = load_model(args.model).eval()
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    calib = _calib_batches(args.calib, input_shape)
+    shape = input_shape(args.input, args.model)
+    model = load_weights(load_model(args.model).eval(), args.weights)
+    calib = calibration_batches(args.calib, shape)
     qmodel = quantize(model, calib, args.dialect, observer=args.observer, percentile=args.percentile,
                       per_channel=not args.per_tensor, progress=True, **settings)
     hazards = hazard_report(qmodel, calib)
@@ -50,17 +95,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_export_hls(args: argparse.Namespace) -> int:
     """Write HLS C++, golden data, testbench and Makefile for a quantized model; --check runs it."""
-    from pathlib import Path
-
-    from leanconv._files import check_new_folder
     from leanconv.export.hls import check_hls, export_hls
     from leanconv.quant import QuantizedModel
 
-    check_new_folder(args.out, args.force)
+    check_out_folder(args)
     source = Path(args.qmodel)
     path = source / "qmodel.pt" if source.is_dir() else source
     if not path.is_file():
-        raise ValueError(f"QMODEL={args.qmodel!r} must be a folder from `leanconv quantize` or its qmodel.pt")
+        raise FileNotFoundError(f"QMODEL={args.qmodel!r} must be a folder from `leanconv quantize` or its qmodel.pt")
     qmodel = QuantizedModel.load(path)
     names = args.names.split(",") if args.names else None
     project = export_hls(qmodel, args.out, vectors=args.vectors, seed=args.seed, names=names, top=args.top,
@@ -81,19 +123,28 @@ def cmd_export_hls(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _shape(text: str) -> tuple:
-    from leanconv.cli import _shape as parse
+def _add_bench(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="latency in each deployment setting (eager, channels_last, BN-folded, "
+                                         "frozen, compiled); realized efficiency of a converted model")
+    add_model(bench, weights_help="a state_dict (.pt) to load into MODEL first")
+    bench.add_argument("--input", type=parse_shape, default=None, help="input shape N,C,H,W")
+    bench.add_argument("--batch-size", type=int, default=None, help="replace N of --input")
+    bench.add_argument("--converted", default=None,
+                       help="a leanconv convert output folder: also measure it and report realized efficiency")
+    bench.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to build on a CPU)")
+    bench.add_argument("--settings", default=None, help="comma-separated subset of the settings to measure")
+    bench.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    bench.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
+    bench.add_argument("--rounds", type=int, default=1, help="repeat the measurements, interleaved; median")
+    bench.add_argument("--format", choices=("table", "md", "csv", "json"), default="table")
+    bench.set_defaults(func=cmd_bench)
 
-    return parse(text)
 
-
-def add_subcommands(sub) -> None:
-    """Register ``quantize`` and ``export-hls``."""
+def _add_quantize(sub: Any) -> None:
     quant = sub.add_parser("quantize", help="int8-quantize a model (apfixed or tflite dialect) on calibration data")
-    quant.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
-    quant.add_argument("--weights", default=None, help="a state_dict (.pt) to load into the model first")
-    quant.add_argument("--calib", required=True, help="digits | random:N | file.pt with an (N,C,H,W) tensor")
-    quant.add_argument("--input", type=_shape, default=None, help="input shape N,C,H,W")
+    add_model(quant, weights_help="a state_dict (.pt) to load into the model first")
+    quant.add_argument("--calib", required=True, help=CALIB_HELP)
+    quant.add_argument("--input", type=parse_shape, default=None, help="input shape N,C,H,W")
     quant.add_argument("--dialect", choices=("apfixed", "tflite"), default="apfixed")
     quant.add_argument("--narrowing", choices=("round", "trunc", "floor"), default="round", help="apfixed")
     quant.add_argument("--store", choices=("saturate", "wrap"), default="saturate", help="apfixed")
@@ -102,13 +153,13 @@ def add_subcommands(sub) -> None:
     quant.add_argument("--observer", choices=("minmax", "percentile"), default="minmax")
     quant.add_argument("--percentile", type=float, default=99.99)
     quant.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default per channel)")
-    quant.add_argument("--out", required=True, help="output folder (qmodel.pt, scales.json, report.md)")
-    quant.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_out(quant, "output folder (qmodel.pt, scales.json, report.md)")
     quant.set_defaults(func=cmd_quantize)
 
+
+def _add_export_hls(sub: Any) -> None:
     hls = sub.add_parser("export-hls", help="HLS C++ + golden data + self-checking testbench for a quantized model")
     hls.add_argument("qmodel", help="a folder written by `leanconv quantize` (or its qmodel.pt)")
-    hls.add_argument("--out", required=True, help="output folder")
     hls.add_argument("--vectors", type=int, default=2, help="random golden input vectors")
     hls.add_argument("--seed", type=int, default=0)
     hls.add_argument("--names", default=None, help="comma-separated C function names, one per layer")
@@ -117,5 +168,15 @@ def add_subcommands(sub) -> None:
     hls.add_argument("--pragmas", action="store_true", help="add Vitis HLS pipeline/unroll pragmas")
     hls.add_argument("--margin", type=int, default=0, help="at least this many zeros around every buffer")
     hls.add_argument("--check", action="store_true", help="build with g++ and run the testbench")
-    hls.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_out(hls, "output folder")
     hls.set_defaults(func=cmd_export_hls)
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``bench``, ``quantize`` and ``export-hls``."""
+    _add_bench(sub)
+    _add_quantize(sub)
+    _add_export_hls(sub)
+
+
+__all__ = ["add_commands", "cmd_bench", "cmd_export_hls", "cmd_quantize"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Optional
+
+from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, load_model, load_weights
 
 
-def _print_summary(result: Any, out) -> None:
-    from rich.console import Console
+def _print_summary(result: Any, out: Optional[str]) -> None:
     from rich.table import Table
 
     table = Table(title="original vs converted")
@@ -16,34 +17,29 @@ def _print_summary(result: Any, out) -> None:
         table.add_column(column, justify="left" if not column else "right")
     for row in result.summary_rows():
         table.add_row(*row)
-    console = Console()
-    console.print(table)
+    screen = console()
+    screen.print(table)
     for note in result.notes:
-        console.print(f"note: {note}")
+        screen.print(f"note: {note}")
     if out is not None:
-        console.print(f"report: {out}/report.md (plots: candidates.png, layers.png; weights: model.pt + plan.json)")
+        screen.print(f"report: {out}/report.md (plots: candidates.png, layers.png; weights: model.pt + plan.json)")
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Convert, refit, distill, deploy and measure a model on its data; write a report folder."""
-    import torch
-
-    from leanconv._files import check_new_folder
-    from leanconv.cli import load_model
     from leanconv.data import load_data
+    from leanconv.kinds import convertible_kinds
     from leanconv.optimization import optimize
 
-    try:
-        check_new_folder(args.out, args.force)
-    except FileExistsError as error:
-        raise SystemExit(f"leanconv optimize: {error}")
+    check_choice(args.to, "--to", convertible_kinds())
+    check_out_folder(args)
     model = load_model(args.model).eval()
     if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        load_weights(model, args.weights)
     else:
         print("leanconv optimize: no --weights given: optimizing an untrained model", file=sys.stderr)
     data = load_data(args.data)
-    result = optimize(model, data, to=args.to, rank=args.rank, mac_budget=args.mac_budget,
+    result = optimize(model, data, to=args.to, rank=args.rank, mac_fraction=args.mac_fraction,
                       target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr, alpha=args.alpha,
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
                       batch_sizes=tuple(args.batch_size), sweep=not args.no_sweep, out=args.out, force=args.force,
@@ -54,28 +50,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The digits CNN, converted to rank-1 separable convs, refit, distilled, deployed, measured."""
-    from leanconv._files import check_new_folder
     from leanconv.demo import run_demo
 
-    try:
-        check_new_folder(args.out, args.force)
-    except FileExistsError as error:
-        raise SystemExit(f"leanconv demo: {error} (or choose another --out)")
+    check_out_folder(args)
     result = run_demo(args.out, args.force, epochs=args.epochs, batch_sizes=tuple(args.batch_size))
     _print_summary(result, args.out)
     return 0
 
 
-def add_subcommands(sub: Any) -> None:
-    """Register ``optimize`` and ``demo``."""
+def _add_optimize(sub: Any) -> None:
     opt = sub.add_parser("optimize", help="convert, refit, distill, fuse and benchmark a model on its data")
-    opt.add_argument("model", help="built-in name, package.module:callable or path/to/file.py:callable")
+    add_model(opt, weights_help="the trained model's state_dict (.pt)")
     opt.add_argument("--data", required=True, help="digits | cifar10:PATH | folder:PATH | PATH")
-    opt.add_argument("--weights", default=None, help="the trained model's state_dict (.pt)")
-    opt.add_argument("--to", choices=("dsconv", "asymmetric", "tucker2"), default="dsconv")
+    opt.add_argument("--to", default="dsconv", help="a convertible kind (see `leanconv kinds`); default dsconv")
     target = opt.add_mutually_exclusive_group(required=True)
     target.add_argument("--rank", type=int, help="the same rank in every converted layer")
-    target.add_argument("--mac-budget", type=float, help="fraction in (0, 1] of the original MACs")
+    target.add_argument("--mac-fraction", type=float, help="fraction in (0, 1] of the original MACs "
+                                                          "(convert's --mac-budget is a MAC count)")
     target.add_argument("--target-speedup", type=float, help="measured speedup at batch 1, e.g. 2")
     opt.add_argument("--epochs", type=int, default=3, help="distillation epochs (0: refit only)")
     opt.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate (Adam)")
@@ -87,16 +78,18 @@ def add_subcommands(sub: Any) -> None:
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
     opt.add_argument("--measure-time", type=float, default=0.2,
                      help="seconds of timing per measurement (more: steadier numbers)")
-    opt.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    opt.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_out(opt, "output folder (must not exist unless --force)")
     opt.set_defaults(func=cmd_optimize)
 
+
+def add_commands(sub: Any) -> None:
+    """Register ``optimize`` and ``demo``."""
+    _add_optimize(sub)
     demo = sub.add_parser("demo", help="optimize the built-in digits CNN end to end (a few minutes on a CPU)")
-    demo.add_argument("--out", default="leanconv-demo", help="output folder (default: ./leanconv-demo)")
-    demo.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_out(demo, "output folder (default: ./leanconv-demo)", required=False, default="leanconv-demo")
     demo.add_argument("--epochs", type=int, default=3, help="distillation epochs")
     demo.add_argument("--batch-size", type=int, nargs="+", default=[1, 16], help="batch sizes to measure")
     demo.set_defaults(func=cmd_demo)
 
 
-__all__ = ["add_subcommands", "cmd_demo", "cmd_optimize"]
+__all__ = ["add_commands", "cmd_demo", "cmd_optimize"]

@@ -1,0 +1,7 @@
+"""``python -m leanconv.cli``: the ``leanconv`` command."""
+
+import sys
+
+from leanconv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""What every ``leanconv`` command shares: its arguments (model, weights, input shape, --out and
+--force, --format), loading models, weights and calibration data, and writing results.
+
+Nothing here imports torch at module level: ``leanconv --help`` must not pay for it. Every user
+error is raised as ``ValueError`` (or ``FileExistsError``/``FileNotFoundError`` for files) naming
+the argument; :func:`leanconv.cli.main` prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+MODEL_HELP = "built-in name, package.module:callable or path/to/file.py:callable"
+CALIB_HELP = "digits | random:N | file.pt with an (N,C,H,W) tensor"
+WIDE = 100_000  # console width when stdout is a file or a pipe: tables are never cut
+
+
+def parse_shape(text: str) -> Tuple[int, ...]:
+    """``'1,3,224,224'`` (or ``1x3x224x224``) as a tuple of positive ints (an argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated ints, e.g. 1,3,224,224") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r} must contain positive ints")
+    return values
+
+
+def add_model(parser: argparse.ArgumentParser, weights_help: Optional[str] = None) -> None:
+    """The MODEL positional and, with ``weights_help``, ``--weights``."""
+    parser.add_argument("model", help=MODEL_HELP)
+    if weights_help:
+        parser.add_argument("--weights", default=None, help=weights_help)
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, required: bool = True, default: Optional[str] = None,
+            force_help: str = "replace --out if it exists") -> None:
+    """``--out`` and ``--force``."""
+    parser.add_argument("--out", required=required, default=default, help=help)
+    parser.add_argument("--force", action="store_true", help=force_help)
+
+
+def check_choice(value: str, flag: str, choices: Sequence[str], hint: str = "") -> str:
+    """``value`` if it is one of ``choices``, else ValueError ``--to='x' must be one of [...]``."""
+    if value not in choices:
+        raise ValueError(f"{flag}={value!r} must be one of {sorted(choices)}{hint}")
+    return value
+
+
+def load_model(spec: str) -> Any:
+    """A model from a built-in name, ``package.module:callable`` or ``path/to/file.py:callable``."""
+    import importlib
+    import importlib.util
+
+    import torch
+
+    from leanconv import models
+
+    if spec in models.MODELS:
+        return models.create(spec)
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"MODEL={spec!r} must be a built-in name ({', '.join(models.list_models())}), "
+                         "package.module:callable or path/to/file.py:callable")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"MODEL file {target!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, attr):
+        raise ValueError(f"MODEL={spec!r}: {target!r} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    return factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+
+
+def load_tensors(path: str, flag: str) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code."""
+    import pickle
+
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{flag}={str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{flag}={str(path)!r} is not a plain tensor file (torch.load weights_only=True "
+                         f"refused it): {reason}") from None
+
+
+def load_weights(model: Any, path: Optional[str], flag: str = "--weights") -> Any:
+    """Load a state_dict file into ``model`` (if ``path``); a mismatch is a ValueError naming ``flag``."""
+    if path:
+        state = load_tensors(path, flag)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as error:
+            raise ValueError(f"{flag}={str(path)!r} does not fit the model: "
+                             f"{str(error).strip().splitlines()[0]}") from None
+    return model
+
+
+def check_converted(folder: str, flag: str = "--converted") -> Path:
+    """``folder`` as a Path if it holds a ``leanconv convert`` output's plan.json and model.pt."""
+    base = Path(folder)
+    for needed in ("plan.json", "model.pt"):
+        if not (base / needed).is_file():
+            raise ValueError(f"{flag}={folder!r} must hold plan.json and model.pt (leanconv convert --out); "
+                             f"{needed} is missing")
+    return base
+
+
+def load_converted(model_spec: str, folder: str, flag: str = "--converted") -> Tuple[Any, dict]:
+    """MODEL rebuilt by a ``leanconv convert`` folder's plan.json, with its model.pt weights, and the plan."""
+    import json
+
+    from leanconv import apply_plan
+
+    base = check_converted(folder, flag)
+    plan = json.loads((base / "plan.json").read_text())
+    return load_weights(apply_plan(load_model(model_spec), plan), str(base / "model.pt"), flag), plan
+
+
+def input_shape(given: Optional[Sequence[int]], model: str, required: bool = True) -> Optional[Tuple[int, ...]]:
+    """``--input`` or the built-in model's default input shape; ValueError when neither and ``required``."""
+    from leanconv.models import DEFAULT_INPUTS
+
+    shape = tuple(given) if given else DEFAULT_INPUTS.get(model, (None,))[0]
+    if shape is None and required:
+        raise ValueError(f"--input N,C,H,W is required for MODEL={model!r}")
+    return shape
+
+
+def calibration_batches(spec: Optional[str], shape: Sequence[int], batch: int = 64) -> Optional[List[Any]]:
+    """Calibration batches from ``digits``, ``random:N`` or a .pt file holding an (N, C, H, W) tensor."""
+    import torch
+
+    if spec is None:
+        return None
+    if spec == "digits":
+        from leanconv.data import load_digits
+
+        return list(load_digits(size=shape[-1]).train_x[:256].split(batch))
+    if spec.startswith("random:"):
+        count = spec.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--calib={spec!r}: N in random:N must be a positive int")
+        generator = torch.Generator().manual_seed(0)
+        return list(torch.randn((int(count), *shape[1:]), generator=generator).split(batch))
+    tensor = load_tensors(spec, "--calib")
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+        raise ValueError(f"--calib={spec!r} must hold an (N, C, H, W) tensor")
+    return list(tensor.split(batch))
+
+
+def check_out_folder(args: argparse.Namespace) -> Path:
+    """Refuse ``--out`` before any work (see :mod:`leanconv._files`)."""
+    from leanconv._files import check_new_folder
+
+    return check_new_folder(args.out, args.force)
+
+
+def write_text(text: str, out: Optional[str], force: bool) -> None:
+    """``text`` to stdout, or atomically to the file ``out`` (an existing one only with ``force``)."""
+    from leanconv._files import atomic_file, check_new_file
+
+    if out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return
+    path = check_new_file(out, force)
+    with atomic_file(path, replace=force) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {path}")
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console; on a file or a pipe as wide as any table needs (nothing is cut to 80 columns)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=WIDE)
+
+
+def rows_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows of dicts as CSV text, the first row's keys as the header."""
+    rows = list(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+__all__ = ["add_model", "add_out", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
+           "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
+           "write_text"]

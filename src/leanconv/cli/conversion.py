@@ -1,0 +1,76 @@
+"""``leanconv convert``: a model's dense convs as an efficient kind, with optimal weights."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, \
+    check_out_folder, input_shape, load_model, load_weights, parse_shape
+
+ORDERS = ("kx1_first", "1xk_first", "depthwise_first", "pointwise_first", "auto")
+
+
+def check_to(value: str) -> str:
+    """``--to`` must be a kind the registry can convert to (read at run time, never hard-coded)."""
+    from leanconv.kinds import convertible_kinds
+
+    return check_choice(value, "--to", convertible_kinds())
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a model's dense convs; write state_dict, plan.json and report.md to --out."""
+    import torch
+
+    from leanconv import convert, save_plan
+    from leanconv._files import staged_folder
+
+    check_to(args.to)
+    out = check_out_folder(args)
+    model = load_weights(load_model(args.model).eval(), args.weights)
+    needs_input = bool(args.mac_budget or args.latency_budget or args.calib)
+    shape = input_shape(args.input, args.model, required=False)
+    if shape is None and needs_input:
+        raise ValueError("--input N,C,H,W is required with --mac-budget, --latency-budget or --calib for this model")
+    rank = None
+    if args.rank:
+        rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
+    result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
+                     latency_budget=args.latency_budget,
+                     input_size=shape, calib=calibration_batches(args.calib, shape or (1,)),
+                     exclude=args.exclude, order=args.order, core=args.core,
+                     permute=args.permute)
+    with staged_folder(out, args.force) as staging:
+        torch.save(result.model.state_dict(), staging / "model.pt")
+        save_plan(result.plan, staging / "plan.json")
+        (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
+    print(result.to_markdown())
+    print(f"wrote {out}/model.pt, plan.json, report.md")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``convert``."""
+    conv = sub.add_parser("convert", help="convert a model's dense convs to an efficient kind, with optimal weights")
+    add_model(conv)
+    conv.add_argument("--to", default="dsconv", help="a convertible kind (see `leanconv kinds`); default dsconv")
+    conv.add_argument("--weights", default=None, help="a state_dict (.pt) to load into the model first")
+    conv.add_argument("--rank", type=int, nargs="+", default=None, help="rank (two ints for tucker2)")
+    conv.add_argument("--energy", type=float, default=None, help="keep this share of each kernel's energy")
+    conv.add_argument("--mac-budget", type=int, default=None, help="total MACs allowed at --input")
+    conv.add_argument("--latency-budget", type=float, default=None,
+                      help="milliseconds per --input batch on this machine (per-layer timings, cached)")
+    conv.add_argument("--input", type=parse_shape, default=None, help="input shape N,C,H,W")
+    conv.add_argument("--calib", default=None, help=f"refit on: {CALIB_HELP}")
+    conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
+    conv.add_argument("--order", choices=ORDERS, default=None,
+                      help="stage order (asymmetric or dsconv); auto: per layer, least damage per MAC")
+    conv.add_argument("--core", choices=("dense", "asymmetric"), default=None,
+                      help="tucker2 core; asymmetric = kx1 then 1xk (LPRNet's block shape)")
+    conv.add_argument("--permute", action="store_true",
+                      help="grouped: reorder channels so more of each kernel's energy stays in the groups")
+    add_out(conv, "output folder (model.pt, plan.json, report.md)")
+    conv.set_defaults(func=cmd_convert)
+
+
+__all__ = ["add_commands", "check_to", "cmd_convert"]
