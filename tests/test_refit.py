@@ -102,7 +102,7 @@ def accuracy(model, data):
 @pytest.fixture(scope="module")
 def trained():
     data = load_digits()
-    return data, train_digits_cnn(data, epochs=6)
+    return data, train_digits_cnn(data)  # 8 epochs: at 6 the refit result swung 0.85-0.93 across machines
 
 
 def test_rank1_dsconv_with_refit_keeps_digits_accuracy(trained):
