@@ -21,7 +21,7 @@ from leanconv.layers import (
     SpatialGate,
     Tucker2Conv2d,
 )
-from leanconv.layers import rules
+import leanconv.rules as rules
 from leanconv.layers.base import TwoStageConv
 from leanconv.protocol import (
     FusableLayer,

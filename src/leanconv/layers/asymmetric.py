@@ -27,7 +27,7 @@ from leanconv._validate import check_input
 from leanconv.fusion import add_branches, fold_bn, pad_kernel
 from leanconv.layers.base import TwoStageConv, swap_orders
 from leanconv.layers.conv import Conv2d, ConvNormAct
-from leanconv.layers.rules import (
+from leanconv.rules import (
     ASYMMETRIC_ORDERS,
     check_asymmetric_order,
     check_branch_split,

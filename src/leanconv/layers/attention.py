@@ -15,7 +15,11 @@ from torch import nn
 
 from leanconv._validate import check_callable_or_none, check_input, check_positive_int
 from leanconv.layers.conv import Conv2d, IntPair, ModuleFactory, make_act
-from leanconv.layers.rules import CBAM_VARIANTS, check_cbam_variant, check_odd_kernel  # noqa: F401 (keras imports CBAM_VARIANTS from here)
+from leanconv.rules import (  # noqa: F401 (leanconv.keras.attention imports CBAM_VARIANTS from here)
+    CBAM_VARIANTS,
+    check_cbam_variant,
+    check_odd_kernel,
+)
 
 
 class SqueezeExcite(nn.Module):

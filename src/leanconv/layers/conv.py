@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv._validate import check_callable_or_none, check_input
-from leanconv.layers.rules import check_conv_args
+from leanconv.rules import check_conv_args
 from leanconv.padding import PaddingArg, pad_same, resolve_padding, resolve_transposed_padding
 
 # pad_same reads input sizes; under torch.fx symbolic tracing it becomes one graph node.

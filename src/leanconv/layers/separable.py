@@ -18,7 +18,7 @@ from torch import nn
 from leanconv._validate import check_input
 from leanconv.layers.base import TwoStageConv, swap_orders
 from leanconv.layers.conv import Conv2d
-from leanconv.layers.rules import (
+from leanconv.rules import (
     SEPARABLE_ORDERS,
     check_conv_args,
     check_depth_multiplier,

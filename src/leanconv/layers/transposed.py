@@ -31,7 +31,7 @@ from leanconv._validate import (
 )
 from leanconv.layers.base import TwoStageConv, swap_orders
 from leanconv.layers.conv import Conv2d, ConvTranspose2d, IntPair, ModuleFactory
-from leanconv.layers.rules import (  # noqa: F401 (leanconv.keras.transposed imports UPSAMPLE_MODES from here)
+from leanconv.rules import (  # noqa: F401 (leanconv.keras.transposed imports UPSAMPLE_MODES from here)
     SEPARABLE_ORDERS,
     UPSAMPLE_MODES,
     check_transpose_multiplier,

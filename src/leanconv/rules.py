@@ -4,6 +4,8 @@ Every layer (and every registry validator that describes the same kind) calls th
 of restating a rule. Each raises one ``ValueError`` naming the argument, its value and the
 rule, and returns the normalized value where there is one. The choice tuples are the one
 spelling of each vocabulary (stage orders, Tucker-2 cores, interpolation modes, CBAM variants).
+It lives outside :mod:`leanconv.layers` and imports no layer, so the kind registry can call the
+same rules without importing the layers.
 """
 
 from __future__ import annotations
