@@ -433,3 +433,44 @@ def test_layer_names_and_flags_are_checked_when_built():
     layer.name = "features.0\nconv"  # changed after it was built: check() sees it
     with pytest.raises(ValueError, match=r"layers\[0\]: name='features.0\\nconv' must be a name of"):
         q.check()
+
+
+class _FunctionalHead(nn.Module):
+    """relu as a method and as a function, torch.flatten: the chain trace_stages must accept."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d((1, 1)), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return torch.nn.functional.relu(self.fc(torch.flatten(self.pool(self.conv(x).relu_()), 1)))
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, y):
+        return self.conv(x)
+
+
+def test_trace_stages_reads_the_chain_and_names_what_breaks_it():
+    from leanconv.quant.quantization import trace_stages
+
+    stages = trace_stages(_FunctionalHead())
+    assert [(s.path, s.relu, s.pool) for s in stages] == [("conv", True, False), ("fc", True, True)]
+    conv = nn.Conv2d(3, 3, 1)
+    for model, message in [
+        (_TwoInputs(), r"a second model input \(fx node 'y'\)"),
+        (nn.Sequential(conv, nn.AdaptiveAvgPool2d(1)), r"global pooling at the end must be followed by flatten"),
+        (nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Conv2d(3, 3, 1)), r"conv 2 after global pooling"),
+        (nn.Sequential(conv, nn.AdaptiveAvgPool2d(1), nn.Linear(3, 2)), r"Linear 2 on the unflattened pooled map"),
+        (nn.Sequential(conv, nn.Flatten(), nn.Linear(3, 2)), r"flatten of a feature map that was not globally pooled"),
+        (nn.Sequential(conv, nn.BatchNorm2d(3)), r"BatchNorm 1 that could not be folded"),
+        (nn.Sequential(conv, nn.ReLU(), nn.ReLU()), r"a ReLU that does not directly follow a conv or linear"),
+        (nn.Sequential(conv, nn.AdaptiveAvgPool2d(2)), r"AdaptiveAvgPool2d at '1'"),
+        (nn.Sequential(nn.Identity(), nn.Dropout()), r"the model has no conv or linear layer to quantize"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            trace_stages(model)

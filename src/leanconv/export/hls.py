@@ -118,12 +118,16 @@ def _reserved(name: str) -> bool:
     return name in _CPP_KEYWORDS or name in _GENERATED_NAMES or bool(_NUMBERED_NAME.fullmatch(name))
 
 
+def _default_names(qmodel) -> List[str]:
+    """C function names from the layer paths: ``features.0.conv`` -> ``features_0_conv``, ``0`` -> ``layer_0``."""
+    names = [re.sub(r"\W", "_", layer.name).strip("_") or f"layer{i}" for i, layer in enumerate(qmodel.layers)]
+    names = [n if re.match(r"[A-Za-z_]", n) and not _reserved(n) else f"layer_{n}" for n in names]
+    return [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
 def _layer_names(qmodel, names: Optional[Sequence[str]], top: str) -> List[str]:
-    if names is None:
-        names = [re.sub(r"\W", "_", layer.name).strip("_") or f"layer{i}" for i, layer in enumerate(qmodel.layers)]
-        names = [n if re.match(r"[A-Za-z_]", n) and not _reserved(n) else f"layer_{n}" for n in names]
-        names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
-    names = list(names)
+    """The C function name of every layer (given, or from the layer paths), checked against C++ and each other."""
+    names = _default_names(qmodel) if names is None else list(names)
     if len(names) != len(qmodel.layers):
         raise ValueError(f"names has {len(names)} entries, the model has {len(qmodel.layers)} layers")
     for name in names:

@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
@@ -24,6 +24,7 @@ from torch import nn
 
 from leanconv.fusion import fuse
 from leanconv.padding import same_pad_amounts
+from leanconv.quant.checks import check_name
 from leanconv.quant.dialects import Dialect, make_dialect
 from leanconv.quant.layers import IntConv2d, IntLayer, IntLinear
 from leanconv.quant.model import QuantizedModel
@@ -67,13 +68,10 @@ def _unsupported(node: torch.fx.Node, what: str) -> ValueError:
     return ValueError(f"unsupported layer: {what} (fx node {node.name!r}); integer quantization supports {SUPPORTED}")
 
 
-def trace_stages(model: nn.Module) -> List[_Stage]:
-    """The model (BN already folded) as a chain of conv/linear stages with their ReLUs."""
-    graph = _LeafTracer().trace(model)
-    modules = dict(model.named_modules())
-    stages: List[_Stage] = []
+def _chain_nodes(graph: torch.fx.Graph) -> Iterator[torch.fx.Node]:
+    """The graph's operation nodes in order, checked to form a chain as they are reached: one model
+    input, every node taking only the previous node's result, the output being the last one's."""
     previous: Optional[torch.fx.Node] = None
-    pooled = flat = False
     for node in graph.nodes:
         if node.op == "placeholder":
             if previous is not None:
@@ -83,52 +81,117 @@ def trace_stages(model: nn.Module) -> List[_Stage]:
         if node.op == "output":
             if node.args[0] is not previous:
                 raise _unsupported(node, "an output that is not the last layer's result")
-            break
+            return
         if node.all_input_nodes != [previous]:
             raise _unsupported(node, f"{node.op} {node.target!r} that does not take only the previous result "
                                      "(a residual add, concat or branch)")
-        target = modules.get(node.target) if node.op == "call_module" else None
-        is_relu = (isinstance(target, nn.ReLU) or (node.op == "call_function" and node.target in _RELU_FUNCTIONS)
-                   or (node.op == "call_method" and node.target in ("relu", "relu_")))
-        if isinstance(target, nn.Conv2d):
-            if pooled:
-                raise _unsupported(node, f"conv {node.target} after global pooling")
-            if target.padding_mode != "zeros":
-                raise _unsupported(node, f"{node.target} with padding_mode={target.padding_mode!r} (only 'zeros')")
-            stages.append(_Stage(target, node.target))
-        elif isinstance(target, nn.Linear):
-            if pooled and not flat:
-                raise _unsupported(node, f"Linear {node.target} on the unflattened pooled map")
-            if not pooled and stages and stages[-1].is_conv:
-                raise _unsupported(node, f"Linear {node.target} on a flattened feature map (pool it globally first)")
-            stages.append(_Stage(target, node.target, pool=pooled))
-            pooled = flat = False
-        elif is_relu:
-            if not stages or stages[-1].relu or pooled:
-                raise _unsupported(node, "a ReLU that does not directly follow a conv or linear layer")
-            stages[-1].relu = True
-        elif isinstance(target, (nn.Identity, nn.Dropout)):
-            pass
-        elif isinstance(target, nn.modules.batchnorm._BatchNorm):
-            raise _unsupported(node, f"BatchNorm {node.target} that could not be folded (it must directly follow a conv)")
-        elif isinstance(target, nn.AdaptiveAvgPool2d) and target.output_size in (1, (1, 1)):
-            pooled = True
-        elif isinstance(target, nn.Flatten) or (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS) \
-                or (node.op == "call_method" and node.target == "flatten"):
-            if not pooled:
-                raise _unsupported(node, "flatten of a feature map that was not globally pooled")
-            flat = True
-        elif target is not None:
-            raise _unsupported(node, f"{type(target).__name__} at {node.target!r}")
-        else:
-            name = getattr(node.target, "__name__", str(node.target))
-            raise _unsupported(node, f"{node.op} {name!r}")
+        yield node
         previous = node
-    if pooled:
-        raise ValueError("unsupported layer: global pooling at the end must be followed by flatten and a Linear")
-    if not stages:
-        raise ValueError(f"the model has no conv or linear layer to quantize; supported: {SUPPORTED}")
-    return stages
+
+
+def _is_relu(node: torch.fx.Node, target: Optional[nn.Module]) -> bool:
+    """An ``nn.ReLU`` module, ``F.relu``/``torch.relu``, or the ``.relu()``/``.relu_()`` method."""
+    return (isinstance(target, nn.ReLU) or (node.op == "call_function" and node.target in _RELU_FUNCTIONS)
+            or (node.op == "call_method" and node.target in ("relu", "relu_")))
+
+
+def _is_flatten(node: torch.fx.Node, target: Optional[nn.Module]) -> bool:
+    """An ``nn.Flatten`` module, ``torch.flatten``, or the ``.flatten()`` method."""
+    return (isinstance(target, nn.Flatten) or (node.op == "call_function" and node.target in _FLATTEN_FUNCTIONS)
+            or (node.op == "call_method" and node.target == "flatten"))
+
+
+def _node_kind(node: torch.fx.Node, target: Optional[nn.Module]) -> str:
+    """What a chain node is to the quantizer: one of the keys of :meth:`_Chain.add`'s handlers."""
+    if isinstance(target, nn.Conv2d):
+        return "conv"
+    if isinstance(target, nn.Linear):
+        return "linear"
+    if _is_relu(node, target):
+        return "relu"
+    if isinstance(target, (nn.Identity, nn.Dropout)):
+        return "skip"
+    if isinstance(target, nn.modules.batchnorm._BatchNorm):
+        return "norm"
+    if isinstance(target, nn.AdaptiveAvgPool2d) and target.output_size in (1, (1, 1)):
+        return "pool"
+    return "flatten" if _is_flatten(node, target) else "unsupported"
+
+
+@dataclass
+class _Chain:
+    """The stages found so far while walking the traced chain, and whether the map is pooled/flattened."""
+
+    stages: List[_Stage] = field(default_factory=list)
+    pooled: bool = False
+    flat: bool = False
+
+    def add(self, node: torch.fx.Node, target: Optional[nn.Module]) -> None:
+        """Take the next node of the chain (``target``: its module, for a module call), or raise naming it."""
+        handlers = {"conv": self._conv, "linear": self._linear, "relu": self._relu, "skip": self._skip,
+                    "norm": self._norm, "pool": self._pool, "flatten": self._flatten, "unsupported": self._refuse}
+        handlers[_node_kind(node, target)](node, target)
+
+    def _conv(self, node: torch.fx.Node, conv: nn.Conv2d) -> None:
+        if self.pooled:
+            raise _unsupported(node, f"conv {node.target} after global pooling")
+        if conv.padding_mode != "zeros":
+            raise _unsupported(node, f"{node.target} with padding_mode={conv.padding_mode!r} (only 'zeros')")
+        self.stages.append(_Stage(conv, node.target))
+
+    def _linear(self, node: torch.fx.Node, linear: nn.Linear) -> None:
+        if self.pooled and not self.flat:
+            raise _unsupported(node, f"Linear {node.target} on the unflattened pooled map")
+        if not self.pooled and self.stages and self.stages[-1].is_conv:
+            raise _unsupported(node, f"Linear {node.target} on a flattened feature map (pool it globally first)")
+        self.stages.append(_Stage(linear, node.target, pool=self.pooled))
+        self.pooled = self.flat = False
+
+    def _relu(self, node: torch.fx.Node, target: Optional[nn.Module]) -> None:
+        if not self.stages or self.stages[-1].relu or self.pooled:
+            raise _unsupported(node, "a ReLU that does not directly follow a conv or linear layer")
+        self.stages[-1].relu = True
+
+    def _skip(self, node: torch.fx.Node, target: nn.Module) -> None:
+        """Identity and Dropout (eval mode) change nothing."""
+
+    def _norm(self, node: torch.fx.Node, target: nn.Module) -> None:
+        raise _unsupported(node, f"BatchNorm {node.target} that could not be folded (it must directly follow a conv)")
+
+    def _pool(self, node: torch.fx.Node, target: nn.Module) -> None:
+        self.pooled = True
+
+    def _flatten(self, node: torch.fx.Node, target: Optional[nn.Module]) -> None:
+        if not self.pooled:
+            raise _unsupported(node, "flatten of a feature map that was not globally pooled")
+        self.flat = True
+
+    def _refuse(self, node: torch.fx.Node, target: Optional[nn.Module]) -> None:
+        if target is not None:
+            raise _unsupported(node, f"{type(target).__name__} at {node.target!r}")
+        raise _unsupported(node, f"{node.op} {getattr(node.target, '__name__', str(node.target))!r}")
+
+    def finish(self) -> List[_Stage]:
+        """The stages, once the chain ended: not on a pooled map, and not empty."""
+        if self.pooled:
+            raise ValueError("unsupported layer: global pooling at the end must be followed by flatten and a Linear")
+        if not self.stages:
+            raise ValueError(f"the model has no conv or linear layer to quantize; supported: {SUPPORTED}")
+        return self.stages
+
+
+def trace_stages(model: nn.Module) -> List[_Stage]:
+    """The model (BN already folded) as a chain of conv/linear stages with their ReLUs.
+
+    ``torch.fx`` traces it with conv, linear, activation, norm, pooling and dropout modules kept
+    as leaves; any node outside the supported chain raises ``ValueError`` naming it.
+    """
+    graph = _LeafTracer().trace(model)
+    modules = dict(model.named_modules())
+    chain = _Chain()
+    for node in _chain_nodes(graph):
+        chain.add(node, modules.get(node.target) if node.op == "call_module" else None)
+    return chain.finish()
 
 
 def _conv_pads(conv: nn.Conv2d, hw: Tuple[int, int]) -> Tuple[int, int, int, int]:
@@ -160,6 +223,48 @@ def _batches(calib: Union[torch.Tensor, Iterable[torch.Tensor]]) -> List[torch.T
     return batches
 
 
+def _check_traced_chain(fused: nn.Module, stages: List[_Stage], batch: torch.Tensor) -> None:
+    """The traced stages must compute what the model's forward does, and their paths be valid layer names."""
+    for stage in stages:
+        check_name(stage.path, "layer path")
+    expected = fused(batch)
+    x = batch
+    for stage in stages:
+        x = stage(x)
+    if x.shape != expected.shape or not torch.allclose(x, expected, rtol=1e-4, atol=1e-5 * (1 + float(expected.abs().max()))):
+        raise ValueError("unsupported layer: the model's forward does more than its traced chain of layers "
+                         "(control flow or hidden ops); integer quantization supports " + SUPPORTED)
+
+
+def _calibrate(stages: List[_Stage], batches: List[torch.Tensor], observer: str, percentile: float,
+               progress: bool) -> Tuple[list, List[Tuple[int, int]]]:
+    """Observers of the input and of every stage's output over the batches, and each stage's input size."""
+    observers = [make_observer(observer, percentile) for _ in range(len(stages) + 1)]
+    in_hw: List[Tuple[int, int]] = [(0, 0)] * len(stages)
+    for x in _progress(batches, progress):
+        observers[0].observe(x)
+        for index, stage in enumerate(stages):
+            if x.dim() == 4:
+                in_hw[index] = (x.shape[2], x.shape[3])
+            x = stage(x)
+            observers[index + 1].observe(x)
+    return observers, in_hw
+
+
+def _int_layer(dialect: Dialect, stage: _Stage, in_q, out_q, in_hw: Tuple[int, int], per_channel: bool) -> IntLayer:
+    """One stage as an integer layer: int8 weights, the dialect's requantization constants."""
+    module = stage.module
+    w_q, w_scale = quantize_weight(module.weight, per_channel)
+    pool = in_hw[0] * in_hw[1] if stage.pool else 1
+    acc_scale = in_q.scale * w_scale / pool
+    requant = make_requant(dialect, acc_scale / out_q.scale, module.bias, acc_scale, out_q, stage.relu,
+                           stage.path, per_channel)
+    if stage.is_conv:
+        return IntConv2d(w_q, requant, in_q, module.stride, _conv_pads(module, in_hw), module.dilation,
+                         module.groups, stage.path)
+    return IntLinear(w_q, requant, in_q, pool if stage.pool else None, stage.path)
+
+
 @torch.no_grad()
 def quantize(
     model: nn.Module,
@@ -186,38 +291,11 @@ def quantize(
     batches = _batches(calib)
     fused = fuse(model)  # a copy in eval mode, BN folded
     stages = trace_stages(fused)
-    expected = fused(batches[0])
-    x = batches[0]
-    for stage in stages:
-        x = stage(x)
-    if x.shape != expected.shape or not torch.allclose(x, expected, rtol=1e-4, atol=1e-5 * (1 + float(expected.abs().max()))):
-        raise ValueError("unsupported layer: the model's forward does more than its traced chain of layers "
-                         "(control flow or hidden ops); integer quantization supports " + SUPPORTED)
-    observers = [make_observer(observer, percentile) for _ in range(len(stages) + 1)]
-    in_hw: List[Tuple[int, int]] = [(0, 0)] * len(stages)
-    for x in _progress(batches, progress):
-        observers[0].observe(x)
-        for index, stage in enumerate(stages):
-            if x.dim() == 4:
-                in_hw[index] = (x.shape[2], x.shape[3])
-            x = stage(x)
-            observers[index + 1].observe(x)
-    in_q = activation_qparams(dialect, *observers[0].range())
-    layers: List[IntLayer] = []
-    for index, stage in enumerate(stages):
-        out_q = activation_qparams(dialect, *observers[index + 1].range())
-        module = stage.module
-        w_q, w_scale = quantize_weight(module.weight, per_channel)
-        pool = in_hw[index][0] * in_hw[index][1] if stage.pool else 1
-        acc_scale = in_q.scale * w_scale / pool
-        requant = make_requant(dialect, acc_scale / out_q.scale, module.bias, acc_scale, out_q, stage.relu,
-                               stage.path, per_channel)
-        if stage.is_conv:
-            layers.append(IntConv2d(w_q, requant, in_q, module.stride, _conv_pads(module, in_hw[index]),
-                                    module.dilation, module.groups, stage.path))
-        else:
-            layers.append(IntLinear(w_q, requant, in_q, pool if stage.pool else None, stage.path))
-        in_q = out_q
+    _check_traced_chain(fused, stages, batches[0])
+    observers, in_hw = _calibrate(stages, batches, observer, percentile, progress)
+    qparams = [activation_qparams(dialect, *obs.range()) for obs in observers]
+    layers = [_int_layer(dialect, stage, qparams[i], qparams[i + 1], in_hw[i], per_channel)
+              for i, stage in enumerate(stages)]
     return QuantizedModel(layers, dialect, layers[0].in_q, tuple(batches[0].shape[1:]), type(model).__name__)
 
 
