@@ -420,6 +420,17 @@ def test_load_refuses_tampered_tflite_constants(tmp_path):
             QuantizedModel.from_dict(data)
 
 
+class _DashedPath(nn.Module):
+    """A module path with a character no generated code may hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleDict({"conv-1": nn.Conv2d(2, 2, 1)})
+
+    def forward(self, x):
+        return self.convs["conv-1"](x)
+
+
 def test_layer_names_and_flags_are_checked_when_built():
     weight = torch.ones(2, 2, 1, 1, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"name='a;b' must be a name of letters, digits"):
@@ -428,6 +439,8 @@ def test_layer_names_and_flags_are_checked_when_built():
         IntConv2d.apfixed(weight, [0, 0], 0.5, relu=1)
     with pytest.raises(ValueError, match=r"settings \['rounding'\] are not settings of the apfixed dialect"):
         quantize(nn.Sequential(nn.Conv2d(2, 2, 1)), torch.randn(1, 2, 4, 4), "apfixed", rounding="single")
+    with pytest.raises(ValueError, match=r"layer path='convs\.conv-1' must be a name of letters, digits"):
+        quantize(_DashedPath(), torch.randn(1, 2, 4, 4))
     layer = IntConv2d.apfixed(weight, [0, 0], 0.5, name="features.0.conv")
     q = QuantizedModel([layer], ApFixed(), input_shape=(2, 4, 4))
     layer.name = "features.0\nconv"  # changed after it was built: check() sees it
