@@ -50,6 +50,8 @@ def draw_case(data, kind: str):
         order = d(st.sampled_from(["depthwise_first", "pointwise_first"]))
         options = {"order": order, "depth_multiplier": 1 if order == "pointwise_first" else d(st.integers(1, 2))}
         padding = d(st.sampled_from(["same", 0, 1]))
+    elif kind == "transposed":
+        padding = d(st.sampled_from(["same", 0, 1]))
     elif kind == "resize_conv":
         inner = d(st.sampled_from(["dense", "dsconv", "asymmetric"]))
         options = {"scale_factor": d(st.integers(1, 3)), "conv": inner}
@@ -61,8 +63,8 @@ def draw_case(data, kind: str):
 
 def too_small(spec: ConvSpec, kind: str, size) -> bool:
     """Inputs smaller than the (dilated, padded) kernel are rejected by PyTorch itself."""
-    if kind in ("dsconv_transpose",) or spec.padding == "same":
-        if kind == "dsconv_transpose" and spec.padding != "same":
+    if get_kind(kind).transposed or spec.padding == "same":
+        if get_kind(kind).transposed and spec.padding != "same":
             k = get_kind(kind)
             return any(n <= 0 for n in k.output_shape(spec, size)[1:])
         return False

@@ -1,228 +1,50 @@
-"""The registry of conv kinds: each kind described once.
+"""The conv kinds leanconv knows, each described once: one :func:`register` call per kind.
 
-A :class:`ConvKind` knows how to build its module (``build``), and describes the module as a
-list of :class:`Stage` objects (``stages``): one per conv, norm or resampling step, named by
-its path in the module's ``state_dict``. From the stages follow the parameter shapes, the
-parameter count, the output shape and the MACs for any input size, so the layers, the
-``leanconv kinds`` command, analysis and conversion all read the same description.
+Each entry says how to build the kind's module, its stages (from which its parameter shapes,
+output shape and MACs follow for any input), its argument rules (from :mod:`leanconv.rules`,
+the same functions the layers call), what ``explain`` and ``compare`` say about it, and, for
+the kinds a trained conv converts to, its :class:`~leanconv.registry.Conversion`: rank option,
+stage orders, full rank and the factorization in :mod:`leanconv.conversion.factorize`.
+Layers, analysis, conversion, selection and the CLI all read these entries. The machinery
+(:class:`ConvKind`, :class:`ConvSpec`, :func:`create_conv2d`, ...) is in
+:mod:`leanconv.registry` and re-exported here: import it from this module, which guarantees
+the built-in kinds are registered.
 
-MAC = one multiply-accumulate. A conv stage costs ``O * (C/g) * kh * kw`` per output
-position; a transposed conv stage ``C * (O/g) * kh * kw`` per *input* position.
+To add a kind: one :func:`register` call (here, or in your own code), one layer class, and,
+if trained convs should convert to it, one factorization function. ``docs/architecture.md``
+has the checklist.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from torch import nn
 
-from leanconv._validate import check_choice, check_divisible, check_positive_int, check_positive_pair, pair
-from leanconv.padding import (
-    PaddingArg,
-    axis_padding,
-    check_padding,
-    conv_output_hw,
-    conv_transpose_output_size,
-    resolve_transposed_padding,
+from leanconv import rules
+from leanconv._validate import pair
+from leanconv.conversion import factorize
+from leanconv.padding import PaddingArg, axis_padding, resolve_transposed_padding
+from leanconv.registry import (
+    KINDS,
+    Conversion,
+    ConvKind,
+    ConvSpec,
+    Options,
+    Stage,
+    StageShape,
+    convertible_kinds,
+    create_conv2d,
+    get_kind,
+    kind_of_conv,
+    register,
+    unregister,
 )
 
-Shape = Tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ConvSpec:
-    """The arguments of one conv layer, independent of its kind (normalized pairs)."""
-
-    in_channels: int
-    out_channels: int
-    kernel_size: Tuple[int, int]
-    stride: Tuple[int, int] = (1, 1)
-    padding: PaddingArg = 0
-    dilation: Tuple[int, int] = (1, 1)
-    bias: bool = True
-    output_padding: Tuple[int, int] = (0, 0)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def create(
-        cls,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | Tuple[int, int],
-        stride: int | Tuple[int, int] = 1,
-        padding: PaddingArg = 0,
-        dilation: int | Tuple[int, int] = 1,
-        bias: bool = True,
-        output_padding: int | Tuple[int, int] = 0,
-        **options: Any,
-    ) -> "ConvSpec":
-        check_positive_int(in_channels, "in_channels")
-        check_positive_int(out_channels, "out_channels")
-        check_padding(padding)
-        padding = padding if isinstance(padding, str) else pair(padding, "padding")
-        return cls(
-            in_channels,
-            out_channels,
-            check_positive_pair(kernel_size, "kernel_size"),
-            check_positive_pair(stride, "stride"),
-            padding,
-            check_positive_pair(dilation, "dilation"),
-            bool(bias),
-            pair(output_padding, "output_padding"),
-            dict(options),
-        )
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One step of a kind: a conv, transposed conv, norm or upsample, at ``name`` in the module.
-
-    ``from_input=True`` marks a parallel branch that reads the block input instead of the
-    previous stage's output.
-    """
-
-    name: str
-    op: str  # 'conv' | 'conv_transpose' | 'norm' | 'upsample'
-    in_channels: int
-    out_channels: int
-    kernel_size: Tuple[int, int] = (1, 1)
-    stride: Tuple[int, int] = (1, 1)
-    padding: PaddingArg = 0
-    dilation: Tuple[int, int] = (1, 1)
-    groups: int = 1
-    bias: bool = False
-    output_padding: Tuple[int, int] = (0, 0)
-    scale: Tuple[int, int] = (1, 1)
-    from_input: bool = False
-
-    def _key(self, leaf: str) -> str:
-        return f"{self.name}.{leaf}" if self.name else leaf
-
-    @property
-    def weight_shape(self) -> Optional[Shape]:
-        """``(O, C/g, kh, kw)`` for a conv, ``(C, O/g, kh, kw)`` for a transposed conv."""
-        kh, kw = self.kernel_size
-        if self.op == "conv":
-            return (self.out_channels, self.in_channels // self.groups, kh, kw)
-        if self.op == "conv_transpose":
-            return (self.in_channels, self.out_channels // self.groups, kh, kw)
-        return None
-
-    def param_shapes(self) -> Dict[str, Shape]:
-        """Learnable parameter shapes by ``state_dict`` key."""
-        if self.op in ("conv", "conv_transpose"):
-            shapes = {self._key("weight"): self.weight_shape}
-            if self.bias:
-                shapes[self._key("bias")] = (self.out_channels,)
-            return shapes  # type: ignore[return-value]
-        if self.op == "norm":
-            return {self._key("weight"): (self.out_channels,), self._key("bias"): (self.out_channels,)}
-        return {}
-
-    def output_hw(self, in_hw: Sequence[int]) -> Tuple[int, int]:
-        if self.op == "conv":
-            return conv_output_hw(in_hw, self.kernel_size, self.stride, self.padding, self.dilation)
-        if self.op == "conv_transpose":
-            tp = resolve_transposed_padding(
-                self.padding, self.output_padding, self.kernel_size, self.stride, self.dilation
-            )
-            return tuple(  # type: ignore[return-value]
-                conv_transpose_output_size(n, k, s, p, d, o) - c
-                for n, k, s, p, d, o, c in zip(
-                    in_hw, self.kernel_size, self.stride, tp.padding, self.dilation,
-                    tp.output_padding, tp.crop_end,
-                )
-            )
-        if self.op == "upsample":
-            return (in_hw[0] * self.scale[0], in_hw[1] * self.scale[1])
-        return (in_hw[0], in_hw[1])
-
-    def macs(self, in_hw: Sequence[int]) -> int:
-        """Multiply-accumulates of this stage for one image of spatial size ``in_hw``."""
-        kh, kw = self.kernel_size
-        if self.op == "conv":
-            oh, ow = self.output_hw(in_hw)
-            return self.out_channels * (self.in_channels // self.groups) * kh * kw * oh * ow
-        if self.op == "conv_transpose":
-            return self.in_channels * (self.out_channels // self.groups) * kh * kw * in_hw[0] * in_hw[1]
-        return 0
-
-
-@dataclass(frozen=True)
-class StageShape:
-    """A stage with the concrete input and output shapes ``(C, H, W)`` it sees."""
-
-    stage: Stage
-    input_shape: Shape
-    output_shape: Shape
-    macs: int
-
-
-@dataclass(frozen=True)
-class ConvKind:
-    """One conv kind: its builder, its stages, and its cost formulas in words."""
-
-    name: str
-    summary: str
-    layer: str
-    options: Mapping[str, Any]
-    build_fn: Callable[[ConvSpec, Dict[str, Any]], nn.Module]
-    stages_fn: Callable[[ConvSpec], List[Stage]]
-    params_formula: str
-    macs_formula: str
-    validate_fn: Optional[Callable[[ConvSpec], None]] = None
-
-    def _with_defaults(self, spec: ConvSpec) -> ConvSpec:
-        unknown = sorted(set(spec.options) - set(self.options))
-        if unknown:
-            raise ValueError(
-                f"kind={self.name!r} has no option {unknown[0]!r} (its options: {sorted(self.options) or 'none'})"
-            )
-        spec = replace(spec, options={**self.options, **spec.options})
-        if self.validate_fn is not None:
-            self.validate_fn(spec)
-        return spec
-
-    def stages(self, spec: ConvSpec) -> List[Stage]:
-        """The kind's stages for these arguments (options filled with their defaults)."""
-        return self.stages_fn(self._with_defaults(spec))
-
-    def param_shapes(self, spec: ConvSpec) -> Dict[str, Shape]:
-        """Every learnable parameter's shape by ``state_dict`` key, as the built module has it."""
-        shapes: Dict[str, Shape] = {}
-        for stage in self.stages(spec):
-            shapes.update(stage.param_shapes())
-        return shapes
-
-    def params(self, spec: ConvSpec) -> int:
-        return sum(math.prod(s) for s in self.param_shapes(spec).values())
-
-    def walk(self, spec: ConvSpec, in_hw: Sequence[int]) -> List[StageShape]:
-        """Each stage with its input/output shapes and MACs for an input of size ``in_hw``."""
-        rows: List[StageShape] = []
-        hw = tuple(in_hw)
-        channels = spec.in_channels
-        for stage in self.stages(spec):
-            if stage.from_input:
-                hw, channels = tuple(in_hw), spec.in_channels
-            out_hw = stage.output_hw(hw)
-            rows.append(StageShape(stage, (channels, *hw), (stage.out_channels, *out_hw), stage.macs(hw)))
-            hw, channels = out_hw, stage.out_channels
-        return rows
-
-    def output_shape(self, spec: ConvSpec, in_hw: Sequence[int]) -> Shape:
-        """``(C_out, H_out, W_out)`` of the layer."""
-        return (spec.out_channels, *self.walk(spec, in_hw)[-1].output_shape[1:])
-
-    def macs(self, spec: ConvSpec, in_hw: Sequence[int]) -> int:
-        return sum(row.macs for row in self.walk(spec, in_hw))
-
-    def build(self, spec: ConvSpec, device=None, dtype=None, padding_mode: str = "zeros") -> nn.Module:
-        spec = self._with_defaults(spec)
-        return self.build_fn(spec, dict(device=device, dtype=dtype, padding_mode=padding_mode))
-
+LAYERS = "leanconv.layers"
 
 # --------------------------------------------------------------------------- stage helpers
 
@@ -255,12 +77,24 @@ def _branch_padding(spec: ConvSpec, collapsed_axis: int) -> PaddingArg:
     return tuple(p)  # type: ignore[return-value]
 
 
-def _require_odd_kernel(spec: ConvSpec) -> None:
-    if any(k % 2 == 0 for k in spec.kernel_size):
-        raise ValueError(f"kernel_size={spec.kernel_size} must be odd in both dimensions for this kind")
+def _is_kxk(spec: ConvSpec) -> bool:
+    return spec.kernel_size[0] > 1 and spec.kernel_size[1] > 1
 
 
-# --------------------------------------------------------------------------- the kinds
+def _is_odd_kxk(spec: ConvSpec) -> bool:
+    return _is_kxk(spec) and spec.kernel_size[0] % 2 == 1 and spec.kernel_size[1] % 2 == 1
+
+
+def _one_row(label: str, applies: Callable[[ConvSpec], bool]) -> Callable[[ConvSpec], List[Tuple[str, Options]]]:
+    """compare rows for a kind that appears once, with its defaults, where ``applies``."""
+    return lambda spec: [(label, {})] if applies(spec) else []
+
+
+def _check_groups(spec: ConvSpec) -> None:
+    rules.check_groups(spec.in_channels, spec.out_channels, spec.options["groups"])
+
+
+# --------------------------------------------------------------------------- dense and grouped
 
 
 def _dense_stages(spec: ConvSpec) -> List[Stage]:
@@ -269,23 +103,59 @@ def _dense_stages(spec: ConvSpec) -> List[Stage]:
     return [_conv(name, spec.in_channels, spec.out_channels, spec.kernel_size, spec=spec, groups=groups, bias=spec.bias)]
 
 
-def _check_groups(spec: ConvSpec) -> None:
-    g = check_positive_int(spec.options["groups"], "groups")
-    check_divisible(spec.in_channels, "in_channels", g, "groups")
-    check_divisible(spec.out_channels, "out_channels", g, "groups")
+def _build_grouped(layer: type, spec: ConvSpec, kw: Dict[str, Any]) -> nn.Module:
+    """``Conv2d`` with groups, or ``PermutedGroupedConv2d`` (loaded like every layer: at build time)."""
+    if spec.options["permute"]:
+        layer = getattr(importlib.import_module(LAYERS), "PermutedGroupedConv2d")
+    return layer(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, spec.dilation,
+                 spec.options["groups"], spec.bias, **kw)
+
+
+def _grouped_rows(spec: ConvSpec) -> List[Tuple[str, Options]]:
+    c, o = spec.in_channels, spec.out_channels
+    pointwise = spec.kernel_size == (1, 1)
+    return [(f"grouped (g={g})", {"groups": g}) for g in (2, 4)
+            if c % g == 0 and o % g == 0 and (pointwise or g < c)]
+
+
+def _grouped_options(spec: ConvSpec, rank, variant: Mapping[str, Any]) -> Options:
+    return {"groups": int(rank), **({"permute": True} if variant.get("permute") else {})}
+
+
+register(ConvKind(
+    name="dense", summary="standard convolution: every output channel sees every input channel",
+    layer=f"{LAYERS}:Conv2d", stages_fn=_dense_stages,
+    params_formula="O*C*kh*kw (+O bias)", macs_formula="O*C*kh*kw*H'*W'",
+    compare_rows=_one_row("dense", lambda spec: True),
+    explanation={
+        "en": "standard convolution: every output channel is a weighted sum over all input channels in a kh x kw window",
+        "zh": "普通卷积：每个输出通道是 kh x kw 窗口内所有输入通道的加权和",
+    },
+))
+register(ConvKind(
+    name="grouped", summary="grouped convolution: channels split into g groups convolved separately",
+    layer=f"{LAYERS}:Conv2d", options={"groups": 2, "permute": False}, build_fn=_build_grouped,
+    stages_fn=_dense_stages, validate_fn=_check_groups,
+    params_formula="O*(C/g)*kh*kw (+O)",
+    macs_formula="O*(C/g)*kh*kw*H'*W' (permute=True: channel reorderings, no MACs)",
+    compare_rows=_grouped_rows,
+    explanation={
+        "en": "grouped convolution: input channels split into g groups; each group's filters see only their own group",
+        "zh": "分组卷积：输入通道分成 g 组，每组的卷积核只看本组的通道",
+    },
+    conversion=Conversion(
+        factorize=lambda w, o: factorize.grouped(w, o["groups"], permute=o.get("permute", False)),
+        rank_option="groups", variants={"permute": (False, True)}, options_at=_grouped_options,
+        default_rank=2, ladder=False,
+    ),
+))
+
+# --------------------------------------------------------------------------- depthwise and pointwise
 
 
 def _depthwise_stages(spec: ConvSpec) -> List[Stage]:
     return [_conv("", spec.in_channels, spec.out_channels, spec.kernel_size, spec=spec,
                   groups=spec.in_channels, bias=spec.bias)]
-
-
-def _check_depthwise(spec: ConvSpec) -> None:
-    if spec.out_channels % spec.in_channels:
-        raise ValueError(
-            f"out_channels={spec.out_channels} must be a multiple of in_channels={spec.in_channels} "
-            "for a depthwise conv (depth multiplier = out/in)"
-        )
 
 
 def _check_pointwise(spec: ConvSpec) -> None:
@@ -299,6 +169,36 @@ def _check_pointwise(spec: ConvSpec) -> None:
 def _pointwise_stages(spec: ConvSpec) -> List[Stage]:
     return [_conv("", spec.in_channels, spec.out_channels, 1, stride=spec.stride,
                   groups=spec.options["groups"], bias=spec.bias)]
+
+
+register(ConvKind(
+    name="depthwise", summary="one kxk filter per input channel (groups=C); m = O/C filters each",
+    layer=f"{LAYERS}:DepthwiseConv2d", stages_fn=_depthwise_stages,
+    validate_fn=lambda spec: rules.check_depthwise_channels(spec.in_channels, spec.out_channels) and None,
+    params_formula="C*m*kh*kw (+C*m)", macs_formula="C*m*kh*kw*H'*W'",
+    compare_rows=_one_row("depthwise", lambda spec: spec.kernel_size != (1, 1)
+                          and spec.out_channels % spec.in_channels == 0),
+    explanation={
+        "en": "depthwise convolution (groups = input channels): each input channel is filtered on its own; channels are not mixed",
+        "zh": "深度卷积（groups = 输入通道数）：每个输入通道单独滤波，通道之间不混合",
+    },
+))
+register(ConvKind(
+    name="pointwise", summary="1x1 convolution: mixes channels, changes the channel count, no spatial extent",
+    layer=f"{LAYERS}:PointwiseConv2d", options={"groups": 1}, spatial=False,
+    build_fn=lambda layer, s, kw: layer(s.in_channels, s.out_channels, s.stride, s.options["groups"], s.bias,
+                                        device=kw["device"], dtype=kw["dtype"]),
+    stages_fn=_pointwise_stages, validate_fn=_check_pointwise,
+    params_formula="O*C/g (+O)", macs_formula="O*(C/g)*H'*W'",
+    explanation={
+        "en": "pointwise (1x1) convolution: a per-pixel linear map across channels; it changes the channel count and mixes channels, with no spatial extent",
+        "zh": "逐点（1x1）卷积：在每个像素上对通道做线性组合，可升维、降维并融合通道信息，没有空间范围",
+    },
+))
+
+# --------------------------------------------------------------------------- depthwise separable
+
+_NORM_ACT = {"norm_layer": None, "act_layer": None}
 
 
 def _dsconv_stages(spec: ConvSpec) -> List[Stage]:
@@ -317,13 +217,34 @@ def _dsconv_stages(spec: ConvSpec) -> List[Stage]:
     return stages
 
 
-def _check_depth_multiplier(spec: ConvSpec) -> None:
-    check_positive_int(spec.options["depth_multiplier"], "depth_multiplier")
-
-
 def _check_dsconv(spec: ConvSpec) -> None:
-    _check_depth_multiplier(spec)
-    check_choice(spec.options["order"], "order", ("depthwise_first", "pointwise_first"))
+    rules.check_depth_multiplier(spec.options["depth_multiplier"])
+    rules.check_separable_order(spec.options["order"])
+
+
+def _dsconv_top_rank(spec: ConvSpec, variant: Mapping[str, Any]) -> int:
+    """The depth multiplier that makes the factorization exact: a rank-min(n, kh*kw) SVD of each
+    n x (kh*kw) slice (n = O per input channel, or C per output channel for the dual)."""
+    kernel = math.prod(spec.kernel_size)
+    n = spec.in_channels if variant.get("order") == "pointwise_first" else spec.out_channels
+    return min(n, kernel)
+
+
+register(ConvKind(
+    name="dsconv", summary="depthwise separable: depthwise kxk (C -> C*m) then pointwise 1x1 (C*m -> O)",
+    layer=f"{LAYERS}:DepthwiseSeparableConv2d",
+    options={"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
+    stages_fn=_dsconv_stages, validate_fn=_check_dsconv,
+    params_formula="C*m*kh*kw + C*m*O (+O); pointwise_first: C*O*m + O*m*kh*kw",
+    macs_formula="(C*m*kh*kw + C*m*O)*H'*W'; pointwise_first: C*O*m*H*W + O*m*kh*kw*H'*W'",
+    compare_rows=_one_row("depthwise separable", lambda spec: spec.kernel_size != (1, 1)),
+    conversion=Conversion(
+        factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], order=o.get("order", "depthwise_first")),
+        rank_option="depth_multiplier", top_rank=_dsconv_top_rank, variants={"order": rules.SEPARABLE_ORDERS},
+    ),
+))
+
+# --------------------------------------------------------------------------- asymmetric (spatially separable)
 
 
 def _asymmetric_stages(spec: ConvSpec) -> List[Stage]:
@@ -345,9 +266,28 @@ def _asymmetric_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_asymmetric(spec: ConvSpec) -> None:
-    if spec.options["mid_channels"] is not None:
-        check_positive_int(spec.options["mid_channels"], "mid_channels")
-    check_choice(spec.options["order"], "order", ("kx1_first", "1xk_first"))
+    rules.check_optional_channels(spec.options["mid_channels"], "mid_channels")
+    rules.check_asymmetric_order(spec.options["order"])
+
+
+def _asymmetric_top_rank(spec: ConvSpec, variant: Mapping[str, Any]) -> int:
+    """Mid channels that make the (C*kh) x (O*kw) reshaped kernel's SVD exact (or its transpose's)."""
+    (kh, kw), c, o = spec.kernel_size, spec.in_channels, spec.out_channels
+    return min(c * kw, o * kh) if variant.get("order") == "1xk_first" else min(c * kh, o * kw)
+
+
+register(ConvKind(
+    name="asymmetric", summary="spatially separable: kx1 conv (C -> K) then 1xk conv (K -> O), or the reverse",
+    layer=f"{LAYERS}:AsymmetricConv2d", options={"mid_channels": None, "order": "kx1_first", **_NORM_ACT},
+    stages_fn=_asymmetric_stages, validate_fn=_check_asymmetric,
+    params_formula="C*K*kh + K*O*kw (+O), K = mid_channels (default O)",
+    macs_formula="C*K*kh*H'*W1 + K*O*kw*H'*W' (W1: width after kx1)",
+    compare_rows=lambda spec: [(f"{spec.kernel_size[0]}x1 then 1x{spec.kernel_size[1]}", {})] if _is_kxk(spec) else [],
+    conversion=Conversion(
+        factorize=lambda w, o: factorize.asymmetric(w, o["mid_channels"], o.get("order", "kx1_first")),
+        rank_option="mid_channels", top_rank=_asymmetric_top_rank, variants={"order": rules.ASYMMETRIC_ORDERS},
+    ),
+))
 
 
 def _asym_parallel_stages(spec: ConvSpec) -> List[Stage]:
@@ -362,9 +302,18 @@ def _asym_parallel_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_asym_parallel(spec: ConvSpec) -> None:
-    _require_odd_kernel(spec)
-    if spec.out_channels < 2:
-        raise ValueError(f"out_channels={spec.out_channels} must be >= 2 (two concatenated branches)")
+    rules.check_odd_kernel(spec.kernel_size)
+    rules.check_branch_split(spec.out_channels)
+
+
+register(ConvKind(
+    name="asym_parallel",
+    summary="1xk and kx1 in parallel, concatenated (Inception-v3): ceil(O/2) + floor(O/2) channels",
+    layer=f"{LAYERS}:ParallelAsymmetricConv2d", stages_fn=_asym_parallel_stages, validate_fn=_check_asym_parallel,
+    params_formula="C*(ceil(O/2)*kw + floor(O/2)*kh) (+O)", macs_formula="C*(ceil(O/2)*kw + floor(O/2)*kh)*H'*W'",
+    compare_rows=lambda spec: ([(f"1x{spec.kernel_size[1]}, {spec.kernel_size[0]}x1 in parallel (concat)", {})]
+                               if _is_odd_kxk(spec) and spec.out_channels >= 2 else []),
+))
 
 
 def _acblock_stages(spec: ConvSpec) -> List[Stage]:
@@ -383,8 +332,20 @@ def _acblock_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_acblock(spec: ConvSpec) -> None:
-    _require_odd_kernel(spec)
+    rules.check_odd_kernel(spec.kernel_size)
     _check_groups(spec)
+
+
+register(ConvKind(
+    name="acblock", summary="ACNet block: kxk + 1xk + kx1 branches with BN each, summed; fuses to one kxk conv",
+    layer=f"{LAYERS}:ACBlock", options={"groups": 1, "norm_layer": nn.BatchNorm2d},
+    stages_fn=_acblock_stages, validate_fn=_check_acblock,
+    params_formula="O*(C/g)*(kh*kw + kh + kw) + 6*O (BN)",
+    macs_formula="O*(C/g)*(kh*kw + kh + kw)*H'*W' (training form; kh*kw after fuse)",
+    compare_rows=_one_row("ACBlock (training form)", _is_odd_kxk),
+))
+
+# --------------------------------------------------------------------------- Tucker-2
 
 
 def _tucker2_stages(spec: ConvSpec) -> List[Stage]:
@@ -403,18 +364,69 @@ def _tucker2_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_tucker2(spec: ConvSpec) -> None:
-    check_choice(spec.options["core"], "core", ("dense", "asymmetric"))
-    if spec.options["core_mid_channels"] is not None:
-        check_positive_int(spec.options["core_mid_channels"], "core_mid_channels")
-        if spec.options["core"] != "asymmetric":
-            raise ValueError(f"core_mid_channels={spec.options['core_mid_channels']} applies only to core='asymmetric'")
-    ranks = spec.options["ranks"]
-    if ranks is None:
-        return
-    if not isinstance(ranks, (tuple, list)) or len(ranks) != 2:
-        raise ValueError(f"ranks={ranks!r} must be a pair (r_in, r_out) of ints >= 1")
-    for r in ranks:
-        check_positive_int(r, "ranks")
+    rules.check_tucker2_core(spec.options["core"], spec.options["core_mid_channels"])
+    rules.check_ranks(spec.options["ranks"], spec.in_channels, spec.out_channels)
+
+
+def _tucker2_options(spec: ConvSpec, rank, variant: Mapping[str, Any]) -> Options:
+    """``ranks`` (r1, r2) from one int or a pair, clipped to the channels; with an asymmetric
+    core (LPRNet's shape) the core keeps r2 mid channels."""
+    ranks = (rank, rank) if isinstance(rank, int) else tuple(rank)
+    options: Options = {"ranks": (min(ranks[0], spec.in_channels), min(ranks[1], spec.out_channels))}
+    if variant.get("core") == "asymmetric":
+        options.update(core="asymmetric", core_mid_channels=options["ranks"][1])
+    return options
+
+
+def _tucker2_exact(spec: ConvSpec, variant: Mapping[str, Any]) -> Options:
+    (kh, kw), c, o = spec.kernel_size, spec.in_channels, spec.out_channels
+    if variant.get("core") == "asymmetric":
+        return {"ranks": (c, o), "core": "asymmetric", "core_mid_channels": min(c * kh, o * kw)}
+    return {"ranks": (c, o)}
+
+
+register(ConvKind(
+    name="tucker2",
+    summary="Tucker-2 bottleneck: 1x1 reduce (C -> r1), kxk core (r1 -> r2), 1x1 expand (r2 -> O)",
+    layer=f"{LAYERS}:Tucker2Conv2d", options={"ranks": None, "core": "dense", "core_mid_channels": None},
+    stages_fn=_tucker2_stages, validate_fn=_check_tucker2,
+    params_formula="C*r1 + r1*r2*kh*kw + r2*O (+O); core='asymmetric': r1*K*kh + K*r2*kw for the core",
+    macs_formula="C*r1*H*W + (r1*r2*kh*kw + r2*O)*H'*W' (asymmetric core: as the asymmetric kind)",
+    compare_rows=lambda spec: ([("Tucker-2 (C/4, O/4)", {"ranks": (max(1, spec.in_channels // 4),
+                                                                  max(1, spec.out_channels // 4))})]
+                               if spec.kernel_size != (1, 1) else []),
+    conversion=Conversion(
+        factorize=lambda w, o: factorize.tucker2(w, o["ranks"], core_mid_channels=o.get("core_mid_channels")),
+        rank_option="ranks", top_rank=lambda spec, variant: min(spec.in_channels, spec.out_channels),
+        variants={"core": rules.TUCKER2_CORES}, options_at=_tucker2_options, exact=_tucker2_exact,
+    ),
+))
+
+# --------------------------------------------------------------------------- upsampling kinds
+
+
+def _transposed_stages(spec: ConvSpec) -> List[Stage]:
+    return [Stage("", "conv_transpose", spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                  spec.padding, spec.dilation, 1, spec.bias, spec.output_padding)]
+
+
+def _check_transposed_padding(spec: ConvSpec) -> None:
+    resolve_transposed_padding(spec.padding, spec.output_padding, spec.kernel_size, spec.stride, spec.dilation)
+
+
+register(ConvKind(
+    name="transposed", summary="transposed convolution: each input pixel scatters a kxk patch (upsampling by the stride)",
+    layer=f"{LAYERS}:ConvTranspose2d", transposed=True,
+    build_fn=lambda layer, s, kw: layer(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
+                                        s.output_padding, 1, s.bias, s.dilation, **kw),
+    stages_fn=_transposed_stages, validate_fn=_check_transposed_padding,
+    params_formula="C*O*kh*kw (+O)", macs_formula="C*O*kh*kw*H*W (per input position)",
+    compare_rows=_one_row("transposed conv", lambda spec: True),
+    explanation={
+        "en": "transposed convolution: each input pixel scatters a kh x kw patch into the output (upsampling by the stride)",
+        "zh": "转置卷积：每个输入像素向输出散布一个 kh x kw 的块（按步长上采样）",
+    },
+))
 
 
 def _dsconv_transpose_stages(spec: ConvSpec) -> List[Stage]:
@@ -438,17 +450,27 @@ def _dsconv_transpose_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_dsconv_transpose(spec: ConvSpec) -> None:
-    _check_depth_multiplier(spec)
-    check_choice(spec.options["order"], "order", ("depthwise_first", "pointwise_first"))
-    if spec.options["order"] == "pointwise_first" and spec.options["depth_multiplier"] != 1:
-        raise ValueError(
-            f"depth_multiplier={spec.options['depth_multiplier']} must be 1 with order='pointwise_first'"
-        )
-    resolve_transposed_padding(spec.padding, spec.output_padding, spec.kernel_size, spec.stride, spec.dilation)
+    rules.check_transpose_multiplier(spec.options["depth_multiplier"], spec.options["order"])
+    _check_transposed_padding(spec)
+
+
+register(ConvKind(
+    name="dsconv_transpose",
+    summary="separable upsampling: depthwise transposed kxk (C -> C*m) then pointwise 1x1",
+    layer=f"{LAYERS}:DepthwiseSeparableConvTranspose2d", transposed=True,
+    options={"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
+    build_fn=lambda layer, s, kw: layer(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding,
+                                        s.output_padding, s.bias, s.dilation, **kw, **s.options),
+    stages_fn=_dsconv_transpose_stages, validate_fn=_check_dsconv_transpose,
+    params_formula="C*m*kh*kw + C*m*O (+O)",
+    macs_formula="C*m*kh*kw*H*W + C*m*O*H'*W' (transposed: per input position)",
+    compare_rows=lambda spec: [("separable transposed", {}),
+                               ("separable transposed, 1x1 first", {"order": "pointwise_first"})],
+))
 
 
 def _resize_conv_stages(spec: ConvSpec) -> List[Stage]:
-    scale = check_positive_pair(spec.options["scale_factor"], "scale_factor")
+    scale = rules.check_upsample(spec.options["scale_factor"], spec.options["mode"], spec.options["align_corners"])
     inner = get_kind(spec.options["conv"])
     inner_spec = replace(spec, options=dict(spec.options["conv_options"] or {}))
     channels = spec.in_channels
@@ -460,176 +482,25 @@ def _resize_conv_stages(spec: ConvSpec) -> List[Stage]:
 
 
 def _check_resize_conv(spec: ConvSpec) -> None:
-    check_positive_pair(spec.options["scale_factor"], "scale_factor")
-    if spec.options["conv"] in ("resize_conv", "dsconv_transpose"):
+    rules.check_upsample(spec.options["scale_factor"], spec.options["mode"], spec.options["align_corners"])
+    if get_kind(spec.options["conv"]).upsamples:
         raise ValueError(f"conv={spec.options['conv']!r} must be a non-upsampling kind")
-    get_kind(spec.options["conv"])
-    check_choice(spec.options["mode"], "mode", ("nearest", "bilinear", "bicubic"))
 
 
-# ----------------------------------------------------------------------------- builders
-
-
-def _layers():
-    # Imported lazily: the layer modules import this registry to build inner convs.
-    import leanconv.layers as layers
-
-    return layers
-
-
-def _conv_args(spec: ConvSpec) -> Tuple[Any, ...]:
-    return (spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, spec.dilation)
-
-
-_NORM_ACT = {"norm_layer": None, "act_layer": None}
-
-KINDS: Dict[str, ConvKind] = {}
-
-
-def register(kind: ConvKind) -> ConvKind:
-    """Add a kind to the registry (names are unique)."""
-    if kind.name in KINDS:
-        raise ValueError(f"kind name={kind.name!r} is already registered")
-    KINDS[kind.name] = kind
-    return kind
+def _resize_rows(spec: ConvSpec) -> List[Tuple[str, Options]]:
+    scale = spec.stride[0]
+    return [(f"resize + {label} conv", {"scale_factor": scale, "conv": conv})
+            for label, conv in (("dense", "dense"), ("separable", "dsconv"))]
 
 
 register(ConvKind(
-    "dense", "standard convolution: every output channel sees every input channel",
-    "leanconv.layers.Conv2d", {},
-    lambda s, kw: _layers().Conv2d(*_conv_args(s), 1, s.bias, **kw),
-    _dense_stages,
-    "O*C*kh*kw (+O bias)", "O*C*kh*kw*H'*W'",
-))
-register(ConvKind(
-    "grouped", "grouped convolution: channels split into g groups convolved separately",
-    "leanconv.layers.Conv2d", {"groups": 2, "permute": False},
-    lambda s, kw: (_layers().PermutedGroupedConv2d if s.options["permute"] else _layers().Conv2d)(
-        *_conv_args(s), s.options["groups"], s.bias, **kw),
-    _dense_stages,
-    "O*(C/g)*kh*kw (+O)", "O*(C/g)*kh*kw*H'*W' (permute=True: channel reorderings, no MACs)",
-    _check_groups,
-))
-register(ConvKind(
-    "depthwise", "one kxk filter per input channel (groups=C); m = O/C filters each",
-    "leanconv.layers.DepthwiseConv2d", {},
-    lambda s, kw: _layers().DepthwiseConv2d(*_conv_args(s), s.bias, **kw),
-    _depthwise_stages,
-    "C*m*kh*kw (+C*m)", "C*m*kh*kw*H'*W'",
-    _check_depthwise,
-))
-register(ConvKind(
-    "pointwise", "1x1 convolution: mixes channels, changes the channel count, no spatial extent",
-    "leanconv.layers.PointwiseConv2d", {"groups": 1},
-    lambda s, kw: _layers().PointwiseConv2d(
-        s.in_channels, s.out_channels, s.stride, s.options["groups"], s.bias,
-        device=kw["device"], dtype=kw["dtype"]),
-    _pointwise_stages,
-    "O*C/g (+O)", "O*(C/g)*H'*W'",
-    _check_pointwise,
-))
-register(ConvKind(
-    "dsconv", "depthwise separable: depthwise kxk (C -> C*m) then pointwise 1x1 (C*m -> O)",
-    "leanconv.layers.DepthwiseSeparableConv2d", {"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
-    lambda s, kw: _layers().DepthwiseSeparableConv2d(*_conv_args(s), s.bias, **kw, **s.options),
-    _dsconv_stages,
-    "C*m*kh*kw + C*m*O (+O); pointwise_first: C*O*m + O*m*kh*kw",
-    "(C*m*kh*kw + C*m*O)*H'*W'; pointwise_first: C*O*m*H*W + O*m*kh*kw*H'*W'",
-    _check_dsconv,
-))
-register(ConvKind(
-    "asymmetric", "spatially separable: kx1 conv (C -> K) then 1xk conv (K -> O), or the reverse",
-    "leanconv.layers.AsymmetricConv2d", {"mid_channels": None, "order": "kx1_first", **_NORM_ACT},
-    lambda s, kw: _layers().AsymmetricConv2d(*_conv_args(s), s.bias, **kw, **s.options),
-    _asymmetric_stages,
-    "C*K*kh + K*O*kw (+O), K = mid_channels (default O)", "C*K*kh*H'*W1 + K*O*kw*H'*W' (W1: width after kx1)",
-    _check_asymmetric,
-))
-register(ConvKind(
-    "asym_parallel", "1xk and kx1 in parallel, concatenated (Inception-v3): ceil(O/2) + floor(O/2) channels",
-    "leanconv.layers.ParallelAsymmetricConv2d", {},
-    lambda s, kw: _layers().ParallelAsymmetricConv2d(*_conv_args(s), s.bias, **kw),
-    _asym_parallel_stages,
-    "C*(ceil(O/2)*kw + floor(O/2)*kh) (+O)", "C*(ceil(O/2)*kw + floor(O/2)*kh)*H'*W'",
-    _check_asym_parallel,
-))
-register(ConvKind(
-    "acblock", "ACNet block: kxk + 1xk + kx1 branches with BN each, summed; fuses to one kxk conv",
-    "leanconv.layers.ACBlock", {"groups": 1, "norm_layer": nn.BatchNorm2d},
-    lambda s, kw: _layers().ACBlock(*_conv_args(s), s.options["groups"], s.bias, **kw,
-                                    norm_layer=s.options["norm_layer"]),
-    _acblock_stages,
-    "O*(C/g)*(kh*kw + kh + kw) + 6*O (BN)", "O*(C/g)*(kh*kw + kh + kw)*H'*W' (training form; kh*kw after fuse)",
-    _check_acblock,
-))
-register(ConvKind(
-    "tucker2", "Tucker-2 bottleneck: 1x1 reduce (C -> r1), kxk core (r1 -> r2), 1x1 expand (r2 -> O)",
-    "leanconv.layers.Tucker2Conv2d", {"ranks": None, "core": "dense", "core_mid_channels": None},
-    lambda s, kw: _layers().Tucker2Conv2d(*_conv_args(s), s.bias, **kw, **s.options),
-    _tucker2_stages,
-    "C*r1 + r1*r2*kh*kw + r2*O (+O); core='asymmetric': r1*K*kh + K*r2*kw for the core",
-    "C*r1*H*W + (r1*r2*kh*kw + r2*O)*H'*W' (asymmetric core: as the asymmetric kind)",
-    _check_tucker2,
-))
-register(ConvKind(
-    "dsconv_transpose", "separable upsampling: depthwise transposed kxk (C -> C*m) then pointwise 1x1",
-    "leanconv.layers.DepthwiseSeparableConvTranspose2d",
-    {"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
-    lambda s, kw: _layers().DepthwiseSeparableConvTranspose2d(
-        s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.output_padding, s.bias,
-        s.dilation, **kw, **s.options),
-    _dsconv_transpose_stages,
-    "C*m*kh*kw + C*m*O (+O)", "C*m*kh*kw*H*W + C*m*O*H'*W' (transposed: per input position)",
-    _check_dsconv_transpose,
-))
-register(ConvKind(
-    "resize_conv", "upsample (nearest/bilinear) then a conv of any kind: no checkerboard artifacts",
-    "leanconv.layers.ResizeConv2d",
-    {"scale_factor": 2, "mode": "nearest", "align_corners": None, "conv": "dense", "conv_options": None},
-    lambda s, kw: _layers().ResizeConv2d(*_conv_args(s), s.bias, **kw, **s.options),
-    _resize_conv_stages,
-    "those of the inner kind", "the inner kind's MACs at the upsampled size (s*H, s*W)",
-    _check_resize_conv,
+    name="resize_conv", summary="upsample (nearest/bilinear) then a conv of any kind: no checkerboard artifacts",
+    layer=f"{LAYERS}:ResizeConv2d", scale_option="scale_factor",
+    options={"scale_factor": 2, "mode": "nearest", "align_corners": None, "conv": "dense", "conv_options": None},
+    stages_fn=_resize_conv_stages, validate_fn=_check_resize_conv,
+    params_formula="those of the inner kind", macs_formula="the inner kind's MACs at the upsampled size (s*H, s*W)",
+    compare_rows=_resize_rows,
 ))
 
 
-def get_kind(name: str) -> ConvKind:
-    """The registered kind called ``name`` (ValueError listing the kinds otherwise)."""
-    if name not in KINDS:
-        raise ValueError(f"kind={name!r} is not a conv kind; choose one of {sorted(KINDS)}")
-    return KINDS[name]
-
-
-def convertible_kinds() -> list:
-    """Names of the kinds a trained dense conv can be converted to (``convert(to=...)``)."""
-    return ["asymmetric", "dsconv", "grouped", "tucker2"]
-
-
-def create_conv2d(
-    kind: str,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int | Tuple[int, int],
-    stride: int | Tuple[int, int] = 1,
-    padding: PaddingArg = 0,
-    dilation: int | Tuple[int, int] = 1,
-    bias: bool = True,
-    padding_mode: str = "zeros",
-    device=None,
-    dtype=None,
-    output_padding: int | Tuple[int, int] = 0,
-    **options: Any,
-) -> nn.Module:
-    """Build a conv of any registered kind with ``nn.Conv2d``'s arguments plus the kind's options.
-
-    >>> create_conv2d("dsconv", 32, 64, 3, padding="same", depth_multiplier=2)  # doctest: +SKIP
-    """
-    spec = ConvSpec.create(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
-                           output_padding, **options)
-    kind = get_kind(kind)
-    if any(spec.output_padding) and kind.name != "dsconv_transpose":
-        raise ValueError(f"output_padding={output_padding!r} applies only to transposed kinds, not {kind.name!r}")
-    return kind.build(spec, device=device, dtype=dtype, padding_mode=padding_mode)
-
-
-__all__ = ["ConvKind", "ConvSpec", "KINDS", "Stage", "StageShape", "convertible_kinds", "create_conv2d", "get_kind", "register"]
+__all__ = ["KINDS", "ConvKind", "ConvSpec", "Conversion", "Stage", "StageShape", "convertible_kinds", "create_conv2d", "get_kind", "kind_of_conv", "register", "unregister"]
