@@ -183,7 +183,7 @@ def test_compare_ratios_and_measurement():
 def test_compare_upsampling_candidates():
     result = leanconv.compare(64, 32, 4, 16, padding=1, upsample=2)
     names = [c.kind for c in result.candidates]
-    assert names[0] == "dense_transpose" and "dsconv_transpose" in names and "resize_conv" in names
+    assert names[0] == "transposed" and "dsconv_transpose" in names and "resize_conv" in names
     assert all(c.output_shape == (1, 32, 32, 32) for c in result.candidates)
     assert result.candidates[0].macs == 64 * 32 * 16 * 16 * 16
 

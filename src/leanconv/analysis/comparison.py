@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from leanconv._validate import check_positive_int, check_positive_pair
-from leanconv.kinds import ConvSpec, create_conv2d, get_kind
+from leanconv.kinds import KINDS, ConvSpec, create_conv2d, get_kind
 from leanconv.padding import PaddingArg
 
 _BYTES = 4  # float32 activations
@@ -87,42 +87,20 @@ class Comparison:
         raise ValueError(f"fmt={fmt!r} must be one of ('table', 'json', 'md')")
 
 
-def _candidates(c_in: int, c_out: int, kernel: Tuple[int, int], upsample: Optional[int]) -> List[Tuple[str, str, Dict[str, Any]]]:
-    """(label, kind, options) for every kind that can stand in for this layer."""
-    if upsample:
-        return [
-            ("transposed conv", "dense_transpose", {}),
-            ("separable transposed", "dsconv_transpose", {}),
-            ("separable transposed, 1x1 first", "dsconv_transpose", {"order": "pointwise_first"}),
-            ("resize + dense conv", "resize_conv", {"scale_factor": upsample, "conv": "dense"}),
-            ("resize + separable conv", "resize_conv", {"scale_factor": upsample, "conv": "dsconv"}),
-        ]
-    rows: List[Tuple[str, str, Dict[str, Any]]] = [("dense", "dense", {})]
-    if kernel == (1, 1):
-        return rows + [("grouped (g=%d)" % g, "grouped", {"groups": g}) for g in (2, 4) if c_in % g == 0 and c_out % g == 0]
-    for g in (2, 4):
-        if c_in % g == 0 and c_out % g == 0 and g < c_in:
-            rows.append((f"grouped (g={g})", "grouped", {"groups": g}))
-    if c_out % c_in == 0:
-        rows.append(("depthwise", "depthwise", {}))
-    rows.append(("depthwise separable", "dsconv", {}))
-    if kernel[0] > 1 and kernel[1] > 1:
-        rows.append((f"{kernel[0]}x1 then 1x{kernel[1]}", "asymmetric", {}))
-        if kernel[0] % 2 and kernel[1] % 2:
-            if c_out >= 2:
-                rows.append((f"1x{kernel[1]}, {kernel[0]}x1 in parallel (concat)", "asym_parallel", {}))
-            rows.append(("ACBlock (training form)", "acblock", {}))
-    rows.append(("Tucker-2 (C/4, O/4)", "tucker2", {"ranks": (max(1, c_in // 4), max(1, c_out // 4))}))
-    return rows
+def _candidates(spec: ConvSpec, upsample: Optional[int]) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """(label, kind, options) for every registered kind that can stand in for this layer: the
+    upsampling kinds for an upsampling layer, the others otherwise, each as its entry's rows."""
+    return [(label, kind.name, options) for kind in KINDS.values()
+            if kind.compare_rows is not None and kind.upsamples == bool(upsample)
+            for label, options in kind.compare_rows(spec)]
 
 
-def _dense_transpose_costs(spec: ConvSpec, in_hw: Sequence[int]) -> Tuple[int, int, Tuple[int, ...]]:
-    from leanconv.kinds import Stage
-
-    stage = Stage("", "conv_transpose", spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
-                  spec.padding, spec.dilation, 1, spec.bias, spec.output_padding)
-    params = sum(int(torch.Size(s).numel()) for s in stage.param_shapes().values())
-    return params, stage.macs(in_hw), (spec.out_channels, *stage.output_hw(in_hw))
+def _layer_spec(kind: str, spec: ConvSpec, options: Dict[str, Any]) -> ConvSpec:
+    """The layer's arguments as ``kind`` takes them: a resize-then-conv kind upsamples by its
+    scale option, so its conv keeps the size (stride 1, 'same')."""
+    if get_kind(kind).scale_option is not None:
+        return replace(spec, stride=(1, 1), padding="same", options=options)
+    return replace(spec, options=options)
 
 
 def compare(
@@ -154,7 +132,8 @@ def compare(
     if upsample is not None:
         check_positive_int(upsample, "upsample")
         stride = upsample
-    rows = _candidates(in_channels, out_channels, kernel, upsample)
+    layer = ConvSpec.create(in_channels, out_channels, kernel, stride, padding, dilation)
+    rows = _candidates(layer, upsample)
     if kinds is not None:
         unknown = [k for k in kinds if k not in {kind for _, kind, _ in rows}]
         if unknown:
@@ -163,41 +142,30 @@ def compare(
         rows = [r for r in rows if r[1] in kinds or r is rows[0]]
     candidates: List[Candidate] = []
     for label, kind, options in rows:
-        if kind == "resize_conv":
-            spec = ConvSpec.create(in_channels, out_channels, kernel, 1, "same", dilation, **options)
-        else:
-            spec = ConvSpec.create(in_channels, out_channels, kernel, stride, padding, dilation, **options)
-        if kind == "dense_transpose":
-            params, macs, out_shape = _dense_transpose_costs(spec, hw)
-            act = (in_channels * hw[0] * hw[1] + math.prod(out_shape)) * _BYTES
-        else:
-            registry = get_kind(kind)
-            walk = registry.walk(spec, hw)
-            params, macs, out_shape = registry.params(spec), registry.macs(spec, hw), registry.output_shape(spec, hw)
-            act = (in_channels * hw[0] * hw[1] + sum(math.prod(r.output_shape) for r in walk)) * _BYTES
+        spec = _layer_spec(kind, layer, options)
+        entry = get_kind(kind)
+        walk = entry.walk(spec, hw)
+        params, macs, out_shape = entry.params(spec), entry.macs(spec, hw), entry.output_shape(spec, hw)
+        act = (in_channels * hw[0] * hw[1] + sum(math.prod(r.output_shape) for r in walk)) * _BYTES
         candidates.append(Candidate(label, kind, options, params, macs * batch_size, act * batch_size,
                                     (batch_size, *out_shape)))
     base = candidates[0]
     for c in candidates:
         c.params_ratio, c.macs_ratio = c.params / base.params, c.macs / base.macs
     if measure:
-        _measure(candidates, in_channels, out_channels, kernel, stride, padding, dilation, hw, batch_size,
-                 torch.device(device), min_run_time)
+        _measure(candidates, layer, hw, batch_size, torch.device(device), min_run_time)
     return Comparison(candidates, (batch_size, in_channels, *hw), str(device))
 
 
-def _measure(candidates, c_in, c_out, kernel, stride, padding, dilation, hw, batch, device, min_run_time) -> None:
+def _measure(candidates: List[Candidate], layer: ConvSpec, hw: Tuple[int, int], batch: int, device: torch.device,
+             min_run_time: float) -> None:
     from leanconv.bench import measure_latency
-    from leanconv.layers import ConvTranspose2d
 
-    x = torch.randn(batch, c_in, *hw, device=device)
+    x = torch.randn(batch, layer.in_channels, *hw, device=device)
     for c in candidates:
-        if c.kind == "dense_transpose":
-            module = ConvTranspose2d(c_in, c_out, kernel, stride, padding, dilation=dilation)
-        elif c.kind == "resize_conv":
-            module = create_conv2d(c.kind, c_in, c_out, kernel, 1, "same", dilation, **c.options)
-        else:
-            module = create_conv2d(c.kind, c_in, c_out, kernel, stride, padding, dilation, **c.options)
+        spec = _layer_spec(c.kind, layer, c.options)
+        module = create_conv2d(c.kind, spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride,
+                               spec.padding, spec.dilation, **c.options)
         module = module.to(device).eval()
         c.latency_ms_nchw = measure_latency(module, x, min_run_time)
         cl = module.to(memory_format=torch.channels_last)

@@ -17,25 +17,9 @@ from torch import nn
 
 from leanconv.analysis.counting import ModuleCall, trace_calls
 from leanconv.analysis.profiling import conv_kind, meta_copy
+from leanconv.kinds import get_kind
 
 LANGS = ("en", "zh")
-
-_KIND_TEXT = {
-    "en": {
-        "dense": "standard convolution: every output channel is a weighted sum over all input channels in a kh x kw window",
-        "grouped": "grouped convolution: input channels split into g groups; each group's filters see only their own group",
-        "depthwise": "depthwise convolution (groups = input channels): each input channel is filtered on its own; channels are not mixed",
-        "pointwise": "pointwise (1x1) convolution: a per-pixel linear map across channels; it changes the channel count and mixes channels, with no spatial extent",
-        "transposed": "transposed convolution: each input pixel scatters a kh x kw patch into the output (upsampling by the stride)",
-    },
-    "zh": {
-        "dense": "普通卷积：每个输出通道是 kh x kw 窗口内所有输入通道的加权和",
-        "grouped": "分组卷积：输入通道分成 g 组，每组的卷积核只看本组的通道",
-        "depthwise": "深度卷积（groups = 输入通道数）：每个输入通道单独滤波，通道之间不混合",
-        "pointwise": "逐点（1x1）卷积：在每个像素上对通道做线性组合，可升维、降维并融合通道信息，没有空间范围",
-        "transposed": "转置卷积：每个输入像素向输出散布一个 kh x kw 的块（按步长上采样）",
-    },
-}
 
 _FACTS = {
     "en": {
@@ -131,7 +115,7 @@ def _stage(call: ModuleCall, lang: str) -> StageExplanation:
     g = call.groups
     bias = getattr(module, "bias", None) is not None
     params = math.prod(w) + (module.out_channels if bias else 0)
-    lines = [f"{words['stage']} {call.path or '(conv)'}: {_KIND_TEXT[lang][kind]}"]
+    lines = [f"{words['stage']} {call.path or '(conv)'}: {get_kind(kind).explanation[lang]}"]
     lines.append(f"  {words['input']}  {tuple(call.input_shape)}")
     layout = words["layout_t"] if call.transposed else words["layout_conv"]
     lines.append(f"  {words['weight']} {tuple(w)}  [{layout}]")

@@ -20,6 +20,7 @@ from torch import nn
 
 from leanconv._files import write_atomic
 from leanconv.analysis.counting import ModuleCall, trace_calls
+from leanconv.kinds import kind_of_conv
 
 InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
 
@@ -27,24 +28,12 @@ KIND_ORDER = ("dense", "grouped", "depthwise", "pointwise", "transposed", "linea
 
 
 def conv_kind(call: ModuleCall) -> str:
-    """The kind of a counted call, as in MobileNet's Table 2 breakdown.
-
-    pointwise: 1x1, groups 1; depthwise: groups = input channels; grouped: other groups > 1;
-    transposed: any transposed conv; linear: a matrix product; dense: every other conv.
-    """
+    """The kind of a counted call: a registered single-conv kind (``dense``, ``pointwise``,
+    ``depthwise``, ``grouped``, ``transposed``: :func:`leanconv.kinds.kind_of_conv`), or
+    ``linear`` for a matrix product and ``other`` for the rest (MobileNet's Table 2 breakdown)."""
     if not call.is_conv:
         return "linear" if call.macs else "other"
-    if call.transposed:
-        return "transposed"
-    in_per_group = call.weight_shape[1]
-    in_channels = in_per_group * call.groups
-    if call.groups > 1 and call.groups == in_channels:
-        return "depthwise"
-    if call.groups > 1:
-        return "grouped"
-    if tuple(call.weight_shape[2:]) == (1, 1):
-        return "pointwise"
-    return "dense"
+    return kind_of_conv(call.weight_shape, call.groups, call.transposed)
 
 
 @dataclass

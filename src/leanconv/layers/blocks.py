@@ -27,26 +27,27 @@ from leanconv._validate import (
     check_positive_pair,
     check_probability,
 )
-from leanconv.kinds import ConvSpec, create_conv2d, get_kind
+from leanconv.kinds import KINDS, ConvSpec, create_conv2d, get_kind
 from leanconv.layers.conv import Conv2d, ConvNormAct, make_act, make_norm
 from leanconv.padding import PaddingArg
 
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
 
-# Kinds that cannot stand in for a plain kxk conv inside a block: a 1x1-only kind and the
-# upsampling kinds (their output is larger than their input).
-_NOT_SPATIAL_KINDS = ("pointwise", "dsconv_transpose", "resize_conv")
+def _not_spatial_kinds() -> Tuple[str, ...]:
+    """Kinds that cannot stand in for a plain kxk conv inside a block: 1x1-only kinds and the
+    upsampling kinds (their output is larger than their input), as the registry says."""
+    return tuple(name for name, kind in KINDS.items() if not kind.spatial or kind.upsamples)
 
 
 def check_spatial_kind(conv: Any, name: str = "conv") -> str:
     if not isinstance(conv, str):
         raise ValueError(f"{name}={conv!r} must be the name of a conv kind (e.g. 'dense', 'dsconv')")
     get_kind(conv)  # ValueError listing the kinds when unknown
-    if conv in _NOT_SPATIAL_KINDS:
+    if conv in _not_spatial_kinds():
         raise ValueError(
             f"{name}={conv!r} must be a kind that keeps the kxk conv's output size, not one of "
-            f"{_NOT_SPATIAL_KINDS}"
+            f"{_not_spatial_kinds()}"
         )
     return conv
 
@@ -65,10 +66,8 @@ def _output_conv_path(kind: str, spec: ConvSpec, module: nn.Module) -> Optional[
     None when the kind sums or concatenates parallel branches (no single conv to fold a
     following norm into) or when the registry's description does not match the module.
     """
-    if kind == "resize_conv":
-        return None
     stages = get_kind(kind).stages(spec)
-    if not stages or any(s.from_input for s in stages) or stages[-1].op not in ("conv", "conv_transpose"):
+    if not stages or any(s.from_input or s.op == "upsample" for s in stages) or stages[-1].op not in ("conv", "conv_transpose"):
         return None
     path = stages[-1].name
     try:

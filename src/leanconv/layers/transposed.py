@@ -37,13 +37,13 @@ from leanconv.rules import (  # noqa: F401 (leanconv.keras.transposed imports UP
     check_transpose_multiplier,
     check_upsample,
 )
+from leanconv.kinds import create_conv2d, get_kind
 from leanconv.padding import PaddingArg
 
 ConvFactory = Union[str, Callable[..., nn.Module]]
 """A conv kind name from :mod:`leanconv.kinds` or a callable with ``nn.Conv2d``'s keywords."""
 
 TRANSPOSE_ORDERS = SEPARABLE_ORDERS  # the name leanconv.keras.transposed imports (with UPSAMPLE_MODES)
-_UPSAMPLING_KINDS = ("resize_conv", "dsconv_transpose")
 
 
 def make_conv(
@@ -73,10 +73,8 @@ def make_conv(
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, bias=bias,
                   padding_mode=padding_mode, device=device, dtype=dtype, **options)
     if isinstance(conv, str):
-        if conv in _UPSAMPLING_KINDS:
+        if get_kind(conv).upsamples:
             raise ValueError(f"conv={conv!r} must be a kind that does not upsample by itself")
-        from leanconv.kinds import create_conv2d  # lazy: kinds imports the layers
-
         return create_conv2d(conv, in_channels, out_channels, kernel_size, **kwargs)
     if not callable(conv):
         raise ValueError(f"conv={conv!r} must be a conv kind name (str) or a callable returning an nn.Module")
