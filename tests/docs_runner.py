@@ -272,7 +272,7 @@ def _child(argv: list[str]) -> int:
 # Imported once by the server before it forks a process per page, so that a page does not pay
 # for importing torch (and Keras) again. A page's process is still its own: what one page does
 # to these modules is gone when its process ends.
-PRELOAD = ("numpy", "torch", "leanconv", "leanconv.conversion.surgery", "leanconv.quant", "leanconv.export.hls",
+PRELOAD = ("numpy", "torch", "leanconv", "leanconv.conversion.pipeline", "leanconv.quant", "leanconv.export.hls",
            "leanconv.analysis", "leanconv.keras")
 
 

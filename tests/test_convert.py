@@ -37,7 +37,7 @@ def test_full_rank_conversion_is_exact(target):
     model = Mixed().double().eval()
     x = torch.randn(2, 3, 23, 21, dtype=F64)
     result = convert(model, to=target, only_if_cheaper=False)
-    assert sorted(result.plan["layers"]) == ["a", "b", "c", "d"]  # the 1x1 head is not a kxk conv
+    assert sorted(result.plan.layers) == ["a", "b", "c", "d"]  # the 1x1 head is not a kxk conv
     assert all(r.relative_weight_error < 1e-7 for r in result.layers)
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), model(x))
@@ -119,7 +119,7 @@ def test_seed_aspp_converts_to_atrous_separable():
     aspp = randomize_norms(seed_aspp(16, 8)).double().eval()
     x = torch.randn(2, 16, 13, 17, dtype=F64)
     result = convert(aspp, to="dsconv", only_if_cheaper=False)
-    assert sorted(result.plan["layers"]) == [f"branch{i}.0" for i in range(2, 8)]
+    assert sorted(result.plan.layers) == [f"branch{i}.0" for i in range(2, 8)]
     separable = result.model.branch4[0]
     assert isinstance(separable, leanconv.DepthwiseSeparableConv2d) and separable.depthwise.dilation == (12, 12)
     with torch.no_grad():
@@ -235,7 +235,7 @@ def test_dsconv_pointwise_first_conversion_exact_refit_and_plan(tmp_path):
     model = Mixed().double().eval()
     x = torch.randn(2, 3, 23, 21, dtype=F64)
     full = convert(model, to="dsconv", order="pointwise_first", only_if_cheaper=False)
-    assert all(full.model.get_submodule(p).order == "pointwise_first" for p in full.plan["layers"])
+    assert all(full.model.get_submodule(p).order == "pointwise_first" for p in full.plan.layers)
     with torch.no_grad():
         torch.testing.assert_close(full.model(x), model(x))
     low = convert(model.float(), to="dsconv", order="pointwise_first", rank=1, only_if_cheaper=False,
@@ -259,11 +259,11 @@ def test_auto_order_picks_the_exact_dual_for_per_output_rank_one_kernels():
         conv.weight.copy_(torch.einsum("oc,ok->ock", a, b).reshape(8, 32, 3, 3))
     model = nn.Sequential(conv).eval()
     chosen = convert(model, to="dsconv", order="auto", rank=1, input_size=(1, 32, 16, 16))
-    assert chosen.plan["layers"]["0"]["options"]["order"] == "pointwise_first"
+    assert chosen.plan.layers["0"].options["order"] == "pointwise_first"
     assert chosen.layers[0].relative_weight_error < 1e-7
     assert convert(model, to="dsconv", rank=1).layers[0].relative_weight_error > 0.1
     budget = convert(model, to="dsconv", order="auto", mac_budget=100_000, input_size=(1, 32, 16, 16))
-    assert budget.plan["layers"]["0"]["options"]["order"] == "pointwise_first"
+    assert budget.plan.layers["0"].options["order"] == "pointwise_first"
 
 
 def test_tucker2_with_asymmetric_core_is_the_lprnet_shape():

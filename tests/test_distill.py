@@ -5,6 +5,7 @@ student trained, first-step loss recomputed by hand), the errors, and a 2-proces
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import leanconv
 from leanconv import save_plan
 from leanconv.models.digits import digits_cnn
-from leanconv.train import distill, distill_loss
+from leanconv.train import DEFAULT_ALPHA, distill, distill_loss
 
 
 def _np_log_softmax(z: np.ndarray) -> np.ndarray:
@@ -37,6 +38,12 @@ def test_distill_loss_matches_numpy(temperature, alpha):
     assert parts.soft.item() == pytest.approx(kl * temperature ** 2, rel=1e-12)
     assert parts.hard.item() == pytest.approx(ce, rel=1e-12)
     assert parts.total.item() == pytest.approx(alpha * kl * temperature ** 2 + (1 - alpha) * ce, rel=1e-12)
+
+
+def test_one_default_alpha_for_distill_distill_loss_and_optimize():
+    defaults = {f.__name__: inspect.signature(f).parameters["alpha"].default
+                for f in (distill, distill_loss, leanconv.optimize)}
+    assert defaults == dict.fromkeys(defaults, DEFAULT_ALPHA) and 0 < DEFAULT_ALPHA < 1
 
 
 def test_distill_loss_errors():
@@ -149,7 +156,9 @@ def test_distill_errors():
         distill(student, teacher, unlabelled, progress=False)  # TensorDataset of one tensor yields 1-tuples
     bare = DataLoader(data.tensors[0], batch_size=4)
     with pytest.raises(ValueError, match=r"alpha=0.9 weighs a hard-label loss"):
-        distill(student, teacher, bare, progress=False)
+        distill(student, teacher, bare, alpha=0.9, progress=False)
+    with pytest.raises(ValueError, match=rf"alpha={DEFAULT_ALPHA} weighs a hard-label loss"):
+        distill(student, teacher, bare, progress=False)  # the default too
     assert distill(student, teacher, bare, alpha=1.0, progress=False).steps == 2
     narrow = digits_cnn(width=4)  # same logits, different feature shapes
     with pytest.raises(ValueError, match=r"'features.conv2': student output \(4, 4, 8, 8\) and teacher output "
@@ -186,7 +195,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["world_size"] == 2 and history["steps"] == 4
     assert history["epochs"][0]["samples"] == 2 * 4 * 8  # both ranks' samples
-    assert history["feature_paths"] == list(converted.plan["layers"])
+    assert history["feature_paths"] == list(converted.plan.layers)
     assert "Distillation: 4 steps" in done.stdout
     # the distilled weights load into the plan's architecture
     student = leanconv.apply_plan(digits_cnn(), converted.plan)

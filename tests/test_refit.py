@@ -8,6 +8,7 @@ from torch import nn
 
 import leanconv
 from leanconv import convert
+from leanconv.conversion.plan import LayerPlan, Plan
 from leanconv.conversion.refitting import capture, last_stage_name, reestimate_bn, refit, solve_stage
 
 pytest.importorskip("sklearn")
@@ -76,7 +77,8 @@ def test_refit_solves_a_reordered_stage_against_permuted_targets():
     fitted[0].load_state_dict({**fitted[0].state_dict(), "input_order": truth[0].input_order,
                                "output_order": truth[0].output_order})
     calib = [torch.randn(4, 6, 8, 8, dtype=F64) for _ in range(2)]
-    (report,) = refit(fitted, truth, {"layers": {"0": {}}}, calib, ridge=0.0)
+    plan = Plan("grouped", {"0": LayerPlan("grouped", {"groups": 2, "permute": True})})
+    (report,) = refit(fitted, truth, plan, calib, ridge=0.0)
     assert report.error_before > 0.1 and report.error_after < 1e-6
     torch.testing.assert_close(fitted[0].conv.weight, truth[0].conv.weight)
 

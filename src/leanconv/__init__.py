@@ -27,7 +27,8 @@ _EXPORTS: Dict[str, str] = {
     **dict.fromkeys(("PaddingArg", "conv_output_hw"), "leanconv.padding"),
     **dict.fromkeys(("fuse", "fuse_conv_bn"), "leanconv.fusion"),
     **dict.fromkeys(("compare", "explain", "profile"), "leanconv.analysis"),
-    **dict.fromkeys(("apply_plan", "convert", "save_plan"), "leanconv.conversion.surgery"),
+    **dict.fromkeys(("apply_plan", "save_plan"), "leanconv.conversion.plan"),
+    "convert": "leanconv.conversion.pipeline",
     "optimize": "leanconv.optimization",
 }
 _SUBPACKAGES = ("data", "models")
@@ -60,7 +61,8 @@ def __dir__() -> List[str]:
 if TYPE_CHECKING:  # what static checkers and IDEs see
     from leanconv import data, models  # noqa: F401
     from leanconv.analysis import compare, explain, profile  # noqa: F401
-    from leanconv.conversion.surgery import apply_plan, convert, save_plan  # noqa: F401
+    from leanconv.conversion.pipeline import convert  # noqa: F401
+    from leanconv.conversion.plan import apply_plan, save_plan  # noqa: F401
     from leanconv.fusion import fuse, fuse_conv_bn  # noqa: F401
     from leanconv.kinds import KINDS, ConvKind, ConvSpec, Stage, create_conv2d, get_kind, register  # noqa: F401
     from leanconv.layers import *  # noqa: F401,F403

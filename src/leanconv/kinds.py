@@ -34,6 +34,7 @@ from leanconv.registry import (
     ConvKind,
     ConvSpec,
     Options,
+    Rank,
     Stage,
     StageShape,
     convertible_kinds,
@@ -503,4 +504,4 @@ register(ConvKind(
 ))
 
 
-__all__ = ["KINDS", "ConvKind", "ConvSpec", "Conversion", "Stage", "StageShape", "convertible_kinds", "create_conv2d", "get_kind", "kind_of_conv", "register", "unregister"]
+__all__ = ["KINDS", "ConvKind", "ConvSpec", "Conversion", "Options", "Rank", "Stage", "StageShape", "convertible_kinds", "create_conv2d", "get_kind", "kind_of_conv", "register", "unregister"]

@@ -43,11 +43,11 @@ def plot_candidates(result: Any, path: Union[str, Path]) -> None:
 def plot_layers(result: Any, path: Union[str, Path]) -> None:
     """Per converted layer of the chosen candidate: its rank, and its measured speedup over the
     dense conv it replaced (timed alone, batch 1)."""
-    layers = list(result.chosen.plan["layers"].items())
+    layers = list(result.chosen.plan.layers.items())
     figure = _figure(max(6.0, 0.9 * len(layers) + 3), 4.2)
     axes = figure.subplots(1, 2)
     names = [p for p, _ in layers]
-    ranks = [_rank(entry["options"]) for _, entry in layers]
+    ranks = [_rank(entry.options) for _, entry in layers]
     axes[0].bar(range(len(names)), ranks, color="tab:blue")
     axes[0].set_ylabel("rank (depth multiplier / mid channels / r)")
     speedups = [result.layer_latency[p][0] / result.layer_latency[p][1] if p in result.layer_latency else 0.0

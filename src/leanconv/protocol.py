@@ -81,6 +81,17 @@ def output_stage_of(module: nn.Module) -> Optional[str]:
     return name
 
 
+def last_stage_name(module: nn.Module) -> str:
+    """Path in ``module`` of the conv whose output is the module's output (it gets the bias, the
+    refit solves it, a following BN folds into it): the layer's ``output_stage``, '' for a conv."""
+    if isinstance(module, nn.Conv2d):
+        return ""
+    name = output_stage_of(module)
+    if name is None:
+        raise ValueError(f"{type(module).__name__} has no output_stage: its last linear stage is unknown")
+    return name
+
+
 def reorders_output(module: nn.Module) -> bool:
     """Whether ``module`` permutes its output stage's channels (``reorders_output`` is True)."""
     return getattr(module, "reorders_output", False) is True
@@ -155,6 +166,7 @@ __all__ = [
     "ReorderingLayer",
     "StagedLayer",
     "conv_norm_pairs_of",
+    "last_stage_name",
     "fuse_method_of",
     "norm_target_of",
     "output_order_of",

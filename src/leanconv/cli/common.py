@@ -121,14 +121,13 @@ def check_converted(folder: str, flag: str = "--converted") -> Path:
 
 
 def load_converted(model_spec: str, folder: str, flag: str = "--converted") -> Tuple[Any, dict]:
-    """MODEL rebuilt by a ``leanconv convert`` folder's plan.json, with its model.pt weights, and the plan."""
-    import json
-
-    from leanconv import apply_plan
+    """MODEL rebuilt by a ``leanconv convert`` folder's plan.json, with its model.pt weights, and the
+    :class:`~leanconv.conversion.plan.Plan` (checked field by field on load)."""
+    from leanconv.conversion.plan import Plan
 
     base = check_converted(folder, flag)
-    plan = json.loads((base / "plan.json").read_text())
-    return load_weights(apply_plan(load_model(model_spec), plan), str(base / "model.pt"), flag), plan
+    plan = Plan.load(base / "plan.json")
+    return load_weights(plan.apply(load_model(model_spec)), str(base / "model.pt"), flag), plan
 
 
 def input_shape(given: Optional[Sequence[int]], model: str, required: bool = True) -> Optional[Tuple[int, ...]]:

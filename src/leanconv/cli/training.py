@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     student, plan = load_converted(args.model, args.converted)
     data = load_data(args.data, size=args.size).train
     result = distill(student, teacher, data, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
-                     alpha=args.alpha, feature_paths=list(plan["layers"]) if args.features else None,
+                     alpha=args.alpha, feature_paths=list(plan.layers) if args.features else None,
                      feature_weight=args.feature_weight, batch_size=args.batch_size, max_steps=args.max_steps,
                      seed=args.seed, progress=not args.no_progress)
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}

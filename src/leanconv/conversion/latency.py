@@ -11,20 +11,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from leanconv._cache import cache_dir
+from leanconv._files import write_atomic
+from leanconv.bench import measure_latency
+from leanconv.conversion.surgery import jsonable, padding_arg
 
 Measure = Callable[[nn.Module, torch.Tensor], float]
 
 
 def _default_measure(module: nn.Module, x: torch.Tensor) -> float:
-    from leanconv.bench import measure_latency
-
     return measure_latency(module, x, min_run_time=0.1)
+
+
+def describe(conv: nn.Conv2d, kind: str, options: Mapping[str, Any]) -> str:
+    """A stable text key for ``conv``'s arguments built as ``kind`` with ``options`` (weights
+    do not change a timing, so they are not in it)."""
+    return (f"{kind}|C={conv.in_channels}|O={conv.out_channels}|k={tuple(conv.kernel_size)}|s={tuple(conv.stride)}|"
+            f"p={padding_arg(conv)}|d={tuple(conv.dilation)}|g={conv.groups}|bias={conv.bias is not None}|"
+            f"{conv.padding_mode}|{json.dumps(jsonable(options), sort_keys=True)}")
 
 
 def device_key(device: torch.device) -> str:
@@ -71,9 +80,7 @@ class LatencyCache:
 
     def save(self) -> None:
         """Write the table atomically (other processes may read it at the same time)."""
-        from leanconv._files import write_atomic
-
         write_atomic(self.path, json.dumps(self._table, indent=1, sort_keys=True))
 
 
-__all__ = ["LatencyCache", "device_key"]
+__all__ = ["LatencyCache", "describe", "device_key"]

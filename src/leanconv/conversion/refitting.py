@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leanconv.conversion.plan import PlanLike, as_plan
 from leanconv.padding import pad_same
-from leanconv.protocol import output_order_of, output_stage_of
+from leanconv.protocol import last_stage_name, output_order_of
 
 
 @dataclass
@@ -30,17 +31,6 @@ class RefitReport:
     path: str
     error_before: float
     error_after: float
-
-
-def last_stage_name(module: nn.Module) -> str:
-    """Path in ``module`` of the conv whose output is the module's output (it gets the bias, the
-    refit solves it, a following BN folds into it): the layer's ``output_stage``, '' for a conv."""
-    if isinstance(module, nn.Conv2d):
-        return ""
-    name = output_stage_of(module)
-    if name is None:
-        raise ValueError(f"{type(module).__name__} has no output_stage: its last linear stage is unknown")
-    return name
 
 
 def last_stage(module: nn.Module) -> nn.Conv2d:
@@ -128,19 +118,21 @@ def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Ten
     return (num / den) ** 0.5 if den else 0.0
 
 
-def refit(converted: nn.Module, original: nn.Module, plan: Dict, calib: Iterable[torch.Tensor],
+def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Iterable[torch.Tensor],
           ridge: Optional[float] = None) -> List[RefitReport]:
     """Refit every converted layer of ``converted`` (in place), in network order.
 
-    ``plan`` is :func:`leanconv.convert`'s plan; ``calib`` yields input batches. Both
-    models are used in eval mode; their training flags are restored afterwards.
+    ``plan`` is :func:`leanconv.convert`'s plan (a :class:`~leanconv.conversion.plan.Plan`, its
+    dict form or a plan file); ``calib`` yields input batches. Both models are used in eval
+    mode; their training flags are restored afterwards.
     """
+    layers = as_plan(plan).layers
     batches = [x for x in calib]
     if not batches:
         raise ValueError("calib must yield at least one input batch")
     modes = converted.training, original.training
     converted.eval(), original.eval()
-    order = [name for name, _ in original.named_modules() if name in plan["layers"]]
+    order = [name for name, _ in original.named_modules() if name in layers]
     reports = []
     try:
         for path in order:

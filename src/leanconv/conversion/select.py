@@ -1,26 +1,35 @@
-"""Rank selection: per-layer ranks that meet a global MAC or latency budget with the least damage.
+"""Rank selection: which options each convertible layer gets, by one of four rank modes.
 
-Every convertible layer has a ladder of choices: dense, then the target kind at decreasing
-ranks. Each step down a ladder saves MACs and discards energy (the squared weight error,
-relative to the layer's own energy, from the exact factorization). Greedy allocation: start
-all layers dense and repeatedly take the step with the least discarded energy per MAC (or
-per measured millisecond) saved until the model fits the budget.
+- ``rank``: the same rank everywhere (None: the kind's default, or its exact full rank);
+- ``energy``: per layer, the smallest rank keeping that share of the kernel's energy;
+- ``mac_budget``: a global MAC count, met with the least damage;
+- ``latency_budget``: a global measured latency in ms, met with the least damage.
 
-For a latency budget each rung is timed on the current device (:mod:`leanconv.conversion.latency`)
-and the ladder keeps only rungs faster than every rung above them: a layer whose efficient form
-is slower than the dense conv on this device stays dense.
+For the budgets every layer has a ladder of :class:`Choice` rungs: dense, then the kind at
+decreasing ranks, each saving MACs and discarding energy (the relative squared weight error of
+the exact factorization, or the relative squared output error on calibration inputs). Greedy
+allocation starts all layers dense and repeatedly takes the step with the least damage per MAC
+(or per measured millisecond) saved until the model fits. For a latency budget each rung is
+timed on the current device (:mod:`leanconv.conversion.latency`) and a ladder keeps only rungs
+faster than every rung above them: a layer whose efficient form is slower stays dense.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-
 from torch import nn
 
-from leanconv.kinds import get_kind
+from leanconv._validate import check_choice
+from leanconv.analysis.profiling import profile
+from leanconv.conversion.latency import LatencyCache, describe
+from leanconv.conversion.refitting import capture
+from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, min_hw
+from leanconv.kinds import Conversion, ConvKind, Options, Rank, convertible_kinds, get_kind
+
+Variant = Dict[str, object]
 
 
 @dataclass
@@ -33,40 +42,163 @@ class Choice:
     latency_ms: Optional[float] = None  # measured, for a latency budget
 
 
-def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Dict] = None,
+@dataclass(frozen=True)
+class RankRequest:
+    """The rank mode of a conversion: at most one of the four is set (none: the kind's default)."""
+
+    rank: Optional[Rank] = None
+    energy: Optional[float] = None
+    mac_budget: Optional[int] = None
+    latency_budget: Optional[float] = None
+
+    @property
+    def budget(self) -> Optional[float]:
+        return self.mac_budget if self.mac_budget is not None else self.latency_budget
+
+    @property
+    def cost(self) -> str:
+        """The :class:`Choice` field a budget is in."""
+        return "macs" if self.mac_budget is not None else "latency_ms"
+
+    def check(self, kind: ConvKind, input_size: Optional[Sequence[int]]) -> None:
+        """One clear ValueError for a request the kind or the arguments cannot meet."""
+        if sum(x is not None for x in (self.rank, self.energy, self.mac_budget, self.latency_budget)) > 1:
+            raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
+        if self.latency_budget is not None and not self.latency_budget > 0:
+            raise ValueError(f"latency_budget={self.latency_budget!r} must be a positive number of milliseconds")
+        if self.energy is not None and not 0 < self.energy <= 1:
+            raise ValueError(f"energy={self.energy!r} must be in (0, 1]")
+        conversion = _conversion(kind)
+        if not conversion.ladder and (self.energy is not None or self.budget is not None):
+            raise ValueError(f"to={kind.name!r} takes rank=<{conversion.rank_option}>, not energy, mac_budget "
+                             "or latency_budget")
+        if self.budget is not None and input_size is None:
+            raise ValueError(f"{'mac' if self.mac_budget is not None else 'latency'}_budget needs input_size (N, C, H, W)")
+
+
+@dataclass
+class LayerChoice:
+    """What selection decided for one layer: options, or None and the reason it stays dense."""
+
+    options: Optional[Options]
+    reason: str = ""
+    latency_before_ms: Optional[float] = None
+    latency_after_ms: Optional[float] = None
+
+
+@dataclass
+class Selection:
+    """Every layer's choice; under a latency budget also the measured whole model and the part of
+    it outside the convertible layers (what per-layer timings cannot see)."""
+
+    layers: Dict[str, LayerChoice] = field(default_factory=dict)
+    model_ms: Optional[float] = None
+    fixed_ms: Optional[float] = None
+
+
+def _conversion(kind: ConvKind) -> Conversion:
+    if kind.conversion is None:
+        raise ValueError(f"to={kind.name!r} must be one of {convertible_kinds()}")
+    return kind.conversion
+
+
+def check_variant(kind: ConvKind, **asked: object) -> Optional[Variant]:
+    """The options besides the rank that the caller fixed (None where not given), each checked
+    against the kinds whose conversion allows it; ``order='auto'`` asks for every stage order."""
+    variant: Variant = {}
+    for name, value in asked.items():
+        if value is None or value is False:
+            continue
+        allowed = [k for k in convertible_kinds() if name in get_kind(k).conversion.variants]  # type: ignore[union-attr]
+        if kind.name not in allowed:
+            raise ValueError(f"{name}={value!r} applies only to " + " or ".join(f"to={k!r}" for k in allowed))
+        choices = tuple(_conversion(kind).variants[name])
+        check_choice(value, name, (*choices, "auto") if name == "order" else choices)
+        variant[name] = value
+    return variant or None
+
+
+def variants(kind: ConvKind, extra: Optional[Mapping[str, object]]) -> List[Optional[Variant]]:
+    """``[extra]``, or one copy per stage order of the kind when ``extra`` asks for ``order='auto'``."""
+    if (extra or {}).get("order") != "auto":
+        return [dict(extra) if extra else None]
+    return [{**(extra or {}), "order": order} for order in _conversion(kind).orders]
+
+
+def _relative_discard(conv: nn.Conv2d, kind: str, options: Options) -> float:
+    result = factorize_conv(conv, kind, options)
+    return result.discarded_energy / max(result.total_energy, 1e-30)
+
+
+def energy_options(conv: nn.Conv2d, kind: ConvKind, energy: float, variant: Optional[Variant]) -> Options:
+    """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
+    conversion, spec = _conversion(kind), conv_spec(conv)
+    for r in range(1, conversion.top_rank(spec, variant or {}) + 1):  # type: ignore[misc]
+        options = conversion.options(spec, r, variant)
+        result = factorize_conv(conv, kind.name, options)
+        if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
+            return options
+    return conversion.options(spec, None, variant)
+
+
+def cheapest_damage(conv: nn.Conv2d, kind: ConvKind, candidates: List[Options], hw: Tuple[int, int]) -> Options:
+    """The candidate with the least discarded energy per MAC saved (first one if none saves MACs)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    dense = get_kind("dense").macs(conv_spec(conv), hw)
+    best, best_price = candidates[0], float("inf")
+    for options in candidates:
+        saved = dense - kind.macs(conv_spec(conv, **options), hw)
+        if saved > 0:
+            price = factorize_conv(conv, kind.name, options).discarded_energy / saved
+            if price < best_price:
+                best, best_price = options, price
+    return best
+
+
+def layer_options(conv: nn.Conv2d, kind: ConvKind, request: RankRequest, extra: Optional[Variant],
+                  hw: Tuple[int, int]) -> Options:
+    """One layer's options by ``rank`` or ``energy`` (both stage orders tried for ``order='auto'``)."""
+    conversion = _conversion(kind)
+    candidates = [energy_options(conv, kind, request.energy, variant) if request.energy is not None
+                  else conversion.options(conv_spec(conv), request.rank, variant)
+                  for variant in variants(kind, extra)]
+    return cheapest_damage(conv, kind, candidates, hw)
+
+
+def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional[Mapping[str, object]] = None,
            inputs: Optional[Sequence[torch.Tensor]] = None) -> List[Choice]:
-    """Dense, then every rank of ``target`` that saves MACs, in decreasing MAC order.
+    """Dense, then every rank of ``target`` that saves MACs, in decreasing MAC order (a Pareto front).
 
     A rung's damage is the relative discarded weight energy, or, when ``inputs`` (this
     layer's inputs on calibration data) are given, the squared relative error of the layer's
     output on them, which weighs the kernel's directions by how the data excites them.
     """
-    from leanconv.conversion.surgery import _full_rank, _options_for, _spec, build_module, factorize_conv, order_variants
-
+    kind = get_kind(target)
+    conversion, spec = _conversion(kind), conv_spec(conv)
     with torch.no_grad():
         reference = [conv(x) for x in inputs] if inputs else None
-        scale = sum(float(y.double().pow(2).sum()) for y in reference) if reference else 0.0
-
-    dense = Choice(None, get_kind("dense").macs(_spec(conv), in_hw), 0.0)
+    dense = Choice(None, get_kind("dense").macs(spec, in_hw), 0.0)
     candidates: List[Choice] = []
-    for variant in order_variants(target, extra):  # both stage orders when extra asks for 'auto'
-        full = _full_rank(target, conv, variant)
-        top = next(v for v in full.values() if not isinstance(v, str))
-        top = top if isinstance(top, int) else min(conv.in_channels, conv.out_channels)
-        for rank in range(top, 0, -1):
-            options = _options_for(target, conv, rank, variant)
-            macs = get_kind(target).macs(_spec(conv, **options), in_hw)
-            if macs >= dense.macs:
-                continue
-            result = factorize_conv(conv, target, options)
-            damage = result.discarded_energy / max(result.total_energy, 1e-30)
-            if reference:
-                module = build_module(conv, target, options, result).eval()
-                with torch.no_grad():
-                    error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
-                damage = error / max(scale, 1e-30)
-            candidates.append(Choice(options, macs, damage))
+    for variant in variants(kind, extra):
+        for rank in range(conversion.top_rank(spec, variant or {}), 0, -1):  # type: ignore[misc]
+            options = conversion.options(spec, rank, variant)
+            macs = kind.macs(conv_spec(conv, **options), in_hw)
+            if macs < dense.macs:
+                candidates.append(Choice(options, macs, _damage(conv, target, options, inputs, reference)))
     return [dense, *pareto(candidates)]
+
+
+def _damage(conv: nn.Conv2d, kind: str, options: Options, inputs, reference) -> float:
+    """Relative discarded energy, or relative squared output error on the calibration inputs."""
+    result = factorize_conv(conv, kind, options)
+    if not reference:
+        return result.discarded_energy / max(result.total_energy, 1e-30)
+    module = build_module(conv, kind, options, result).eval()
+    scale = sum(float(y.double().pow(2).sum()) for y in reference)
+    with torch.no_grad():
+        error = sum(float((module(x) - y).double().pow(2).sum()) for x, y in zip(inputs, reference))
+    return error / max(scale, 1e-30)
 
 
 def pareto(choices: List[Choice]) -> List[Choice]:
@@ -92,10 +224,6 @@ def latency_ladder(conv: nn.Conv2d, target: str, rungs: List[Choice], input_shap
                    cache) -> List[Choice]:
     """``rungs`` (from :func:`ladder`, thinned) with measured latencies, keeping only rungs
     faster than every rung above them; ``[dense]`` alone when no rung beats the dense conv."""
-    from dataclasses import replace
-
-    from leanconv.conversion.surgery import build_module, describe
-
     timed: List[Choice] = []
     for rung in thin(rungs):
         kind = "dense" if rung.options is None else target
@@ -112,7 +240,7 @@ def allocate(ladders: Dict[str, List[Choice]], budget: float, fixed: float = 0, 
     ``cost`` is ``'macs'`` or ``'latency_ms'`` (the Choice field the budget is in). Raises
     ``ValueError`` when even the lowest rank everywhere does not fit.
     """
-    name = "mac_budget" if cost == "macs" else "latency_budget"
+    check_choice(cost, "cost", ("macs", "latency_ms"))
 
     def of(choice: Choice) -> float:
         return getattr(choice, cost)
@@ -121,23 +249,95 @@ def allocate(ladders: Dict[str, List[Choice]], budget: float, fixed: float = 0, 
     total = fixed + sum(of(rungs[0]) for rungs in ladders.values())
     floor = fixed + sum(of(rungs[-1]) for rungs in ladders.values())
     if floor > budget:
-        unit = "MACs" if cost == "macs" else "ms (measured)"
+        name, unit = ("mac_budget", "MACs") if cost == "macs" else ("latency_budget", "ms (measured)")
         raise ValueError(f"{name}={budget:,} is below {floor:,.6g} {unit}, the cost at the lowest rank of every "
                          "convertible layer (plus the layers that cannot be converted)")
     while total > budget:
-        best, best_price = None, float("inf")
-        for path, rungs in ladders.items():
-            i = position[path]
-            if i + 1 >= len(rungs):
-                continue
-            saved = of(rungs[i]) - of(rungs[i + 1])
-            price = (rungs[i + 1].discarded - rungs[i].discarded) / saved
-            if price < best_price:
-                best, best_price = path, price
-        position[best] += 1  # type: ignore[index]
-        rungs = ladders[best]  # type: ignore[index]
-        total -= of(rungs[position[best] - 1]) - of(rungs[position[best]])  # type: ignore[index]
+        best = min((path for path in ladders if position[path] + 1 < len(ladders[path])),
+                   key=lambda path: _step_price(ladders[path], position[path], of))
+        position[best] += 1
+        rungs = ladders[best]
+        total -= of(rungs[position[best] - 1]) - of(rungs[position[best]])
     return {path: ladders[path][i] for path, i in position.items()}
 
 
-__all__ = ["Choice", "allocate", "ladder", "latency_ladder", "pareto", "thin"]
+def _step_price(rungs: List[Choice], i: int, of) -> float:
+    """Extra damage per unit of cost saved by one step down from rung ``i``."""
+    return (rungs[i + 1].discarded - rungs[i].discarded) / (of(rungs[i]) - of(rungs[i + 1]))
+
+
+def choose(original: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], target: str, extra: Optional[Variant],
+           request: RankRequest, input_size: Optional[Sequence[int]], sizes: Mapping[str, Tuple[int, int]],
+           calib: Optional[List[torch.Tensor]] = None, cache: Optional[LatencyCache] = None) -> Selection:
+    """Every eligible layer's options under ``request``. ``original`` is the unconverted model
+    (for calibration inputs and the whole-model timing); ``sizes`` each layer's input size."""
+    kind = get_kind(target)
+    if request.budget is None:
+        return Selection({path: LayerChoice(layer_options(conv, kind, request, extra, sizes.get(path, min_hw(conv))))
+                          for path, conv in eligible})
+    inputs = _layer_inputs(original, eligible, calib)
+    ladders = {path: ladder(conv, target, sizes.get(path, min_hw(conv)), extra, inputs.get(path))
+               for path, conv in eligible}
+    if request.mac_budget is not None:
+        fixed = profile(original, tuple(input_size)).total_macs - sum(r[0].macs for r in ladders.values())
+        return _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
+    return _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size, sizes,
+                              cache or LatencyCache())
+
+
+def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Tensor]]:
+    """Each layer's inputs on the first two calibration batches (none without calibration data)."""
+    if not calib:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        return {path: capture(model, model.get_submodule(path), calib[:2], "input") for path, _ in eligible}
+    finally:
+        model.train(was_training)
+
+
+def _latency_selection(original, eligible, target, ladders, budget, input_size, sizes, cache) -> Selection:
+    batch = input_size[0]
+    ladders = {path: latency_ladder(conv, target, ladders[path], (batch, conv.in_channels, *sizes[path]), cache)
+               for path, conv in eligible}
+    cache.save()
+    model_ms = _model_latency(original, input_size, cache)
+    fixed_ms = max(model_ms - sum(rungs[0].latency_ms for rungs in ladders.values()), 0.0)
+    chosen = allocate(ladders, budget, fixed_ms, cost="latency_ms")
+    selection = _selection(chosen, ladders, "kept dense by the latency budget", target)
+    selection.model_ms, selection.fixed_ms = model_ms, fixed_ms
+    return selection
+
+
+def _model_latency(model: nn.Module, input_size: Sequence[int], cache: LatencyCache) -> float:
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return float(cache.measure(model.eval(), torch.randn(tuple(input_size), device=device)))
+    finally:
+        model.train(was_training)
+
+
+def _selection(chosen: Dict[str, Choice], ladders: Dict[str, List[Choice]], budget_reason: str,
+               timed_kind: Optional[str] = None) -> Selection:
+    """The chosen rungs as layer choices, with the reason a layer stays dense and its timings."""
+    selection = Selection()
+    for path, choice in chosen.items():
+        rungs = ladders[path]
+        before = rungs[0].latency_ms
+        if choice.options is not None:
+            selection.layers[path] = LayerChoice(choice.options, "", before, choice.latency_ms)
+            continue
+        reason = budget_reason
+        if timed_kind is not None and len(rungs) == 1:
+            reason = (f"kept dense: no rank of {timed_kind} measured faster than the dense conv ({before:.3f} ms) "
+                      "on this device")
+        selection.layers[path] = LayerChoice(None, reason, before, before)
+    return selection
+
+
+__all__ = ["Choice", "LayerChoice", "RankRequest", "Selection", "allocate", "check_variant", "cheapest_damage",
+           "choose", "energy_options", "ladder", "latency_ladder", "layer_options", "pareto", "thin", "variants"]
