@@ -1,7 +1,7 @@
 """Latency measurement and deployment settings.
 
-:func:`measure_latency` is the one timer: warm-up, then the median of ``torch.utils.benchmark``
-adaptive runs. It is used by ``compare(measure=True)``, the scripts in ``benchmarks/`` and the
+:func:`measure_latency` (in :mod:`leanconv.timing`, re-exported here) is the one timer: warm-up,
+then the median of ``torch.utils.benchmark`` adaptive runs. It is used by ``compare(measure=True)``, the scripts in ``benchmarks/`` and the
 deployment settings below, so every latency leanconv reports is measured the same way. Note
 that ``torch.utils.benchmark.Timer`` runs on ``num_threads`` threads (1 unless told), whatever
 ``torch.get_num_threads()`` says.
@@ -27,21 +27,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
-
-def measure_latency(module: torch.nn.Module, x: torch.Tensor, min_run_time: float = 0.2, warmup: int = 3,
-                    *, num_threads: int = 1) -> float:
-    """Median latency of ``module(x)`` in milliseconds (inference mode, CUDA synchronized),
-    timed on ``num_threads`` CPU threads (``torch.utils.benchmark``'s default: 1)."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            module(x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        timer = benchmark.Timer(stmt="module(x)", globals={"module": module, "x": x}, num_threads=num_threads)
-        # a noisy machine would keep adaptive_autorange going for its default 10 s: cap it
-        return timer.adaptive_autorange(min_run_time=min_run_time, max_run_time=max(1.0, 5 * min_run_time)).median * 1e3
+from leanconv import fusion
+from leanconv.analysis import profile
+from leanconv.timing import measure_latency
 
 
 SETTINGS: Tuple[str, ...] = ("eager", "channels_last", "fused", "fused_channels_last", "frozen",
@@ -79,9 +68,7 @@ def prepare(model: nn.Module, setting: str, x: torch.Tensor) -> Tuple[nn.Module,
         return copy.deepcopy(model).eval(), x
     if setting == "channels_last":
         return _channels_last(copy.deepcopy(model).eval(), x)
-    from leanconv.fusion import fuse
-
-    fused = fuse(model)  # a copy, in eval mode
+    fused = fusion.fuse(model)  # a copy, in eval mode
     if setting == "fused":
         return fused, x
     if setting == "fused_channels_last":
@@ -348,8 +335,6 @@ class EfficiencyReport:
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """Conv + linear MACs of ``model`` at ``input_size`` (leanconv.profile, on the meta device)."""
-    from leanconv.analysis import profile
-
     return int(profile(model, tuple(input_size)).total_macs)
 
 

@@ -19,6 +19,7 @@ import torch
 from leanconv._validate import check_positive_int, check_positive_pair
 from leanconv.kinds import KINDS, ConvSpec, create_conv2d, get_kind
 from leanconv.padding import PaddingArg
+from leanconv.timing import measure_latency
 
 _BYTES = 4  # float32 activations
 
@@ -159,8 +160,6 @@ def compare(
 
 def _measure(candidates: List[Candidate], layer: ConvSpec, hw: Tuple[int, int], batch: int, device: torch.device,
              min_run_time: float) -> None:
-    from leanconv.bench import measure_latency
-
     x = torch.randn(batch, layer.in_channels, *hw, device=device)
     for c in candidates:
         spec = _layer_spec(c.kind, layer, c.options)

@@ -18,7 +18,7 @@ from torch import nn
 
 from leanconv._cache import cache_dir
 from leanconv._files import write_atomic
-from leanconv.bench import measure_latency
+from leanconv.timing import measure_latency
 from leanconv.conversion.surgery import jsonable, padding_arg
 
 Measure = Callable[[nn.Module, torch.Tensor], float]
