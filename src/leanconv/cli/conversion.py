@@ -8,9 +8,6 @@ from typing import Any
 from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, \
     check_out_folder, input_shape, load_model, load_weights, parse_shape
 
-ORDERS = ("kx1_first", "1xk_first", "depthwise_first", "pointwise_first", "auto")
-
-
 def check_to(value: str) -> str:
     """``--to`` must be a kind the registry can convert to (read at run time, never hard-coded)."""
     from leanconv.kinds import convertible_kinds
@@ -63,10 +60,11 @@ def add_commands(sub: Any) -> None:
     conv.add_argument("--input", type=parse_shape, default=None, help="input shape N,C,H,W")
     conv.add_argument("--calib", default=None, help=f"refit on: {CALIB_HELP}")
     conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
-    conv.add_argument("--order", choices=ORDERS, default=None,
-                      help="stage order (asymmetric or dsconv); auto: per layer, least damage per MAC")
-    conv.add_argument("--core", choices=("dense", "asymmetric"), default=None,
-                      help="tucker2 core; asymmetric = kx1 then 1xk (LPRNet's block shape)")
+    # --order and --core are checked against the --to kind's registry entry when the command runs
+    conv.add_argument("--order", default=None,
+                      help="stage order of the --to kind (see `leanconv kinds`); auto: per layer, least damage per MAC")
+    conv.add_argument("--core", default=None,
+                      help="tucker2 core: dense or asymmetric (kx1 then 1xk: LPRNet's block shape)")
     conv.add_argument("--permute", action="store_true",
                       help="grouped: reorder channels so more of each kernel's energy stays in the groups")
     add_out(conv, "output folder (model.pt, plan.json, report.md)")
