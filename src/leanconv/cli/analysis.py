@@ -17,7 +17,7 @@ SYMBOLS = ("Symbols: C in channels, O out channels, kh x kw kernel, g groups, m 
 def _kinds_rows() -> List[Dict[str, str]]:
     from leanconv.kinds import KINDS
 
-    return [{"kind": k.name, "layer": k.layer, "description": k.summary, "params": k.params_formula,
+    return [{"kind": k.name, "layer": k.layer_name, "description": k.summary, "params": k.params_formula,
              "macs": k.macs_formula} for k in KINDS.values()]
 
 
