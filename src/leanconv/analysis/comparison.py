@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from leanconv._validate import check_positive_int, check_positive_pair
+from leanconv.analysis.profiling import render_as, render_text
 from leanconv.kinds import KINDS, ConvSpec, create_conv2d, get_kind
 from leanconv.padding import PaddingArg
 from leanconv.timing import measure_latency
@@ -77,15 +78,8 @@ class Comparison:
         (console or Console()).print(Markdown(self.to_markdown()))
 
     def render(self, fmt: str) -> str:
-        if fmt == "json":
-            return self.to_json()
-        if fmt == "md":
-            return self.to_markdown()
-        if fmt == "table":
-            from leanconv.analysis.profiling import render_text
-
-            return render_text(self.print)
-        raise ValueError(f"fmt={fmt!r} must be one of ('table', 'json', 'md')")
+        """The comparison as text: ``'table'``, ``'json'`` or ``'md'``."""
+        return render_as(fmt, {"table": lambda: render_text(self.print), "json": self.to_json, "md": self.to_markdown})
 
 
 def _candidates(spec: ConvSpec, upsample: Optional[int]) -> List[Tuple[str, str, Dict[str, Any]]]:

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -185,15 +185,8 @@ class Profile:
 
     def render(self, fmt: str) -> str:
         """The report as text: ``'csv'``, ``'json'``, ``'md'`` or ``'table'``."""
-        if fmt == "csv":
-            return self.to_csv()
-        if fmt == "json":
-            return self.to_json()
-        if fmt == "md":
-            return self.to_markdown()
-        if fmt == "table":
-            return render_text(self.print)
-        raise ValueError(f"fmt={fmt!r} must be one of ('table', 'csv', 'json', 'md')")
+        return render_as(fmt, {"table": lambda: render_text(self.print), "csv": self.to_csv, "json": self.to_json,
+                               "md": self.to_markdown})
 
     def save(self, path: Union[str, os.PathLike], fmt: Optional[str] = None, force: bool = False) -> Path:
         """Write the report atomically; the format follows the suffix unless ``fmt`` is given."""
@@ -210,6 +203,13 @@ _NUMERIC = {"params", "macs", "other_ops", "activation_bytes", "intensity", "lat
 
 def _join(shape: Optional[Tuple[int, ...]]) -> str:
     return "x".join(str(v) for v in shape) if shape else ""
+
+
+def render_as(fmt: str, renderers: Dict[str, Callable[[], str]]) -> str:
+    """``renderers[fmt]()``: a report in the format asked for (ValueError listing the formats)."""
+    if fmt not in renderers:
+        raise ValueError(f"fmt={fmt!r} must be one of {tuple(renderers)}")
+    return renderers[fmt]()
 
 
 def render_text(print_to_console) -> str:
