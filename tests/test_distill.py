@@ -86,7 +86,7 @@ def test_distill_trains_student_in_place_and_leaves_teacher_alone():
     teacher.train()  # its mode is restored afterwards
     before_teacher = copy.deepcopy(teacher.state_dict())
     before_student = copy.deepcopy(student.state_dict())
-    result = distill(student, teacher, data, epochs=4, lr=1e-2, batch_size=16, progress=False,
+    result = distill(student, teacher, data, epochs=4, lr=1e-2, batch_size=16, progress=False, alpha=0.9,
                      feature_paths=["features.conv2.conv", "features.conv4"], feature_weight=0.5)
     assert teacher.training and all(torch.equal(v, before_teacher[k]) for k, v in teacher.state_dict().items())
     assert not student.training

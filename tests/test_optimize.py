@@ -13,7 +13,8 @@ from torch import nn
 
 import leanconv
 from leanconv._files import staged_folder
-from leanconv.optimization import ModelStats, Trial, _choose, calibration_batches, evaluate, stem_paths
+from leanconv.optimization import (ModelStats, Trial, _choose, _convert_options, calibration_batches, evaluate,
+                                   stem_paths)
 
 PIL = pytest.importorskip("PIL.Image")
 pytest.importorskip("matplotlib")
@@ -141,7 +142,14 @@ def test_helpers_and_bad_arguments():
     splits = leanconv.data.load_data("digits")
     for kwargs, match in [({}, "exactly one of"), ({"rank": 1, "mac_fraction": 0.5}, "exactly one of"),
                           ({"mac_fraction": 1.5}, "mac_fraction=1.5 must be a fraction"),
+                          ({"mac_fraction": "0.3"}, "mac_fraction='0.3' must be a fraction"),
                           ({"target_speedup": -1.0}, "target_speedup=-1.0 must be"),
                           ({"rank": 0}, "rank=0 must be >= 1"), ({"rank": 1, "epochs": -1}, "epochs=-1")]:
         with pytest.raises(ValueError, match=match):
             leanconv.optimize(leanconv.models.create("digits_cnn"), splits, **kwargs)
+
+
+def test_mac_fraction_becomes_convert_mac_budget_a_count():
+    original = ModelStats(0.99, 10, 1000, 10.0, "eager")
+    assert _convert_options({"mac_fraction": 0.25}, original, None) == {"mac_budget": 250}
+    assert _convert_options({"rank": 2}, original, None) == {"rank": 2}

@@ -30,6 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from leanconv._validate import check_positive_int
+from leanconv.conversion.plan import Plan
+from leanconv.train.distillation import DEFAULT_ALPHA
 
 SWEEP_RANKS = (1, 2, 4)
 SWEEP_FRACTIONS = (0.15, 0.25, 0.4, 0.6)
@@ -51,7 +53,7 @@ class Trial:
     setting: str
     converted_layers: int
     model: Optional[nn.Module] = field(default=None, repr=False)
-    plan: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    plan: Optional[Plan] = field(default=None, repr=False)
     conversion: Optional[Any] = field(default=None, repr=False)  # the ConversionResult
 
     def row(self) -> Dict[str, Any]:
@@ -76,7 +78,7 @@ class OptimizeResult:
     """Everything :func:`optimize` measured, and the converted, distilled model."""
 
     model: nn.Module
-    plan: Dict[str, Any]
+    plan: Plan
     original: ModelStats
     candidates: List[Trial]  # every candidate conversion tried, in the order tried
     chosen: Trial
@@ -235,7 +237,7 @@ def optimize(
     target_speedup: Optional[float] = None,
     epochs: int = 3,
     lr: float = 1e-3,
-    alpha: float = 0.5,
+    alpha: float = DEFAULT_ALPHA,
     calib_images: int = 256,
     exclude: Optional[Sequence[str]] = None,
     keep_stem: bool = True,
@@ -256,7 +258,7 @@ def optimize(
     :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup`` (measured,
     batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
     the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of the
-    teacher's soft targets against the labels (0.5 here, 0.9 in ``distill``: to be made one). ``out``:
+    teacher's soft targets (:data:`leanconv.train.DEFAULT_ALPHA`, as for ``distill``). ``out``:
     a folder to write (must not exist unless ``force``), written all at once.
     """
     from leanconv._files import check_new_folder
@@ -431,19 +433,19 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
 
 def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
     """Per converted layer: (dense ms, converted ms) timed alone at its input shape (cached)."""
-    from leanconv.conversion.latency import LatencyCache
-    from leanconv.conversion.surgery import _input_sizes, build_module, describe
+    from leanconv.conversion.latency import LatencyCache, describe
+    from leanconv.conversion.pipeline import input_sizes
+    from leanconv.conversion.surgery import build_module
 
-    sizes = _input_sizes(original, input_size)
+    sizes = input_sizes(original, input_size)
     cache = LatencyCache()
     timings = {}
-    for path, entry in chosen.plan["layers"].items():
+    for path, layer in chosen.plan.layers.items():
         conv = original.get_submodule(path)
         shape = (input_size[0], conv.in_channels, *sizes[path])
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["options"].items()}
         dense = cache.latency(describe(conv, "dense", {}), build_module(conv, "dense", {}), shape)
-        converted = cache.latency(describe(conv, entry["kind"], options), build_module(conv, entry["kind"], options),
-                                  shape)
+        converted = cache.latency(describe(conv, layer.kind, layer.options),
+                                  build_module(conv, layer.kind, layer.options), shape)
         timings[path] = (dense, converted)
     cache.save()
     return timings
