@@ -13,7 +13,7 @@ and whether its outputs are reordered, is read through the layer protocol
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F

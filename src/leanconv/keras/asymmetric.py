@@ -26,7 +26,7 @@ from leanconv.keras._base import (
     check_strides_dilation,
     serialize_activation,
 )
-from leanconv.layers.asymmetric import ORDERS
+from leanconv.rules import ASYMMETRIC_ORDERS
 
 
 @keras.saving.register_keras_serializable(package="leanconv")
@@ -63,7 +63,7 @@ class AsymmetricConv2D(TwoStageLayer):
         self.padding = check_padding(padding)
         self.use_bias = check_bool(use_bias, "use_bias")
         self.mid_filters = filters if mid_filters is None else check_positive_int(mid_filters, "mid_filters")
-        check_choice(order, "order", ORDERS)
+        check_choice(order, "order", ASYMMETRIC_ORDERS)
         self.order = order
         self.mid_norm = check_bool(mid_norm, "mid_norm")
         self.mid_activation = check_activation(mid_activation, "mid_activation")

@@ -15,16 +15,14 @@ from typing import Any, Dict, Optional
 
 import keras
 
-from leanconv._validate import check_choice, check_positive_int, check_positive_pair
+from leanconv._validate import check_choice, check_positive_int
 from leanconv.keras._base import LeanLayer, Shape, batch_norm, ops
-from leanconv.layers.attention import CBAM_VARIANTS
+from leanconv import rules
+from leanconv.rules import CBAM_VARIANTS
 
 
 def _check_odd(kernel_size: Any) -> tuple:
-    kernel = check_positive_pair(kernel_size, "kernel_size")
-    if any(k % 2 == 0 for k in kernel):
-        raise ValueError(f"kernel_size={kernel_size!r} must be odd (so that the gate keeps the input size)")
-    return kernel
+    return rules.check_odd_kernel(kernel_size, "so that the gate keeps the input size")
 
 
 @keras.saving.register_keras_serializable(package="leanconv")

@@ -41,7 +41,8 @@ from leanconv.keras._base import (
     serialize_activation,
 )
 from leanconv.keras.asymmetric import AsymmetricConv2D
-from leanconv.layers.transposed import TRANSPOSE_ORDERS, UPSAMPLE_MODES
+from leanconv import rules
+from leanconv.rules import UPSAMPLE_MODES
 from leanconv.padding import effective_kernel
 
 RESIZE_CONVS = ("dense", "dsconv", "asymmetric")
@@ -222,14 +223,8 @@ class DepthwiseSeparableConv2DTranspose(TwoStageLayer):
     ) -> None:
         super().__init__(**kwargs)
         self.filters = check_positive_int(filters, "filters")
-        check_choice(order, "order", TRANSPOSE_ORDERS)
-        self.order = order
-        self.depth_multiplier = check_positive_int(depth_multiplier, "depth_multiplier")
-        if order == "pointwise_first" and depth_multiplier != 1:
-            raise ValueError(
-                f"depth_multiplier={depth_multiplier} must be 1 with order='pointwise_first' "
-                "(the depthwise stage maps filters to filters)"
-            )
+        self.order = rules.check_separable_order(order)
+        self.depth_multiplier = rules.check_transpose_multiplier(depth_multiplier, order)
         self.use_bias = check_bool(use_bias, "use_bias")
         self.mid_norm = check_bool(mid_norm, "mid_norm")
         self.mid_activation = check_activation(mid_activation, "mid_activation")

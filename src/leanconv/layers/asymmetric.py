@@ -43,7 +43,6 @@ torch.fx.wrap("pad_same")
 IntPair = int | Tuple[int, int]
 ModuleFactory = Callable[..., nn.Module]
 
-ORDERS = ASYMMETRIC_ORDERS  # the name leanconv.keras.asymmetric imports
 
 
 # --------------------------------------------------------------------------------------------

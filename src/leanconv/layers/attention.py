@@ -15,8 +15,7 @@ from torch import nn
 
 from leanconv._validate import check_callable_or_none, check_input, check_positive_int
 from leanconv.layers.conv import Conv2d, IntPair, ModuleFactory, make_act
-from leanconv.rules import (  # noqa: F401 (leanconv.keras.attention imports CBAM_VARIANTS from here)
-    CBAM_VARIANTS,
+from leanconv.rules import (
     check_cbam_variant,
     check_odd_kernel,
 )

@@ -31,9 +31,8 @@ from leanconv._validate import (
 )
 from leanconv.layers.base import TwoStageConv, swap_orders
 from leanconv.layers.conv import Conv2d, ConvTranspose2d, IntPair, ModuleFactory
-from leanconv.rules import (  # noqa: F401 (leanconv.keras.transposed imports UPSAMPLE_MODES from here)
+from leanconv.rules import (
     SEPARABLE_ORDERS,
-    UPSAMPLE_MODES,
     check_transpose_multiplier,
     check_upsample,
 )
@@ -43,7 +42,6 @@ from leanconv.padding import PaddingArg
 ConvFactory = Union[str, Callable[..., nn.Module]]
 """A conv kind name from :mod:`leanconv.kinds` or a callable with ``nn.Conv2d``'s keywords."""
 
-TRANSPOSE_ORDERS = SEPARABLE_ORDERS  # the name leanconv.keras.transposed imports (with UPSAMPLE_MODES)
 
 
 def make_conv(
