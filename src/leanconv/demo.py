@@ -16,7 +16,10 @@ from typing import Optional, Union
 import torch
 
 from leanconv._cache import cache_dir
-from leanconv._files import atomic_file
+from leanconv._files import atomic_file, check_new_folder
+from leanconv.data import load_data, load_digits
+from leanconv.models.digits import digits_cnn, train_digits_cnn
+from leanconv.optimization import optimize
 
 TRAIN_EPOCHS = 8
 SEED = 0
@@ -24,9 +27,6 @@ SEED = 0
 
 def trained_digits_cnn(progress: bool = True) -> torch.nn.Module:
     """The digits CNN trained for ``TRAIN_EPOCHS`` epochs, from the cache or trained now (~10-30 s)."""
-    from leanconv.data import load_digits
-    from leanconv.models.digits import digits_cnn, train_digits_cnn
-
     path = cache_dir() / f"digits_cnn-e{TRAIN_EPOCHS}-s{SEED}-torch{torch.__version__}.pt"
     model = digits_cnn()
     if path.is_file():
@@ -49,10 +49,6 @@ def trained_digits_cnn(progress: bool = True) -> torch.nn.Module:
 def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = 3,
              batch_sizes=(1, 16), progress: bool = True, min_run_time: float = 0.2):
     """Run the demo; returns the :class:`leanconv.optimization.OptimizeResult` (written to ``out``)."""
-    from leanconv._files import check_new_folder
-    from leanconv.data import load_data
-    from leanconv.optimization import optimize
-
     if out is not None:
         check_new_folder(out, force)  # refuse before training anything
     model = trained_digits_cnn(progress)

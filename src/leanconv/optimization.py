@@ -29,9 +29,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int
-from leanconv.conversion.plan import Plan
-from leanconv.train.distillation import DEFAULT_ALPHA
+from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
+from leanconv.conversion.latency import LatencyCache, describe
+from leanconv.conversion.pipeline import convert, input_sizes
+from leanconv.conversion.plan import Plan, save_plan
+from leanconv.conversion.surgery import build_module
+from leanconv.plots import plot_candidates, plot_layers
+from leanconv.train.distillation import DEFAULT_ALPHA, distill
 
 SWEEP_RANKS = (1, 2, 4)
 SWEEP_FRACTIONS = (0.15, 0.25, 0.4, 0.6)
@@ -187,8 +193,6 @@ def _params(model: nn.Module) -> int:
 
 
 def _deployed(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> Tuple[float, str]:
-    from leanconv.bench import benchmark_settings
-
     best = benchmark_settings(model, input_size, min_run_time=min_run_time).best
     return best.latency_ms, best.setting
 
@@ -261,8 +265,6 @@ def optimize(
     teacher's soft targets (:data:`leanconv.train.DEFAULT_ALPHA`, as for ``distill``). ``out``:
     a folder to write (must not exist unless ``force``), written all at once.
     """
-    from leanconv._files import check_new_folder
-
     _check_choice(rank, mac_fraction, target_speedup)
     _check_run(epochs, batch_sizes)
     if out is not None:
@@ -356,8 +358,6 @@ def _is_number(value: Any) -> bool:
 
 def _measure_original(setup: _Setup) -> ModelStats:
     """The original's test accuracy, params, MACs and latency in its fastest deployment setting."""
-    from leanconv.bench import count_macs
-
     latency, setting = _deployed(setup.original, setup.input_size, setup.min_run_time)
     return ModelStats(evaluate(setup.original, setup.data.test), _params(setup.original),
                       count_macs(setup.original, setup.input_size), latency, setting)
@@ -377,8 +377,6 @@ def _try_candidates(grid: List[Tuple[str, Dict[str, Any]]], setup: _Setup, origi
                     conversion: _Conversion, notes: List[str], say: _Say) -> List[Trial]:
     """Convert and refit the original once per candidate in ``grid`` and measure each result; a
     candidate :func:`leanconv.convert` refuses is skipped with a note."""
-    from leanconv import convert
-
     trials: List[Trial] = []
     for label, options in grid:
         say(f"candidate {label}: convert, refit on {conversion.calib_images} images, measure")
@@ -396,8 +394,6 @@ def _try_candidates(grid: List[Tuple[str, Dict[str, Any]]], setup: _Setup, origi
 
 def _measure_trial(label: str, options: Dict[str, Any], result: Any, setup: _Setup) -> Trial:
     """A :class:`Trial` from one :class:`leanconv.conversion.ConversionResult`: cost, accuracy, latency."""
-    from leanconv.bench import count_macs
-
     converted = result.model.eval()
     latency, setting = _deployed(converted, setup.input_size, setup.min_run_time)
     return Trial(label, options, count_macs(converted, setup.input_size), _params(converted),
@@ -411,8 +407,6 @@ def _distill_chosen(chosen: Trial, setup: _Setup, settings: _Distillation, say: 
     student = copy.deepcopy(chosen.model)
     if not settings.epochs:
         return student, None
-    from leanconv.train import distill
-
     say(f"distilling the original into '{chosen.label}' for {settings.epochs} epoch(s)")
     history = distill(student, setup.original, setup.data.train, epochs=settings.epochs, lr=settings.lr,
                       alpha=settings.alpha, seed=settings.seed, progress=settings.progress)
@@ -421,8 +415,6 @@ def _distill_chosen(chosen: Trial, setup: _Setup, settings: _Distillation, say: 
 
 def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], say: _Say) -> Dict[int, Any]:
     """Batch size -> :class:`leanconv.bench.EfficiencyReport` of ``student`` against the original."""
-    from leanconv.bench import realized_efficiency
-
     efficiency = {}
     for batch in batch_sizes:
         say(f"measuring realized efficiency at batch {batch}")
@@ -433,10 +425,6 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
 
 def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
     """Per converted layer: (dense ms, converted ms) timed alone at its input shape (cached)."""
-    from leanconv.conversion.latency import LatencyCache, describe
-    from leanconv.conversion.pipeline import input_sizes
-    from leanconv.conversion.surgery import build_module
-
     sizes = input_sizes(original, input_size)
     cache = LatencyCache()
     timings = {}
@@ -453,18 +441,12 @@ def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int])
 
 def _eager_ms(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> float:
     """Batch-``input_size`` eager latency: what per-layer timings in a latency budget add up to."""
-    from leanconv.bench import measure_latency
-
     return measure_latency(model, torch.randn(tuple(input_size)), min_run_time=min_run_time,
                            num_threads=torch.get_num_threads())
 
 
 def write_outputs(result: OptimizeResult, out: Union[str, Path], force: bool, title: str) -> None:
     """model.pt, plan.json, summary.json, report.md and the plots, all at once."""
-    from leanconv._files import staged_folder
-    from leanconv import save_plan
-    from leanconv.plots import plot_candidates, plot_layers
-
     with staged_folder(out, force) as staging:
         torch.save(result.model.state_dict(), staging / "model.pt")
         save_plan(result.plan, staging / "plan.json")

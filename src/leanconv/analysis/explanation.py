@@ -18,6 +18,7 @@ from torch import nn
 from leanconv.analysis.counting import ModuleCall, trace_calls
 from leanconv.analysis.profiling import conv_kind, meta_copy
 from leanconv.kinds import get_kind
+from leanconv.kinds import create_conv2d
 
 LANGS = ("en", "zh")
 
@@ -156,8 +157,6 @@ def explain(
     if lang not in LANGS:
         raise ValueError(f"lang={lang!r} must be one of {LANGS}")
     if isinstance(conv, str):
-        from leanconv.kinds import create_conv2d
-
         with torch.device("meta"):
             module = create_conv2d(conv, **kind_args)
     elif isinstance(conv, nn.Module):

@@ -13,7 +13,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 MODEL_HELP = "built-in name, package.module:callable or path/to/file.py:callable"
 CALIB_HELP = "digits | random:N | file.pt with an (N,C,H,W) tensor"
@@ -200,6 +200,11 @@ def rows_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-__all__ = ["add_model", "add_out", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
+def given(**options: Any) -> Dict[str, Any]:
+    """The options the user gave (not None): the rest keep the library's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+__all__ = ["add_model", "add_out", "given", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
            "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
            "write_text"]

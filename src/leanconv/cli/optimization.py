@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any, Optional
 
-from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, load_model, load_weights
+from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, given, load_model, \
+    load_weights
 
 
 def _print_summary(result: Any, out: Optional[str]) -> None:
@@ -40,10 +41,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         print("leanconv optimize: no --weights given: optimizing an untrained model", file=sys.stderr)
     data = load_data(args.data)
     result = optimize(model, data, to=args.to, rank=args.rank, mac_fraction=args.mac_fraction,
-                      target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr, alpha=args.alpha,
+                      target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr,
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
                       batch_sizes=tuple(args.batch_size), sweep=not args.no_sweep, out=args.out, force=args.force,
-                      min_run_time=args.measure_time, title=f"leanconv optimize {args.model} --data {args.data}")
+                      min_run_time=args.measure_time, title=f"leanconv optimize {args.model} --data {args.data}",
+                      **given(alpha=args.alpha))
     _print_summary(result, args.out)
     return 0
 
@@ -70,7 +72,8 @@ def _add_optimize(sub: Any) -> None:
     target.add_argument("--target-speedup", type=float, help="measured speedup at batch 1, e.g. 2")
     opt.add_argument("--epochs", type=int, default=3, help="distillation epochs (0: refit only)")
     opt.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate (Adam)")
-    opt.add_argument("--alpha", type=float, default=0.5, help="distillation: weight of the teacher's soft targets")
+    opt.add_argument("--alpha", type=float, default=None,
+                     help="distillation: weight of the teacher's soft targets (default: leanconv.train.DEFAULT_ALPHA)")
     opt.add_argument("--calib-images", type=int, default=256, help="training images for the refit")
     opt.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep dense")
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from leanconv.cli.common import MODEL_HELP, check_converted, load_converted, load_model, load_weights
+from leanconv.cli.common import MODEL_HELP, check_converted, given, load_converted, load_model, load_weights
 
 DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 
@@ -47,9 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     student, plan = load_converted(args.model, args.converted)
     data = load_data(args.data, size=args.size).train
     result = distill(student, teacher, data, epochs=args.epochs, lr=args.lr, temperature=args.temperature,
-                     alpha=args.alpha, feature_paths=list(plan.layers) if args.features else None,
+                     feature_paths=list(plan.layers) if args.features else None,
                      feature_weight=args.feature_weight, batch_size=args.batch_size, max_steps=args.max_steps,
-                     seed=args.seed, progress=not args.no_progress)
+                     seed=args.seed, progress=not args.no_progress, **given(alpha=args.alpha))
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     rank = int(os.environ.get("RANK", "0"))
     if args.rank_dir:
@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64, help="per process")
     parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=0.9, help="weight of the soft (teacher) term")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="weight of the soft (teacher) term (default: leanconv.train.DEFAULT_ALPHA)")
     parser.add_argument("--features", action="store_true", help="also match the converted layers' outputs (MSE)")
     parser.add_argument("--feature-weight", type=float, default=1.0)
     parser.add_argument("--max-steps", type=int, default=None)

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 from leanconv.data.cifar10 import CIFAR10, is_cifar10_folder
 from leanconv.data.errors import DataNotFoundError
 from leanconv.data.folder import ImageFolder, scan_class_folders
+from leanconv.data.digits import load_digits
 
 FORMS = "'digits', 'cifar10:PATH', 'folder:PATH' or a PATH to a CIFAR-10 or class-folder directory"
 _DEFAULT: Any = "default"
@@ -135,8 +136,6 @@ def load_data(
 
 
 def _digits(size, normalize) -> DataSplits:
-    from leanconv.data.digits import load_digits
-
     if normalize is not _DEFAULT:
         raise ValueError(f"normalize={normalize!r} does not apply to digits (standardized by its training set)")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):

@@ -35,7 +35,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from leanconv._files import staged_folder
 from leanconv._validate import check_choice
+from leanconv.quant.hazards import hazard_report
+from leanconv.quant.layers import IntConv2d
+from leanconv.quant.model import QuantizedModel
 
 WEIGHT_MODES = ("const", "args")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -140,9 +144,6 @@ def _layer_names(qmodel, names: Optional[Sequence[str]], top: str) -> List[str]:
 
 
 def _check_exportable(qmodel) -> None:
-    from leanconv.quant.layers import IntConv2d
-    from leanconv.quant.model import QuantizedModel
-
     if not isinstance(qmodel, QuantizedModel):
         raise ValueError(f"qmodel={type(qmodel).__name__} must be a leanconv.quant.QuantizedModel")
     qmodel.check()  # names, shapes and integers are pasted into the C++: re-checked, they may have changed
@@ -604,8 +605,6 @@ def export_hls(
     and integers are pasted into the C++); the folder is written atomically and an existing one
     is replaced only with ``force=True``.
     """
-    from leanconv.quant.hazards import hazard_report
-
     _check_exportable(qmodel)
     _check_options(weights, margin, vectors, top)
     names = _layer_names(qmodel, names, top)
@@ -635,8 +634,6 @@ def export_hls(
 
 def _write_folder(out_dir: Path, files: Dict[str, str], force: bool) -> None:
     """Write every file into a staging folder beside ``out_dir``, then move it into place."""
-    from leanconv._files import staged_folder
-
     with staged_folder(out_dir, force) as staging:
         for relative, text in files.items():
             path = staging / relative

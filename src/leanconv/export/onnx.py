@@ -15,6 +15,7 @@ from typing import Sequence, Union
 
 import torch
 from torch import nn
+from leanconv._files import atomic_file
 
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Union[str, os.PathLike],
@@ -32,8 +33,6 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
         program = torch.onnx.export(model, inputs, dynamo=True)
     data = program.model_proto.SerializeToString()
-    from leanconv._files import atomic_file
-
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
     if not check:

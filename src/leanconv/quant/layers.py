@@ -22,6 +22,7 @@ from leanconv.quant.checks import check_fields, check_int, check_ints, check_nam
 from leanconv.quant.dialects import ApFixed, int_range
 from leanconv.quant.qparams import QParams
 from leanconv.quant.requant import ApFixedRequant, Requant, Stats, TFLiteRequant, requant_from_dict
+from leanconv.quant.dialects import check_factor
 
 Pads = Tuple[int, int, int, int]  # (top, bottom, left, right)
 
@@ -216,8 +217,6 @@ class IntConv2d:
         For hand-written kernels like the seed's: ``factor`` (one per output channel, or one for
         all) is loaded as ``ap_fixed<32,1>`` and checked (:func:`check_factor`); scales are 1.
         """
-        from leanconv.quant.dialects import check_factor
-
         weight = torch.as_tensor(weight)
         out_channels = weight.shape[0] if weight.dim() == 4 else 0
         per_channel = isinstance(factor, Sequence) or (isinstance(factor, Tensor) and factor.dim() > 0)

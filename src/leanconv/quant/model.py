@@ -20,6 +20,7 @@ from leanconv.quant.dialects import ApFixed, Dialect, TFLite, dialect_from_dict
 from leanconv.quant.layers import IntConv2d, IntLayer, IntLinear, layer_from_dict
 from leanconv.quant.qparams import QParams
 from leanconv.quant.requant import Stats
+from leanconv._files import atomic_file
 
 
 def _same_q(a: QParams, b: QParams) -> bool:
@@ -159,8 +160,6 @@ class QuantizedModel:
         path = Path(path)
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists: pass force=True to overwrite it")
-        from leanconv._files import atomic_file
-
         with atomic_file(path) as tmp:
             torch.save(self.to_dict(), tmp)
         return path
