@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from leanconv._files import staged_folder
+from leanconv import _files
 from leanconv._validate import check_choice
 from leanconv.quant.hazards import hazard_report
 from leanconv.quant.layers import IntConv2d
@@ -634,7 +634,7 @@ def export_hls(
 
 def _write_folder(out_dir: Path, files: Dict[str, str], force: bool) -> None:
     """Write every file into a staging folder beside ``out_dir``, then move it into place."""
-    with staged_folder(out_dir, force) as staging:
+    with _files.staged_folder(out_dir, force) as staging:
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
