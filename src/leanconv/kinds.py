@@ -112,6 +112,12 @@ def _build_grouped(layer: type, spec: ConvSpec, kw: Dict[str, Any]) -> nn.Module
                  spec.options["groups"], spec.bias, **kw)
 
 
+def _check_grouped(spec: ConvSpec) -> None:
+    _check_groups(spec)
+    if not isinstance(spec.options["permute"], bool):
+        raise ValueError(f"permute={spec.options['permute']!r} must be True or False")
+
+
 def _grouped_rows(spec: ConvSpec) -> List[Tuple[str, Options]]:
     c, o = spec.in_channels, spec.out_channels
     pointwise = spec.kernel_size == (1, 1)
@@ -136,7 +142,7 @@ register(ConvKind(
 register(ConvKind(
     name="grouped", summary="grouped convolution: channels split into g groups convolved separately",
     layer=f"{LAYERS}:Conv2d", options={"groups": 2, "permute": False}, build_fn=_build_grouped,
-    stages_fn=_dense_stages, validate_fn=_check_groups,
+    stages_fn=_dense_stages, validate_fn=_check_grouped,
     params_formula="O*(C/g)*kh*kw (+O)",
     macs_formula="O*(C/g)*kh*kw*H'*W' (permute=True: channel reorderings, no MACs)",
     compare_rows=_grouped_rows,
@@ -145,7 +151,7 @@ register(ConvKind(
         "zh": "分组卷积：输入通道分成 g 组，每组的卷积核只看本组的通道",
     },
     conversion=Conversion(
-        factorize=lambda w, o: factorize.grouped(w, o["groups"], permute=o.get("permute", False)),
+        factorize=lambda w, o: factorize.grouped(w, o["groups"], permute=o["permute"]),
         rank_option="groups", variants={"permute": (False, True)}, options_at=_grouped_options,
         default_rank=2, ladder=False,
     ),
@@ -240,7 +246,7 @@ register(ConvKind(
     macs_formula="(C*m*kh*kw + C*m*O)*H'*W'; pointwise_first: C*O*m*H*W + O*m*kh*kw*H'*W'",
     compare_rows=_one_row("depthwise separable", lambda spec: spec.kernel_size != (1, 1)),
     conversion=Conversion(
-        factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], order=o.get("order", "depthwise_first")),
+        factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], order=o["order"]),
         rank_option="depth_multiplier", top_rank=_dsconv_top_rank, variants={"order": rules.SEPARABLE_ORDERS},
     ),
 ))
@@ -285,7 +291,7 @@ register(ConvKind(
     macs_formula="C*K*kh*H'*W1 + K*O*kw*H'*W' (W1: width after kx1)",
     compare_rows=lambda spec: [(f"{spec.kernel_size[0]}x1 then 1x{spec.kernel_size[1]}", {})] if _is_kxk(spec) else [],
     conversion=Conversion(
-        factorize=lambda w, o: factorize.asymmetric(w, o["mid_channels"], o.get("order", "kx1_first")),
+        factorize=lambda w, o: factorize.asymmetric(w, o["mid_channels"], o["order"]),
         rank_option="mid_channels", top_rank=_asymmetric_top_rank, variants={"order": rules.ASYMMETRIC_ORDERS},
     ),
 ))
@@ -397,9 +403,9 @@ register(ConvKind(
                                                                   max(1, spec.out_channels // 4))})]
                                if spec.kernel_size != (1, 1) else []),
     conversion=Conversion(
-        factorize=lambda w, o: factorize.tucker2(w, o["ranks"], core_mid_channels=o.get("core_mid_channels")),
+        factorize=lambda w, o: factorize.tucker2(w, o["ranks"], core_mid_channels=o["core_mid_channels"]),
         rank_option="ranks", top_rank=lambda spec, variant: min(spec.in_channels, spec.out_channels),
-        variants={"core": rules.TUCKER2_CORES}, options_at=_tucker2_options, exact=_tucker2_exact,
+        variants={"core": rules.TUCKER2_CORES}, options_at=_tucker2_options, exact=_tucker2_exact, pair_rank=True,
     ),
 ))
 

@@ -196,6 +196,8 @@ class Conversion:
     """The options at which the factorization is exact (default: the options at ``top_rank``)."""
     default_rank: Optional[int] = None
     """The rank used when none is given; None: the exact options."""
+    pair_rank: bool = False
+    """Whether a rank may be a pair ``(r1, r2)`` (Tucker-2) as well as an int."""
     ladder: bool = True
     """Whether ranks can be chosen by energy or a MAC/latency budget (False: give ``rank``)."""
 
@@ -207,20 +209,24 @@ class Conversion:
     def orders(self) -> Tuple[str, ...]:
         return tuple(self.variants.get("order", ()))
 
-    def options(self, spec: ConvSpec, rank: Optional[Rank], variant: Optional[Mapping[str, Any]] = None) -> Options:
-        """The kind's options at ``rank`` (None: ``default_rank``, or the exact options)."""
+    def options(self, spec: ConvSpec, rank: Optional[Rank], variant: Optional[Mapping[str, Any]] = None,
+                defaults: Optional[Mapping[str, Any]] = None) -> Options:
+        """The kind's options at ``rank`` (None: ``default_rank``, or the exact options).
+
+        ``defaults`` are the kind's own defaults for what the variant leaves out (its stage
+        order...): the rank functions see them, the returned options hold only what was asked.
+        """
         variant = dict(variant or {})
+        filled = {**(defaults or {}), **variant}
         if rank is None and self.default_rank is not None:
             rank = self.default_rank
         if rank is None:
-            return self.exact(spec, variant) if self.exact else self.options(spec, self.top_rank(spec, variant), variant)  # type: ignore[misc]
+            if self.exact is not None:
+                return self.exact(spec, filled)
+            return self.options(spec, self.top_rank(spec, filled), variant, defaults)  # type: ignore[misc]
         if self.options_at is not None:
-            return self.options_at(spec, rank, variant)
+            return self.options_at(spec, rank, filled)
         return {self.rank_option: int(rank), **variant}  # type: ignore[arg-type]
-
-    def rank_of(self, options: Mapping[str, Any]) -> Any:
-        """The rank stored in ``options`` (what a report shows)."""
-        return options.get(self.rank_option)
 
 
 CompareRows = Callable[[ConvSpec], List[Tuple[str, Options]]]
@@ -256,6 +262,11 @@ class ConvKind:
     """What ``leanconv.explain`` says about a single conv of this kind, by language."""
     conversion: Optional[Conversion] = None
 
+    def variant_defaults(self) -> Options:
+        """The kind's defaults for the options its conversion may set (what a variant leaves out)."""
+        variants = self.conversion.variants if self.conversion is not None else {}
+        return {name: self.options[name] for name in variants if name in self.options}
+
     @property
     def upsamples(self) -> bool:
         return self.transposed or self.scale_option is not None
@@ -269,10 +280,14 @@ class ConvKind:
         return f"{self.layer.__module__}.{self.layer.__qualname__}"
 
     def layer_class(self) -> type:
+        """The layer class (imported on first use when named by path)."""
         if not isinstance(self.layer, str):
             return self.layer
         module, _, cls = self.layer.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"kind {self.name!r}: layer={self.layer!r} cannot be loaded ({error})") from None
 
     def _with_defaults(self, spec: ConvSpec) -> ConvSpec:
         unknown = sorted(set(spec.options) - set(self.options))
@@ -333,8 +348,12 @@ KINDS: Dict[str, ConvKind] = {}
 
 def register(kind: ConvKind) -> ConvKind:
     """Add a kind to the registry (names are unique); returns it."""
+    if not isinstance(kind.name, str) or not kind.name.isidentifier():
+        raise ValueError(f"kind name={kind.name!r} must be an identifier (letters, digits and '_')")
     if kind.name in KINDS:
         raise ValueError(f"kind name={kind.name!r} is already registered")
+    if not isinstance(kind.layer, type) and not _is_layer_path(kind.layer):
+        raise ValueError(f"kind {kind.name!r}: layer={kind.layer!r} must be a class or 'package.module:Class'")
     if kind.conversion is not None:
         unknown = sorted(set(kind.conversion.variants) - set(kind.options))
         if kind.conversion.rank_option not in kind.options or unknown:
@@ -342,6 +361,13 @@ def register(kind: ConvKind) -> ConvKind:
                              "that the kind does not have")
     KINDS[kind.name] = kind
     return kind
+
+
+def _is_layer_path(layer: object) -> bool:
+    if not isinstance(layer, str):
+        return False
+    module, colon, cls = layer.partition(":")
+    return bool(colon) and cls.isidentifier() and all(part.isidentifier() for part in module.split("."))
 
 
 def unregister(name: str) -> ConvKind:
@@ -352,7 +378,8 @@ def unregister(name: str) -> ConvKind:
 def get_kind(name: str) -> ConvKind:
     """The registered kind called ``name`` (ValueError listing the kinds otherwise)."""
     if name not in KINDS:
-        raise ValueError(f"kind={name!r} is not a conv kind; choose one of {sorted(KINDS)}")
+        hint = "" if KINDS else " (none is registered: import leanconv.kinds, which registers the built-in kinds)"
+        raise ValueError(f"kind={name!r} is not a conv kind; choose one of {sorted(KINDS)}{hint}")
     return KINDS[name]
 
 

@@ -14,13 +14,13 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, List, Mapping, Union
 
 from torch import nn
 
 from leanconv._files import write_atomic
-from leanconv.conversion.surgery import build_module, jsonable, set_module
-from leanconv.kinds import get_kind
+from leanconv.conversion.surgery import build_module, conv_spec, jsonable, set_module
+from leanconv.kinds import convertible_kinds, get_kind
 
 PLAN_VERSION = 1
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -53,13 +53,16 @@ class Plan:
         """A plan from its JSON form, every field checked (ValueError naming the first bad one)."""
         if not isinstance(data, Mapping):
             raise ValueError(f"plan={type(data).__name__} must be a JSON object")
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"plan version={data.get('version')!r} must be {PLAN_VERSION}")
+        version = data.get("version")
+        if type(version) is not int or version != PLAN_VERSION:
+            raise ValueError(f"plan version={version!r} must be {PLAN_VERSION}")
         target, layers = data.get("target"), data.get("layers")
         if not isinstance(target, str):
             raise ValueError(f"plan target={target!r} must be a kind name")
+        get_kind(target)  # ValueError listing the kinds when unknown
         if not isinstance(layers, Mapping):
             raise ValueError(f"plan layers={type(layers).__name__} must map module paths to layer entries")
+        _check_not_nested(list(layers))
         return cls(target, {_check_path(path): _layer_from_dict(path, entry) for path, entry in layers.items()})
 
     def save(self, path: Union[str, Path]) -> None:
@@ -70,26 +73,51 @@ class Plan:
     def load(cls, path: Union[str, Path]) -> "Plan":
         try:
             data = json.loads(Path(path).read_text())
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise ValueError(f"plan file {str(path)!r} is not JSON: {error}") from None
         return cls.from_dict(data)
 
     def apply(self, model: nn.Module, inplace: bool = False) -> nn.Module:
         """``model`` (a copy unless ``inplace``) with each planned conv replaced by its kind,
         freshly initialized: load the converted model's ``state_dict`` into it."""
+        for path, layer in self.layers.items():  # every layer checked before the model is touched
+            _planned_conv(model, path, layer)
         model = model if inplace else copy.deepcopy(model)
         for path, layer in self.layers.items():
-            try:
-                conv = model.get_submodule(path)
-            except AttributeError:
-                raise ValueError(f"plan layer {path!r} is not a module of this model") from None
-            if not isinstance(conv, nn.Conv2d):
-                raise ValueError(f"plan layer {path!r} is a {type(conv).__name__}, expected the original nn.Conv2d")
-            set_module(model, path, build_module(conv, layer.kind, layer.options))
+            set_module(model, path, build_module(model.get_submodule(path), layer.kind, layer.options))
         return model
 
 
 PlanLike = Union[Plan, Mapping[str, Any], str, Path]
+
+
+def _planned_conv(model: nn.Module, path: str, layer: LayerPlan) -> nn.Conv2d:
+    """The conv at ``path``, after checking that the plan's kind and options describe a conversion
+    of it: no larger than the kind's exact form (or the conv itself), computed from the registry's
+    stages before anything is allocated."""
+    try:
+        conv = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"plan layer {path!r} is not a module of this model") from None
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"plan layer {path!r} is a {type(conv).__name__}, expected the original nn.Conv2d")
+    kind = get_kind(layer.kind)
+    planned = kind.params(conv_spec(conv, **layer.options))  # the kind's rules check each option
+    variant = {name: layer.options[name] for name in kind.conversion.variants if name in layer.options}  # type: ignore[union-attr]
+    exact = kind.conversion.options(conv_spec(conv), None, variant, kind.variant_defaults())  # type: ignore[union-attr]
+    bound = max(kind.params(conv_spec(conv, **exact)), sum(p.numel() for p in conv.parameters()))
+    if planned > bound:
+        raise ValueError(f"plan layer {path!r}: {layer.kind} with {layer.options} has {planned:,} parameters, more "
+                         f"than its exact form ({bound:,}): not a conversion of this {tuple(conv.weight.shape)} conv")
+    return conv
+
+
+def _check_not_nested(paths: List[Any]) -> None:
+    """A planned layer replaces a conv; a path inside another planned layer is not one."""
+    for path in paths:
+        for other in paths:
+            if isinstance(path, str) and isinstance(other, str) and path.startswith(f"{other}."):
+                raise ValueError(f"plan layer {path!r} lies inside plan layer {other!r}")
 
 
 def _check_path(path: Any) -> str:
@@ -102,6 +130,9 @@ def _layer_from_dict(path: str, entry: Any) -> LayerPlan:
     if not isinstance(entry, Mapping) or not isinstance(entry.get("kind"), str):
         raise ValueError(f"plan layer {path!r} must be an object with a 'kind' name and 'options'")
     kind = get_kind(entry["kind"])  # ValueError listing the kinds when unknown
+    if kind.conversion is None:
+        raise ValueError(f"plan layer {path!r}: kind={kind.name!r} is not a conversion target "
+                         f"(one of {convertible_kinds()})")
     options = entry.get("options", {})
     if not isinstance(options, Mapping):
         raise ValueError(f"plan layer {path!r}: options={options!r} must be an object")

@@ -69,11 +69,26 @@ class RankRequest:
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"energy={self.energy!r} must be in (0, 1]")
         conversion = _conversion(kind)
+        if self.rank is not None:
+            _check_rank(self.rank, conversion)
         if not conversion.ladder and (self.energy is not None or self.budget is not None):
             raise ValueError(f"to={kind.name!r} takes rank=<{conversion.rank_option}>, not energy, mac_budget "
                              "or latency_budget")
         if self.budget is not None and input_size is None:
             raise ValueError(f"{'mac' if self.mac_budget is not None else 'latency'}_budget needs input_size (N, C, H, W)")
+
+
+def _check_rank(rank: object, conversion: Conversion) -> None:
+    """A rank is an int >= 1, or, where the kind takes one (Tucker-2), a pair of them."""
+    def whole(r: object) -> bool:
+        return isinstance(r, int) and not isinstance(r, bool) and r >= 1
+
+    if whole(rank):
+        return
+    if conversion.pair_rank and isinstance(rank, (tuple, list)) and len(rank) == 2 and all(map(whole, rank)):
+        return
+    rule = "an int >= 1" + (" or a pair (r1, r2) of them" if conversion.pair_rank else "")
+    raise ValueError(f"rank={rank!r} must be {rule} (the {conversion.rank_option})")
 
 
 @dataclass
@@ -133,12 +148,13 @@ def _relative_discard(conv: nn.Conv2d, kind: str, options: Options) -> float:
 def energy_options(conv: nn.Conv2d, kind: ConvKind, energy: float, variant: Optional[Variant]) -> Options:
     """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
     conversion, spec = _conversion(kind), conv_spec(conv)
-    for r in range(1, conversion.top_rank(spec, variant or {}) + 1):  # type: ignore[misc]
-        options = conversion.options(spec, r, variant)
+    defaults = kind.variant_defaults()
+    for r in range(1, conversion.top_rank(spec, {**defaults, **(variant or {})}) + 1):  # type: ignore[misc]
+        options = conversion.options(spec, r, variant, defaults)
         result = factorize_conv(conv, kind.name, options)
         if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
             return options
-    return conversion.options(spec, None, variant)
+    return conversion.options(spec, None, variant, defaults)
 
 
 def cheapest_damage(conv: nn.Conv2d, kind: ConvKind, candidates: List[Options], hw: Tuple[int, int]) -> Options:
@@ -161,7 +177,7 @@ def layer_options(conv: nn.Conv2d, kind: ConvKind, request: RankRequest, extra: 
     """One layer's options by ``rank`` or ``energy`` (both stage orders tried for ``order='auto'``)."""
     conversion = _conversion(kind)
     candidates = [energy_options(conv, kind, request.energy, variant) if request.energy is not None
-                  else conversion.options(conv_spec(conv), request.rank, variant)
+                  else conversion.options(conv_spec(conv), request.rank, variant, kind.variant_defaults())
                   for variant in variants(kind, extra)]
     return cheapest_damage(conv, kind, candidates, hw)
 
@@ -181,8 +197,9 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     dense = Choice(None, get_kind("dense").macs(spec, in_hw), 0.0)
     candidates: List[Choice] = []
     for variant in variants(kind, extra):
-        for rank in range(conversion.top_rank(spec, variant or {}), 0, -1):  # type: ignore[misc]
-            options = conversion.options(spec, rank, variant)
+        filled = {**kind.variant_defaults(), **(variant or {})}
+        for rank in range(conversion.top_rank(spec, filled), 0, -1):  # type: ignore[misc]
+            options = conversion.options(spec, rank, variant, kind.variant_defaults())
             macs = kind.macs(conv_spec(conv, **options), in_hw)
             if macs < dense.macs:
                 candidates.append(Choice(options, macs, _damage(conv, target, options, inputs, reference)))
@@ -275,14 +292,19 @@ def choose(original: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], target: s
     if request.budget is None:
         return Selection({path: LayerChoice(layer_options(conv, kind, request, extra, sizes.get(path, min_hw(conv))))
                           for path, conv in eligible})
+    unused = {path: LayerChoice(None, "not run by the model's forward at input_size: kept as it is")
+              for path, _ in eligible if path not in sizes}
+    eligible = [(path, conv) for path, conv in eligible if path not in unused]
     inputs = _layer_inputs(original, eligible, calib)
-    ladders = {path: ladder(conv, target, sizes.get(path, min_hw(conv)), extra, inputs.get(path))
-               for path, conv in eligible}
+    ladders = {path: ladder(conv, target, sizes[path], extra, inputs.get(path)) for path, conv in eligible}
     if request.mac_budget is not None:
         fixed = profile(original, tuple(input_size)).total_macs - sum(r[0].macs for r in ladders.values())
-        return _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
-    return _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size, sizes,
-                              cache or LatencyCache())
+        selection = _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
+    else:
+        selection = _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size,
+                                       sizes, cache or LatencyCache())
+    selection.layers.update(unused)
+    return selection
 
 
 def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Tensor]]:

@@ -38,10 +38,10 @@ def min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
 
 def factorize_conv(conv: nn.Conv2d, kind: str, options: Mapping[str, Any]) -> Factorization:
     """The optimal weights of ``kind`` with ``options`` for this conv (the kind's pure factorization)."""
-    conversion = get_kind(kind).conversion
-    if conversion is None:
+    entry = get_kind(kind)
+    if entry.conversion is None:
         raise ValueError(f"kind={kind!r} has no conversion: a trained conv cannot be factorized into it")
-    return conversion.factorize(conv.weight.detach(), options)
+    return entry.conversion.factorize(conv.weight.detach(), {**entry.options, **options})
 
 
 def build_module(conv: nn.Conv2d, kind: str, options: Mapping[str, Any],
