@@ -105,3 +105,13 @@ def test_a_conv_the_forward_never_runs_stays_with_the_reason_under_a_budget():
     result = leanconv.convert(Net(), to="dsconv", mac_budget=10**9, input_size=(1, 4, 8, 8))
     spare = next(r for r in result.layers if r.path == "spare")
     assert not spare.converted and "not run by the model's forward" in spare.reason
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=2), dict(energy=0.9), dict(mac_budget=10**6, input_size=(1, 8, 8, 8))])
+def test_asymmetric_leaves_one_dimensional_kernels_alone_and_says_why(kwargs):
+    """A 1x3 conv 'as 1x3 then 3x1 ...' would be a 1x1 bottleneck in front of the same 1x3."""
+    net = nn.Sequential(nn.Conv2d(8, 16, (1, 3), padding=(0, 1)), nn.Conv2d(16, 16, 3, padding=1)).eval()
+    result = leanconv.convert(net, to="asymmetric", **kwargs)
+    first = result.layers[0]
+    assert not first.converted and "1x3 kernel is already one-dimensional" in first.reason
+    assert type(result.model[0]) is nn.Conv2d and "0" not in result.plan.layers

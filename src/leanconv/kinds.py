@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -283,6 +283,15 @@ def _asymmetric_top_rank(spec: ConvSpec, variant: Mapping[str, Any]) -> int:
     return min(c * kw, o * kh) if variant.get("order") == "1xk_first" else min(c * kh, o * kw)
 
 
+def _asymmetric_applies(spec: ConvSpec) -> Optional[str]:
+    """A kx1 or 1xk kernel is already one-dimensional: its 'pair' would put a 1x1 bottleneck in
+    front of the same kernel (that cost a text recognizer its accuracy)."""
+    if _is_kxk(spec):
+        return None
+    kh, kw = spec.kernel_size
+    return f"the {kh}x{kw} kernel is already one-dimensional (asymmetric applies where both sides are > 1)"
+
+
 register(ConvKind(
     name="asymmetric", summary="spatially separable: kx1 conv (C -> K) then 1xk conv (K -> O), or the reverse",
     layer=f"{LAYERS}:AsymmetricConv2d", options={"mid_channels": None, "order": "kx1_first", **_NORM_ACT},
@@ -293,6 +302,7 @@ register(ConvKind(
     conversion=Conversion(
         factorize=lambda w, o: factorize.asymmetric(w, o["mid_channels"], o["order"]),
         rank_option="mid_channels", top_rank=_asymmetric_top_rank, variants={"order": rules.ASYMMETRIC_ORDERS},
+        applies=_asymmetric_applies,
     ),
 ))
 

@@ -196,6 +196,9 @@ class Conversion:
     """The options at which the factorization is exact (default: the options at ``top_rank``)."""
     default_rank: Optional[int] = None
     """The rank used when none is given; None: the exact options."""
+    applies: Optional[Callable[[ConvSpec], Optional[str]]] = None
+    """None where the kind can stand in for this dense conv, else the reason it cannot (the
+    report says it); None here: it applies to every dense kxk conv."""
     pair_rank: bool = False
     """Whether a rank may be a pair ``(r1, r2)`` (Tucker-2) as well as an int."""
     ladder: bool = True

@@ -287,24 +287,44 @@ def choose(original: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], target: s
            request: RankRequest, input_size: Optional[Sequence[int]], sizes: Mapping[str, Tuple[int, int]],
            calib: Optional[List[torch.Tensor]] = None, cache: Optional[LatencyCache] = None) -> Selection:
     """Every eligible layer's options under ``request``. ``original`` is the unconverted model
-    (for calibration inputs and the whole-model timing); ``sizes`` each layer's input size."""
+    (for calibration inputs and the whole-model timing); ``sizes`` each layer's input size. A
+    layer the kind does not apply to, or (under a budget) one the forward never runs, stays as
+    it is with the reason."""
     kind = get_kind(target)
+    kept = _kept_as_they_are(kind, eligible, sizes if request.budget is not None else None)
+    eligible = [(path, conv) for path, conv in eligible if path not in kept]
     if request.budget is None:
-        return Selection({path: LayerChoice(layer_options(conv, kind, request, extra, sizes.get(path, min_hw(conv))))
-                          for path, conv in eligible})
-    unused = {path: LayerChoice(None, "not run by the model's forward at input_size: kept as it is")
-              for path, _ in eligible if path not in sizes}
-    eligible = [(path, conv) for path, conv in eligible if path not in unused]
+        selection = Selection({path: LayerChoice(layer_options(conv, kind, request, extra,
+                                                               sizes.get(path, min_hw(conv))))
+                               for path, conv in eligible})
+    else:
+        selection = _budget_selection(original, eligible, target, extra, request, input_size, sizes, calib, cache)
+    selection.layers.update(kept)
+    return selection
+
+
+def _kept_as_they_are(kind: ConvKind, eligible: List[Tuple[str, nn.Conv2d]],
+                      sizes: Optional[Mapping[str, Tuple[int, int]]]) -> Dict[str, LayerChoice]:
+    """The layers that stay, with the reason: the kind does not apply to them (its conversion's
+    ``applies``), or the forward never runs them at ``input_size`` (when ``sizes`` is given)."""
+    kept: Dict[str, LayerChoice] = {}
+    for path, conv in eligible:
+        why = _conversion(kind).applies(conv_spec(conv)) if _conversion(kind).applies else None
+        if why is None and sizes is not None and path not in sizes:
+            why = "not run by the model's forward at input_size"
+        if why is not None:
+            kept[path] = LayerChoice(None, f"kept as it is: {why}")
+    return kept
+
+
+def _budget_selection(original, eligible, target, extra, request, input_size, sizes, calib, cache) -> Selection:
     inputs = _layer_inputs(original, eligible, calib)
     ladders = {path: ladder(conv, target, sizes[path], extra, inputs.get(path)) for path, conv in eligible}
     if request.mac_budget is not None:
         fixed = profile(original, tuple(input_size)).total_macs - sum(r[0].macs for r in ladders.values())
-        selection = _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
-    else:
-        selection = _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size,
-                                       sizes, cache or LatencyCache())
-    selection.layers.update(unused)
-    return selection
+        return _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
+    return _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size,
+                              sizes, cache or LatencyCache())
 
 
 def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Tensor]]:
