@@ -269,3 +269,20 @@ def test_peak_inference_memory_closed_form():
     weights = (8 * 27 + 8 + 4 * 72 + 4) * 4
     assert report.peak_memory_bytes == x + weights + out1 + out2
     assert json.loads(report.to_json())["peak_memory_bytes"] == report.peak_memory_bytes
+
+
+@pytest.mark.parametrize("context", [torch.inference_mode, torch.no_grad, torch.enable_grad])
+def test_analysis_gives_the_same_answer_under_inference_mode_and_no_grad(context):
+    """Inside torch.inference_mode() the op counter saw nothing: profile said 0 MACs."""
+    model = models.create("digits_cnn").eval()
+    expected = flop_counter_macs(models.create("digits_cnn"), (1, 1, 32, 32))  # FlopCounterMode, no mode
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    with context():
+        made_inside = nn.Conv2d(4, 8, 3, padding=1)  # inference tensors under inference_mode
+        assert leanconv.profile(model, (1, 1, 32, 32)).total_macs == expected
+        assert leanconv.profile(model, (1, 1, 32, 32), device="cpu").total_macs == expected
+        for layer in (conv, made_inside):
+            assert leanconv.explain(layer, (1, 4, 8, 8)).total_macs == 8 * 4 * 9 * 64
+        inside = leanconv.convert(model, to="dsconv", rank=1, input_size=(1, 1, 32, 32))
+    outside = leanconv.convert(model, to="dsconv", rank=1, input_size=(1, 1, 32, 32))
+    assert [r.macs_before for r in inside.layers] == [r.macs_before for r in outside.layers]

@@ -16,6 +16,7 @@ Counting conventions (MAC = one multiply-accumulate; FLOPs = 2 x MACs):
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -194,11 +195,24 @@ def _misfit_message(stack: List[ModuleCall], inputs: Sequence[Any], error: Excep
             f"on an input of shape {call.input_shape}{expected}: {str(error).splitlines()[0]}")
 
 
+def outside_inference_mode(function: Callable) -> Callable:
+    """Run an analysis entry point outside ``torch.inference_mode``: ops on tensors made in
+    inference mode skip the op counter, so a profile taken inside it counted 0 MACs. Tensors the
+    function makes (meta copies, example inputs) are then ordinary ones; no gradient is kept."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.no_grad():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None) -> Tuple[List[ModuleCall], Any]:
     """Run ``model(*inputs)`` once and return every module call in execution order, plus the output.
 
     Ops outside any submodule (in the root's own forward) are charged to the root call.
     """
+    inputs = [x.clone() if isinstance(x, torch.Tensor) and x.is_inference() else x for x in inputs]
     stack: List[ModuleCall] = []
     calls: List[ModuleCall] = []
     names = {m: name for name, m in model.named_modules()}
@@ -226,7 +240,7 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
     root = ModuleCall("", model)
     counter = _Counter(stack, calls, root)
     try:
-        with torch.no_grad(), counter:
+        with torch.inference_mode(False), torch.no_grad(), counter:
             output = model(*inputs, **(kwargs or {}))
     except (RuntimeError, ValueError, IndexError) as error:
         raise ValueError(_misfit_message(stack, inputs, error)) from error
@@ -238,4 +252,4 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
     return calls, output
 
 
-__all__ = ["ModuleCall", "trace_calls"]
+__all__ = ["ModuleCall", "outside_inference_mode", "trace_calls"]

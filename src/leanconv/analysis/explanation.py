@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from leanconv.analysis.counting import ModuleCall, trace_calls
+from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls
 from leanconv.analysis.profiling import conv_kind, meta_copy
 from leanconv.kinds import get_kind
 from leanconv.kinds import create_conv2d
@@ -140,6 +140,7 @@ def _stage(call: ModuleCall, lang: str) -> StageExplanation:
     return StageExplanation(call.path, kind, call.input_shape, w, call.output_shape, params, call.macs, lines)
 
 
+@outside_inference_mode
 def explain(
     conv: Union[nn.Module, str],
     input_size: Sequence[int],

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from leanconv._files import write_atomic
-from leanconv.analysis.counting import ModuleCall, trace_calls
+from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls
 from leanconv.kinds import kind_of_conv
 
 InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
@@ -253,6 +253,7 @@ def _params_of(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
+@outside_inference_mode
 def profile(
     model: nn.Module,
     input_size: Optional[InputSize] = None,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from leanconv._validate import check_choice
-from leanconv.analysis.counting import trace_calls
+from leanconv.analysis.counting import outside_inference_mode, trace_calls
 from leanconv.analysis.profiling import meta_copy
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
@@ -163,6 +163,7 @@ def convertible_convs(model: nn.Module, include: Optional[Sequence[str]] = None,
             and not (include and not matches(path, include)) and not matches(path, exclude)]
 
 
+@outside_inference_mode
 def input_sizes(model: nn.Module, input_size: Optional[Sequence[int]]) -> Dict[str, Tuple[int, int]]:
     """Spatial input size of every conv, from one meta-device pass (for MAC figures)."""
     if input_size is None:
