@@ -115,3 +115,13 @@ def test_asymmetric_leaves_one_dimensional_kernels_alone_and_says_why(kwargs):
     first = result.layers[0]
     assert not first.converted and "1x3 kernel is already one-dimensional" in first.reason
     assert type(result.model[0]) is nn.Conv2d and "0" not in result.plan.layers
+
+
+def test_a_pattern_string_is_one_pattern_and_bad_patterns_are_refused():
+    """``exclude="0*"`` was iterated character by character: its '*' excluded every layer."""
+    net = model()
+    assert sorted(leanconv.convert(net, to="dsconv", rank=1, exclude="0*").plan.layers) == ["2"]
+    assert sorted(leanconv.convert(net, to="dsconv", rank=1, include="2").plan.layers) == ["2"]
+    for bad in ([1], [""], 3, {"0"}):
+        with pytest.raises(ValueError, match="must be a glob pattern on module paths or a list of them"):
+            leanconv.convert(net, to="dsconv", exclude=bad)

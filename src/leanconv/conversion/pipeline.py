@@ -154,13 +154,26 @@ def convert(
 
 def convertible_convs(model: nn.Module, include: Optional[Sequence[str]] = None,
                       exclude: Optional[Sequence[str]] = None) -> List[Tuple[str, nn.Conv2d]]:
-    """``(path, conv)`` of every dense kxk conv (groups 1, kernel > 1x1) that the patterns keep."""
-    def matches(path: str, patterns: Optional[Sequence[str]]) -> bool:
-        return any(fnmatch.fnmatchcase(path, p) for p in patterns or ())
+    """``(path, conv)`` of every dense kxk conv (groups 1, kernel > 1x1) that the patterns keep
+    (each a glob on module paths, or a list of them)."""
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+
+    def matches(path: str, patterns: Tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
     return [(path, conv) for path, conv in model.named_modules()
             if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
             and not (include and not matches(path, include)) and not matches(path, exclude)]
+
+
+def _patterns(value: Union[None, str, Sequence[str]], name: str) -> Tuple[str, ...]:
+    """One glob pattern or a list of them (a string is one pattern, never its characters)."""
+    if value is None:
+        return ()
+    patterns = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if patterns is None or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{name}={value!r} must be a glob pattern on module paths or a list of them")
+    return patterns
 
 
 @outside_inference_mode
