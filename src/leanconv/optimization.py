@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from leanconv._modes import evaluating
 from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int
 from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
@@ -159,14 +160,11 @@ class OptimizeResult:
 
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (eval mode, restored afterwards) on ``(image, label)`` items."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    with torch.inference_mode():
+    with evaluating(model), torch.inference_mode():
         for x, y in DataLoader(data, batch_size=batch_size):
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
-    model.train(was_training)
     if total == 0:
         raise ValueError("the test data is empty")
     return correct / total

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from leanconv._modes import evaluating
 from leanconv._files import write_atomic
 from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls
 from leanconv.kinds import kind_of_conv
@@ -348,11 +349,9 @@ def _measure(model: nn.Module, sizes, inputs, repeats: int, dtype: torch.dtype) 
         sync()
         samples.setdefault(names[module], []).append((time.perf_counter() - starts[module].pop()) * 1e3)
 
-    was_training = model.training
-    model.eval()
     handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     try:
-        with torch.inference_mode():
+        with evaluating(model), torch.inference_mode():
             for _ in range(2):
                 model(*tensors)
             samples.clear()
@@ -361,7 +360,6 @@ def _measure(model: nn.Module, sizes, inputs, repeats: int, dtype: torch.dtype) 
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

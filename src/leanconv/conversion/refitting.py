@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leanconv._modes import evaluating
 from leanconv.conversion.plan import PlanLike, as_plan
 from leanconv.padding import pad_same
 from leanconv.protocol import last_stage_name, output_order_of
@@ -130,23 +131,19 @@ def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Iter
     batches = [x for x in calib]
     if not batches:
         raise ValueError("calib must yield at least one input batch")
-    modes = converted.training, original.training
-    converted.eval(), original.eval()
-    order = [name for name, _ in original.named_modules() if name in layers]
+    paths = [name for name, _ in original.named_modules() if name in layers]  # network order
     reports = []
-    try:
-        for path in order:
+    with evaluating(converted, original):
+        for path in paths:
             targets = capture(original, original.get_submodule(path), batches, "output")
             layer = converted.get_submodule(path)
             before = _relative_error(capture(converted, layer, batches, "output"), targets)
             stage = last_stage(layer)
-            order = output_order_of(layer)  # the stage's output j is the layer's channel order[j]
-            stage_targets = targets if order is None else [t.index_select(1, order) for t in targets]
+            channels = output_order_of(layer)  # the stage's output j is the layer's channel channels[j]
+            stage_targets = targets if channels is None else [t.index_select(1, channels) for t in targets]
             solve_stage(stage, capture(converted, stage, batches, "input"), stage_targets, ridge)
             after = _relative_error(capture(converted, layer, batches, "output"), targets)
             reports.append(RefitReport(path, before, after))
-    finally:
-        converted.train(modes[0]), original.train(modes[1])
     return reports
 
 
@@ -155,20 +152,17 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
     """Recompute every BatchNorm's running statistics on the calibration batches (cumulative average)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, m.training) for m in norms]
-    was_training = model.training
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for x in calib:
-            model(x)
-    finally:
-        for m, (momentum, training) in zip(norms, saved):
-            m.momentum = momentum
-            m.train(training)
-        model.train(was_training)
+    with evaluating(model):
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for x in calib:
+                model(x)
+        finally:
+            for m, (momentum, _) in zip(norms, saved):
+                m.momentum = momentum
 
 
 __all__ = ["RefitReport", "capture", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]

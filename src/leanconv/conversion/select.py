@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from leanconv._modes import evaluating
 from leanconv._validate import check_choice
 from leanconv.analysis.profiling import profile
 from leanconv.conversion.latency import LatencyCache, describe
@@ -331,12 +332,8 @@ def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Ten
     """Each layer's inputs on the first two calibration batches (none without calibration data)."""
     if not calib:
         return {}
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return {path: capture(model, model.get_submodule(path), calib[:2], "input") for path, _ in eligible}
-    finally:
-        model.train(was_training)
 
 
 def _latency_selection(original, eligible, target, ladders, budget, input_size, sizes, cache) -> Selection:
@@ -355,12 +352,8 @@ def _latency_selection(original, eligible, target, ladders, budget, input_size, 
 def _model_latency(model: nn.Module, input_size: Sequence[int], cache: LatencyCache) -> float:
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            return float(cache.measure(model.eval(), torch.randn(tuple(input_size), device=device)))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        return float(cache.measure(model, torch.randn(tuple(input_size), device=device)))
 
 
 def _selection(chosen: Dict[str, Choice], ladders: Dict[str, List[Choice]], budget_reason: str,

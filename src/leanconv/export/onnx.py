@@ -15,7 +15,9 @@ from typing import Sequence, Union
 
 import torch
 from torch import nn
+
 from leanconv._files import atomic_file
+from leanconv._modes import evaluating
 
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Union[str, os.PathLike],
@@ -28,20 +30,20 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
         import onnxruntime
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("ONNX export needs the onnx extra: pip install 'leanconv[onnx]'") from error
-    model = model.eval()
     inputs = tuple(example_inputs)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
-        program = torch.onnx.export(model, inputs, dynamo=True)
-    data = program.model_proto.SerializeToString()
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
-    if not check:
-        return 0.0
+    with evaluating(model):  # each module's own train flag comes back afterwards
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
+            program = torch.onnx.export(model, inputs, dynamo=True)
+        data = program.model_proto.SerializeToString()
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(data)
+        if not check:
+            return 0.0
+        with torch.no_grad():
+            reference = model(*inputs)
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     feeds = {arg.name: t.detach().cpu().numpy() for arg, t in zip(session.get_inputs(), inputs)}
     ours = session.run(None, feeds)[0]
-    with torch.no_grad():
-        reference = model(*inputs)
     return float((torch.from_numpy(ours) - reference.cpu()).abs().max())
 
 

@@ -267,7 +267,7 @@ def distill(
     _check_loss_args(temperature, alpha)
     paths = _resolve_paths(student, teacher, feature_paths)
     info = setup(_device_for(student, device))
-    teacher_mode = teacher.training
+    teacher_modes = [(module, module.training) for module in teacher.modules()]  # each flag, given back
     captures: List[_Capture] = []
     try:
         loader, sampler = _loader(data, info, batch_size, seed, num_workers)
@@ -280,7 +280,8 @@ def distill(
     finally:
         for capture in captures:
             capture.remove()
-        teacher.train(teacher_mode)
+        for module, training in teacher_modes:
+            module.training = training
         student.eval()
         teardown(info)
 
