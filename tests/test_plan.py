@@ -125,3 +125,22 @@ def test_a_pattern_string_is_one_pattern_and_bad_patterns_are_refused():
     for bad in ([1], [""], 3, {"0"}):
         with pytest.raises(ValueError, match="must be a glob pattern on module paths or a list of them"):
             leanconv.convert(net, to="dsconv", exclude=bad)
+
+
+def test_the_report_says_when_no_refit_was_done():
+    net = model().eval()
+    without = leanconv.convert(net, to="dsconv", rank=1)
+    assert not without.refitted and "no refit: without calib" in without.to_markdown()
+    with_calib = leanconv.convert(net, to="dsconv", rank=1, calib=[torch.randn(2, 8, 9, 9)])
+    assert with_calib.refitted and "no refit" not in with_calib.to_markdown()
+
+
+def test_cli_convert_says_when_it_works_on_untrained_weights(tmp_path, capsys):
+    from leanconv.cli import main
+
+    assert main(["convert", "digits_cnn", "--rank", "1", "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "no --weights given: worked on digits_cnn's untrained initial weights" in err
+    torch.save(leanconv.models.create("digits_cnn").state_dict(), tmp_path / "w.pt")
+    assert main(["convert", "digits_cnn", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "d")]) == 0
+    assert "no --weights" not in capsys.readouterr().err

@@ -200,11 +200,19 @@ def rows_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def warn_untrained(model_spec: str, weights: Optional[str], command: str) -> None:
+    """Without ``--weights``, one line on stderr: the model's initial (untrained) weights were used,
+    and converting or optimizing those measures nothing useful."""
+    if not weights:
+        print(f"leanconv {command}: no --weights given: worked on {model_spec}'s untrained initial weights",
+              file=sys.stderr)
+
+
 def given(**options: Any) -> Dict[str, Any]:
     """The options the user gave (not None): the rest keep the library's defaults."""
     return {name: value for name, value in options.items() if value is not None}
 
 
-__all__ = ["add_model", "add_out", "given", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
+__all__ = ["add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
            "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
            "write_text"]

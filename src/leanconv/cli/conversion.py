@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, \
-    check_out_folder, input_shape, load_model, load_weights, parse_shape
+    check_out_folder, input_shape, load_model, load_weights, parse_shape, warn_untrained
+
 
 def check_to(value: str) -> str:
     """``--to`` must be a kind the registry can convert to (read at run time, never hard-coded)."""
@@ -43,6 +44,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
     print(result.to_markdown())
     print(f"wrote {out}/model.pt, plan.json, report.md")
+    warn_untrained(args.model, args.weights, "convert")
     return 0
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, Optional
 
 from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, given, load_model, \
-    load_weights
+    load_weights, warn_untrained
 
 
 def _print_summary(result: Any, out: Optional[str]) -> None:
@@ -34,11 +33,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     check_choice(args.to, "--to", convertible_kinds())
     check_out_folder(args)
-    model = load_model(args.model).eval()
-    if args.weights:
-        load_weights(model, args.weights)
-    else:
-        print("leanconv optimize: no --weights given: optimizing an untrained model", file=sys.stderr)
+    model = load_weights(load_model(args.model).eval(), args.weights)
+    warn_untrained(args.model, args.weights, "optimize")  # before the long run, as before
     data = load_data(args.data)
     result = optimize(model, data, to=args.to, rank=args.rank, mac_fraction=args.mac_fraction,
                       target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr,
