@@ -11,6 +11,7 @@ from torch import nn
 
 import leanconv
 from leanconv.conversion.plan import Plan, apply_plan
+from leanconv.conversion.refitting import refit
 from leanconv.kinds import get_kind, register, unregister
 
 
@@ -144,3 +145,41 @@ def test_cli_convert_says_when_it_works_on_untrained_weights(tmp_path, capsys):
     torch.save(leanconv.models.create("digits_cnn").state_dict(), tmp_path / "w.pt")
     assert main(["convert", "digits_cnn", "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "d")]) == 0
     assert "no --weights" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spoil, match", [
+    (lambda net: net[0].weight.data.__setitem__((0, 0, 0, 0), float("nan")), "layer '0' has non-finite weight values"),
+    (lambda net: net[2].bias.data.__setitem__(0, float("inf")), "layer '2' has non-finite bias values"),
+])
+def test_non_finite_weights_are_refused_naming_the_layer(spoil, match):
+    net = model()
+    spoil(net)
+    with pytest.raises(ValueError, match=match):
+        leanconv.convert(net, to="dsconv", rank=1)
+
+
+def test_meta_weights_and_non_finite_calibration_data_are_refused():
+    with pytest.raises(ValueError, match="layer '0' is on the meta device"):
+        leanconv.convert(model().to("meta"), to="dsconv", rank=1)
+    calib = [torch.randn(2, 8, 9, 9), torch.full((2, 8, 9, 9), float("nan"))]
+    with pytest.raises(ValueError, match="calib batch 1 holds NaN or inf values"):
+        leanconv.convert(model(), to="dsconv", rank=1, calib=calib)
+    result = leanconv.convert(model(), to="dsconv", rank=1)
+    with pytest.raises(ValueError, match="calib batch 1 holds NaN or inf values"):
+        refit(result.model, model(), result.plan, calib)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_convert_in_their_own_dtype(dtype):
+    """The SVDs run in float64 and the factors are cast back."""
+    net = model().to(dtype)
+    result = leanconv.convert(net, to="dsconv", only_if_cheaper=False)
+    assert all(p.dtype == dtype for p in result.model.parameters())
+    x = torch.randn(1, 8, 9, 9)
+    reference = model().float()
+    reference.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+    full = leanconv.convert(reference, to="dsconv", only_if_cheaper=False).model
+    converted = {k: v.float() for k, v in result.model.state_dict().items()}
+    for key, value in full.state_dict().items():  # the same factors, to the dtype's precision
+        torch.testing.assert_close(converted[key], value, atol=0.05, rtol=0.05)
+    assert torch.isfinite(result.model.float()(x)).all()

@@ -23,7 +23,7 @@ from leanconv.analysis.counting import outside_inference_mode, trace_calls
 from leanconv.analysis.profiling import meta_copy
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
-from leanconv.conversion.refitting import refit
+from leanconv.conversion.refitting import finite_batches, refit
 from leanconv.conversion.select import LayerChoice, RankRequest, Selection, check_variant, choose
 from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, jsonable, min_hw, set_module
 from leanconv.kinds import Options, convertible_kinds, get_kind
@@ -152,11 +152,13 @@ def convert(
     extra = check_variant(kind, order=order, core=core, permute=permute)
     request = RankRequest(rank, energy, mac_budget, latency_budget)
     request.check(kind, input_size)
-    calib = None if calib is None else list(calib)
+    calib = None if calib is None else finite_batches(calib)
     original = copy.deepcopy(model) if inplace and calib is not None else model  # refit needs the original
     sizes = input_sizes(model, input_size)
     model = model if inplace else copy.deepcopy(model)
     eligible = convertible_convs(model, include, exclude)
+    for path, conv in eligible:
+        _check_weights(path, conv)
     selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
     result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
     if calib is not None and result.plan.layers:
@@ -176,6 +178,17 @@ def convertible_convs(model: nn.Module, include: Optional[Sequence[str]] = None,
     return [(path, conv) for path, conv in model.named_modules()
             if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
             and not (include and not matches(path, include)) and not matches(path, exclude)]
+
+
+def _check_weights(path: str, conv: nn.Conv2d) -> None:
+    """Real, finite weights: a factorization of NaN/inf (or of a meta tensor) has no meaning."""
+    for name, tensor in (("weight", conv.weight), ("bias", conv.bias)):
+        if tensor is None:
+            continue
+        if tensor.is_meta:
+            raise ValueError(f"layer {path!r} is on the meta device: load real weights before converting")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"layer {path!r} has non-finite {name} values (NaN or inf): fix the model first")
 
 
 def _patterns(value: Union[None, str, Sequence[str]], name: str) -> Tuple[str, ...]:

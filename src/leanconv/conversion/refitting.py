@@ -119,6 +119,15 @@ def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Ten
     return (num / den) ** 0.5 if den else 0.0
 
 
+def finite_batches(calib: Iterable[torch.Tensor]) -> List[torch.Tensor]:
+    """The calibration batches as a list, each finite (NaN data made an all-NaN model silently)."""
+    batches = list(calib)
+    for index, batch in enumerate(batches):
+        if isinstance(batch, torch.Tensor) and batch.is_floating_point() and not torch.isfinite(batch).all():
+            raise ValueError(f"calib batch {index} holds NaN or inf values")
+    return batches
+
+
 def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Iterable[torch.Tensor],
           ridge: Optional[float] = None) -> List[RefitReport]:
     """Refit every converted layer of ``converted`` (in place), in network order.
@@ -128,7 +137,7 @@ def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Iter
     mode; their training flags are restored afterwards.
     """
     layers = as_plan(plan).layers
-    batches = [x for x in calib]
+    batches = finite_batches(calib)
     if not batches:
         raise ValueError("calib must yield at least one input batch")
     paths = [name for name, _ in original.named_modules() if name in layers]  # network order
@@ -165,4 +174,4 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
                 m.momentum = momentum
 
 
-__all__ = ["RefitReport", "capture", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]
+__all__ = ["RefitReport", "capture", "finite_batches", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]
