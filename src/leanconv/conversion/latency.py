@@ -10,11 +10,18 @@ candidates are timed with fresh weights.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+
+try:  # the lock is POSIX; elsewhere saves merge without it
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 from leanconv._cache import cache_dir
 from leanconv._files import write_atomic
@@ -56,10 +63,8 @@ class LatencyCache:
         self.path = Path(path) if path is not None else cache_dir() / "latency.json"
         self.measure = measure or _default_measure
         self.measured = 0  # timings taken by this object (cache misses)
-        try:
-            self._table: Dict[str, float] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self._table = {}
+        self._table: Dict[str, float] = _read_table(self.path)
+        self._new: Dict[str, float] = {}  # measured here, merged into the file on save
 
     def latency(self, description: str, module: nn.Module, input_shape: Sequence[int],
                 channels_last: bool = False) -> float:
@@ -74,13 +79,44 @@ class LatencyCache:
             module = module.eval()
             if channels_last:
                 x, module = x.contiguous(memory_format=torch.channels_last), module.to(memory_format=torch.channels_last)
-            self._table[key] = float(self.measure(module, x))
+            self._table[key] = self._new[key] = float(self.measure(module, x))
             self.measured += 1
         return self._table[key]
 
     def save(self) -> None:
-        """Write the table atomically (other processes may read it at the same time)."""
-        write_atomic(self.path, json.dumps(self._table, indent=1, sort_keys=True))
+        """Merge this object's new timings into the file, under a lock, and write it atomically:
+        processes that share the cache never lose each other's timings."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**_read_table(self.path, warn=False), **self._new}
+            write_atomic(self.path, json.dumps(merged, indent=1, sort_keys=True))
+        self._table.update(merged)
+
+
+def _read_table(path: Path, warn: bool = True) -> Dict[str, float]:
+    """The timings in ``path``: entries that are not a positive, finite number of ms are dropped
+    (they are measured again), with one warning naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as error:
+        data, problem = {}, f"unreadable ({error})"
+    else:
+        problem = "" if isinstance(data, dict) else f"a {type(data).__name__}, not an object"
+        data = data if isinstance(data, dict) else {}
+    table = {key: float(ms) for key, ms in data.items() if isinstance(key, str) and _is_ms(ms)}
+    if len(table) < len(data):
+        problem = problem or f"{len(data) - len(table)} entries that are not a positive number of ms"
+    if problem and warn:
+        warnings.warn(f"latency cache {str(path)!r} is {problem}: ignoring that and measuring again", stacklevel=3)
+    return table
+
+
+def _is_ms(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 __all__ = ["LatencyCache", "describe", "device_key"]
