@@ -65,8 +65,11 @@ def too_small(spec: ConvSpec, kind: str, size) -> bool:
     """Inputs smaller than the (dilated, padded) kernel are rejected by PyTorch itself."""
     if get_kind(kind).transposed or spec.padding == "same":
         if get_kind(kind).transposed and spec.padding != "same":
-            k = get_kind(kind)
-            return any(n <= 0 for n in k.output_shape(spec, size)[1:])
+            try:
+                get_kind(kind).output_shape(spec, size)
+            except ValueError:  # the registry refuses an input too small for the kernel
+                return True
+            return False
         return False
     scale = spec.options.get("scale_factor", 1)
     pads = (0, 0) if spec.padding == "valid" else spec.padding
@@ -175,3 +178,13 @@ def test_cli_kinds_lists_every_kind():
     version = subprocess.run([sys.executable, "-m", "leanconv.cli", "--version"],
                              capture_output=True, text=True, check=True).stdout
     assert version.strip() == f"leanconv {leanconv.__version__}"
+
+
+@pytest.mark.parametrize("kind, size", [("dense", (2, 2)), ("dsconv", (3, 2)), ("asymmetric", (1, 9))])
+def test_an_input_smaller_than_the_kernel_is_refused_not_a_negative_shape(kind, size):
+    """``compare`` and the registry reported (1, 8, -2, -2) with positive MACs."""
+    spec = ConvSpec.create(8, 8, 5)
+    with pytest.raises(ValueError, match=r"input size .* is too small for .*: its output would be \("):
+        get_kind(kind).macs(spec, size)
+    with pytest.raises(ValueError, match="is too small"):
+        leanconv.compare(8, 8, 5, size, padding=0)

@@ -326,6 +326,9 @@ class ConvKind:
             if stage.from_input:
                 hw, channels = tuple(in_hw), spec.in_channels
             out_hw = stage.output_hw(hw)
+            if min(out_hw) < 1:
+                raise ValueError(f"input size {tuple(in_hw)} is too small for {self.name} stage "
+                                 f"{stage.name or stage.op!r}: its output would be {tuple(out_hw)}")
             rows.append(StageShape(stage, (channels, *hw), (stage.out_channels, *out_hw), stage.macs(hw)))
             hw, channels = out_hw, stage.out_channels
         return rows
