@@ -17,7 +17,6 @@ has the checklist.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -41,6 +40,7 @@ from leanconv.registry import (
     create_conv2d,
     get_kind,
     kind_of_conv,
+    load_layer,
     register,
     unregister,
 )
@@ -107,7 +107,7 @@ def _dense_stages(spec: ConvSpec) -> List[Stage]:
 def _build_grouped(layer: type, spec: ConvSpec, kw: Dict[str, Any]) -> nn.Module:
     """``Conv2d`` with groups, or ``PermutedGroupedConv2d`` (loaded like every layer: at build time)."""
     if spec.options["permute"]:
-        layer = getattr(importlib.import_module(LAYERS), "PermutedGroupedConv2d")
+        layer = load_layer(f"{LAYERS}:PermutedGroupedConv2d", "grouped")
     return layer(spec.in_channels, spec.out_channels, spec.kernel_size, spec.stride, spec.padding, spec.dilation,
                  spec.options["groups"], spec.bias, **kw)
 

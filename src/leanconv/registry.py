@@ -265,10 +265,25 @@ class ConvKind:
     """What ``leanconv.explain`` says about a single conv of this kind, by language."""
     conversion: Optional[Conversion] = None
 
-    def variant_defaults(self) -> Options:
+    def conversion_options(self, spec: ConvSpec, rank: Optional[Rank],
+                           variant: Optional[Mapping[str, Any]] = None) -> Options:
+        """The options converting the dense conv ``spec`` to this kind at ``rank`` (None: the
+        conversion's default or exact rank); the kind's own defaults (its stage order...) stand in
+        for what ``variant`` leaves out, and the result holds only what was asked."""
+        return self._conversion().options(spec, rank, variant, self._variant_defaults())
+
+    def top_rank(self, spec: ConvSpec, variant: Optional[Mapping[str, Any]] = None) -> int:
+        """The largest integer rank converting ``spec`` to this kind (the top of a rank ladder)."""
+        return self._conversion().top_rank(spec, {**self._variant_defaults(), **(variant or {})})  # type: ignore[misc]
+
+    def _conversion(self) -> Conversion:
+        if self.conversion is None:
+            raise ValueError(f"kind {self.name!r} has no conversion: a trained conv cannot become it")
+        return self.conversion
+
+    def _variant_defaults(self) -> Options:
         """The kind's defaults for the options its conversion may set (what a variant leaves out)."""
-        variants = self.conversion.variants if self.conversion is not None else {}
-        return {name: self.options[name] for name in variants if name in self.options}
+        return {name: self.options[name] for name in self._conversion().variants if name in self.options}
 
     @property
     def upsamples(self) -> bool:
@@ -286,11 +301,7 @@ class ConvKind:
         """The layer class (imported on first use when named by path)."""
         if not isinstance(self.layer, str):
             return self.layer
-        module, _, cls = self.layer.partition(":")
-        try:
-            return getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"kind {self.name!r}: layer={self.layer!r} cannot be loaded ({error})") from None
+        return load_layer(self.layer, self.name)
 
     def _with_defaults(self, spec: ConvSpec) -> ConvSpec:
         unknown = sorted(set(spec.options) - set(self.options))
@@ -369,6 +380,15 @@ def register(kind: ConvKind) -> ConvKind:
     return kind
 
 
+def load_layer(path: str, kind: str) -> type:
+    """The class named ``'package.module:Class'``, imported now (ValueError naming ``kind``)."""
+    module, _, cls = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"kind {kind!r}: layer={path!r} cannot be loaded ({error})") from None
+
+
 def _is_layer_path(layer: object) -> bool:
     if not isinstance(layer, str):
         return False
@@ -433,4 +453,4 @@ def create_conv2d(
 
 
 __all__ = ["KINDS", "CompareRows", "Conversion", "ConvKind", "ConvSpec", "Rank", "Stage", "StageShape",
-           "convertible_kinds", "create_conv2d", "get_kind", "kind_of_conv", "register", "unregister"]
+           "convertible_kinds", "create_conv2d", "get_kind", "kind_of_conv", "load_layer", "register", "unregister"]

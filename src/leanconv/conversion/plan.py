@@ -104,7 +104,7 @@ def _planned_conv(model: nn.Module, path: str, layer: LayerPlan) -> nn.Conv2d:
     kind = get_kind(layer.kind)
     planned = kind.params(conv_spec(conv, **layer.options))  # the kind's rules check each option
     variant = {name: layer.options[name] for name in kind.conversion.variants if name in layer.options}  # type: ignore[union-attr]
-    exact = kind.conversion.options(conv_spec(conv), None, variant, kind.variant_defaults())  # type: ignore[union-attr]
+    exact = kind.conversion_options(conv_spec(conv), None, variant)
     bound = max(kind.params(conv_spec(conv, **exact)), sum(p.numel() for p in conv.parameters()))
     if planned > bound:
         raise ValueError(f"plan layer {path!r}: {layer.kind} with {layer.options} has {planned:,} parameters, more "

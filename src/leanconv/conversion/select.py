@@ -148,14 +148,13 @@ def _relative_discard(conv: nn.Conv2d, kind: str, options: Options) -> float:
 
 def energy_options(conv: nn.Conv2d, kind: ConvKind, energy: float, variant: Optional[Variant]) -> Options:
     """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
-    conversion, spec = _conversion(kind), conv_spec(conv)
-    defaults = kind.variant_defaults()
-    for r in range(1, conversion.top_rank(spec, {**defaults, **(variant or {})}) + 1):  # type: ignore[misc]
-        options = conversion.options(spec, r, variant, defaults)
+    spec = conv_spec(conv)
+    for r in range(1, kind.top_rank(spec, variant) + 1):
+        options = kind.conversion_options(spec, r, variant)
         result = factorize_conv(conv, kind.name, options)
         if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
             return options
-    return conversion.options(spec, None, variant, defaults)
+    return kind.conversion_options(spec, None, variant)
 
 
 def cheapest_damage(conv: nn.Conv2d, kind: ConvKind, candidates: List[Options], hw: Tuple[int, int]) -> Options:
@@ -176,9 +175,8 @@ def cheapest_damage(conv: nn.Conv2d, kind: ConvKind, candidates: List[Options], 
 def layer_options(conv: nn.Conv2d, kind: ConvKind, request: RankRequest, extra: Optional[Variant],
                   hw: Tuple[int, int]) -> Options:
     """One layer's options by ``rank`` or ``energy`` (both stage orders tried for ``order='auto'``)."""
-    conversion = _conversion(kind)
     candidates = [energy_options(conv, kind, request.energy, variant) if request.energy is not None
-                  else conversion.options(conv_spec(conv), request.rank, variant, kind.variant_defaults())
+                  else kind.conversion_options(conv_spec(conv), request.rank, variant)
                   for variant in variants(kind, extra)]
     return cheapest_damage(conv, kind, candidates, hw)
 
@@ -191,16 +189,14 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     layer's inputs on calibration data) are given, the squared relative error of the layer's
     output on them, which weighs the kernel's directions by how the data excites them.
     """
-    kind = get_kind(target)
-    conversion, spec = _conversion(kind), conv_spec(conv)
+    kind, spec = get_kind(target), conv_spec(conv)
     with torch.no_grad():
         reference = [conv(x) for x in inputs] if inputs else None
     dense = Choice(None, get_kind("dense").macs(spec, in_hw), 0.0)
     candidates: List[Choice] = []
     for variant in variants(kind, extra):
-        filled = {**kind.variant_defaults(), **(variant or {})}
-        for rank in range(conversion.top_rank(spec, filled), 0, -1):  # type: ignore[misc]
-            options = conversion.options(spec, rank, variant, kind.variant_defaults())
+        for rank in range(kind.top_rank(spec, variant), 0, -1):
+            options = kind.conversion_options(spec, rank, variant)
             macs = kind.macs(conv_spec(conv, **options), in_hw)
             if macs < dense.macs:
                 candidates.append(Choice(options, macs, _damage(conv, target, options, inputs, reference)))
@@ -309,8 +305,9 @@ def _kept_as_they_are(kind: ConvKind, eligible: List[Tuple[str, nn.Conv2d]],
     """The layers that stay, with the reason: the kind does not apply to them (its conversion's
     ``applies``), or the forward never runs them at ``input_size`` (when ``sizes`` is given)."""
     kept: Dict[str, LayerChoice] = {}
+    applies = _conversion(kind).applies
     for path, conv in eligible:
-        why = _conversion(kind).applies(conv_spec(conv)) if _conversion(kind).applies else None
+        why = applies(conv_spec(conv)) if applies is not None else None
         if why is None and sizes is not None and path not in sizes:
             why = "not run by the model's forward at input_size"
         if why is not None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from leanconv._modes import evaluating
 from leanconv._validate import check_positive_int
 from leanconv.train.distributed import DistInfo, setup, teardown
 
@@ -267,21 +268,19 @@ def distill(
     _check_loss_args(temperature, alpha)
     paths = _resolve_paths(student, teacher, feature_paths)
     info = setup(_device_for(student, device))
-    teacher_modes = [(module, module.training) for module in teacher.modules()]  # each flag, given back
     captures: List[_Capture] = []
     try:
-        loader, sampler = _loader(data, info, batch_size, seed, num_workers)
-        running_teacher = _place_models(student, teacher, info.device)
-        captures = [_Capture(student, paths), _Capture(running_teacher, paths)]
-        optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
-        trainer = _Trainer(_wrap_for_ddp(student, info), running_teacher, optimizer, captures, paths,
-                           temperature, alpha, feature_weight, info)
-        return _train(trainer, student, loader, sampler, epochs, max_steps, progress)
+        with evaluating(teacher):  # each of the teacher's modules gets its own flag back
+            loader, sampler = _loader(data, info, batch_size, seed, num_workers)
+            running_teacher = _place_models(student, teacher, info.device)
+            captures = [_Capture(student, paths), _Capture(running_teacher, paths)]
+            optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+            trainer = _Trainer(_wrap_for_ddp(student, info), running_teacher, optimizer, captures, paths,
+                               temperature, alpha, feature_weight, info)
+            return _train(trainer, student, loader, sampler, epochs, max_steps, progress)
     finally:
         for capture in captures:
             capture.remove()
-        for module, training in teacher_modes:
-            module.training = training
         student.eval()
         teardown(info)
 
