@@ -13,17 +13,22 @@ targets all accept the same forms, read by :func:`input_batches`:
   :data:`INPUT_KEYS` present);
 - a map-style ``Dataset`` (``__len__`` and ``__getitem__``): its samples, in order.
 
+Where labels are needed (``distill`` with a hard-label term, ``evaluate``), they are the second
+element of a tuple/list item, or ``item[label_key]`` of a dict (else the first of
+:data:`LABEL_KEYS` present); :func:`labelled_batches` reads them with the inputs.
+
 Everything else, and a batch of the wrong rank, dtype, channel count or with NaN/inf values,
 is refused with one line naming the argument and the batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 INPUT_KEYS: Sequence[str] = ("input", "inputs", "image", "images", "x", "pixel_values")
+LABEL_KEYS: Sequence[str] = ("label", "labels", "target", "targets", "y")
 FORMS = ("an (N, C, H, W) tensor, a list/iterable/DataLoader of such batches or of (C, H, W) samples, "
          "(x, y, ...) tuples whose first item is the input, or dicts holding the input")
 
@@ -81,23 +86,8 @@ def check_batch(x: torch.Tensor, name: str, index: int, channels: Optional[int] 
 def iter_batches(data: Any, name: str = "data", key: Optional[str] = None, channels: Optional[int] = None,
                  batch_size: int = 32, finite: bool = True) -> Iterator[torch.Tensor]:
     """Lazily yield the checked input batches of ``data`` (any form in the module docstring)."""
-    samples: List[torch.Tensor] = []
-    count = 0
-    for index, item in enumerate(_items(data, name)):
-        x = first_input(item, name, index, key)
-        if x.dim() == 3:
-            samples.append(x)
-            if len(samples) == batch_size:
-                yield check_batch(torch.stack(samples), name, count, channels, finite)
-                samples, count = [], count + 1
-            continue
-        if samples:
-            raise ValueError(f"{name}: item {index} is a batch {tuple(x.shape)} after single samples; "
-                             "give either batches (N, C, H, W) or samples (C, H, W), not both")
-        yield check_batch(x, name, count, channels, finite)
-        count += 1
-    if samples:
-        yield check_batch(torch.stack(samples), name, count, channels, finite)
+    for x, _ in _batched(data, name, key, None, channels, batch_size, finite, labels=False):
+        yield x
 
 
 def input_batches(data: Any, name: str = "data", key: Optional[str] = None, channels: Optional[int] = None,
@@ -107,6 +97,72 @@ def input_batches(data: Any, name: str = "data", key: Optional[str] = None, chan
     if not batches:
         raise ValueError(f"{name} holds no input batches; expected {FORMS}")
     return batches
+
+
+def label_of(item: Any, name: str, index: int, label_key: Optional[str] = None) -> Optional[torch.Tensor]:
+    """The label of one item as a tensor, or None when it has none: the second element of an
+    ``(x, y, ...)`` tuple/list, a dict's ``label_key`` (else the first of :data:`LABEL_KEYS`)."""
+    if isinstance(item, (tuple, list)):
+        value = item[1] if len(item) > 1 else None
+    elif isinstance(item, dict):
+        if label_key is not None and label_key not in item:
+            raise ValueError(f"{name}: item {index} is a dict with keys {sorted(map(str, item))}; "
+                             f"it has no label under label_key={label_key!r}")
+        keys = [label_key] if label_key is not None else [k for k in LABEL_KEYS if k in item]
+        value = item[keys[0]] if keys else None
+    else:
+        value = None
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name}: item {index} has a label of type {type(value).__name__}; "
+                         "labels must be class indices (ints or an int tensor)") from None
+
+
+def _stacked(samples: List[Tuple[torch.Tensor, Optional[torch.Tensor]]], name: str,
+             index: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Single samples stacked into one batch, with their labels (all present, or none)."""
+    labels = [y for _, y in samples]
+    if all(y is None for y in labels):
+        return torch.stack([x for x, _ in samples]), None
+    if any(y is None for y in labels):
+        raise ValueError(f"{name}: batch {index} mixes samples with and without labels")
+    return torch.stack([x for x, _ in samples]), torch.stack(labels)
+
+
+def labelled_batches(data: Any, name: str = "data", key: Optional[str] = None, label_key: Optional[str] = None,
+                     channels: Optional[int] = None, batch_size: int = 32,
+                     finite: bool = True) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """Lazily yield ``(input batch, labels or None)`` of ``data``, the inputs checked as in
+    :func:`iter_batches` (single samples stacked into batches of ``batch_size``, with their labels)."""
+    yield from _batched(data, name, key, label_key, channels, batch_size, finite, labels=True)
+
+
+def _batched(data: Any, name: str, key: Optional[str], label_key: Optional[str], channels: Optional[int],
+             batch_size: int, finite: bool, labels: bool) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """``(checked input batch, labels)`` per batch; labels are read only when ``labels``."""
+    samples: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
+    count = 0
+    for index, item in enumerate(_items(data, name)):
+        x = first_input(item, name, index, key)
+        y = label_of(item, name, index, label_key) if labels else None
+        if x.dim() == 3:
+            samples.append((x, y))
+            if len(samples) == batch_size:
+                x, y = _stacked(samples, name, count)
+                yield check_batch(x, name, count, channels, finite), y
+                samples, count = [], count + 1
+            continue
+        if samples:
+            raise ValueError(f"{name}: item {index} is a batch {tuple(x.shape)} after single samples; "
+                             "give either batches (N, C, H, W) or samples (C, H, W), not both")
+        yield check_batch(x, name, count, channels, finite), y
+        count += 1
+    if samples:
+        x, y = _stacked(samples, name, count)
+        yield check_batch(x, name, count, channels, finite), y
 
 
 def input_size_of(data: Any, name: str = "data", key: Optional[str] = None) -> tuple:
@@ -130,5 +186,5 @@ def batches_of(data: Iterable[Any], name: str = "data", key: Optional[str] = Non
             yield x, ()
 
 
-__all__ = ["FORMS", "INPUT_KEYS", "batches_of", "check_batch", "first_input", "input_batches", "input_size_of",
-           "iter_batches"]
+__all__ = ["FORMS", "INPUT_KEYS", "LABEL_KEYS", "batches_of", "check_batch", "first_input", "input_batches",
+           "input_size_of", "iter_batches", "label_of", "labelled_batches"]
