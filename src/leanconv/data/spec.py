@@ -4,6 +4,11 @@ Forms: ``digits`` (scikit-learn's bundled digits, 32x32), ``cifar10:PATH`` (CIFA
 batches), ``folder:PATH`` (class folders) or a bare ``PATH``, recognized as CIFAR-10 when it
 holds the batches and as class folders otherwise.
 
+:func:`as_splits` takes what :func:`leanconv.optimize` accepts as ``data``: a
+:class:`DataSplits`, such a string, a ``(train, val)`` pair or a ``{"train": ..., "val": ...}``
+dict of DataLoaders or datasets (any form of :mod:`leanconv.data.batches` that can be read
+more than once), the input size inferred from the first training batch.
+
 A class-folder root with ``train/`` and ``val/`` (or ``test/``) sub-folders, each holding class
 folders, gives those splits; any other root is split per class, deterministically
 (``test_fraction`` of each class, chosen by a seeded permutation, goes to test).
@@ -18,6 +23,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from leanconv.data.batches import input_size_of
 from leanconv.data.cifar10 import CIFAR10, is_cifar10_folder
 from leanconv.data.errors import DataNotFoundError
 from leanconv.data.folder import ImageFolder, scan_class_folders
@@ -29,13 +35,13 @@ _DEFAULT: Any = "default"
 
 @dataclass
 class DataSplits:
-    """Train and test datasets of ``(image, label)`` items, with what describes them."""
+    """Train and test data of ``(image, label)`` items, with what describes them."""
 
-    name: str  #: 'digits', 'cifar10' or 'folder'
-    source: str  #: where the data came from (a path, or 'scikit-learn')
-    train: Dataset
-    test: Dataset
-    classes: List[str]
+    name: str  #: 'digits', 'cifar10', 'folder', or 'custom' (from :func:`as_splits`)
+    source: str  #: where the data came from (a path, 'scikit-learn', or the types given)
+    train: Any  #: a Dataset, or (from :func:`as_splits`) any re-readable data form
+    test: Any  #: the same, for validation/testing
+    classes: List[str]  #: class names; empty when not known (:func:`as_splits`)
     sample_shape: Tuple[int, int, int]  #: (C, H, W) of one image
 
     @property
@@ -146,4 +152,55 @@ def _digits(size, normalize) -> DataSplits:
                       TensorDataset(split.test_x, split.test_y), [str(d) for d in range(10)], (1, side, side))
 
 
-__all__ = ["DataSplits", "FORMS", "load_data", "stratified_split"]
+SPLITS_FORMS = ("a DataSplits (leanconv.data.load_data), a --data string such as 'digits', a (train, val) pair or "
+                "a dict {'train': ..., 'val': ...} of DataLoaders or datasets of (input, label) items")
+_VAL_KEYS = ("val", "validation", "test")
+
+
+def _reusable(part: Any, name: str) -> Any:
+    """``part`` if it can be read more than once (a DataLoader, a dataset, a list); else one clear error."""
+    if isinstance(part, (str, bytes)) or part is None or isinstance(part, torch.Tensor):
+        raise ValueError(f"{name} is a {type(part).__name__}; expected a DataLoader or a dataset of (input, label) "
+                         "items (wrap tensors as TensorDataset(x, y))")
+    try:
+        one_shot = iter(part) is part
+    except TypeError:
+        one_shot = not (hasattr(part, "__len__") and hasattr(part, "__getitem__"))
+    if one_shot:
+        raise ValueError(f"{name} is a {type(part).__name__} that can be read only once; pass a DataLoader, a dataset "
+                         "or a list (it is read several times)")
+    return part
+
+
+def _parts(data: Any, name: str) -> Tuple[Any, Any]:
+    """``(train, val)`` of a pair or a dict."""
+    if isinstance(data, dict):
+        unknown = sorted(map(str, set(data) - {"train", *_VAL_KEYS}))
+        val_keys = [k for k in _VAL_KEYS if k in data]
+        if unknown or "train" not in data or len(val_keys) != 1:
+            raise ValueError(f"{name} is a dict with keys {sorted(map(str, data))}; it must have 'train' and one of "
+                             f"{list(_VAL_KEYS)}, nothing else")
+        return data["train"], data[val_keys[0]]
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data
+    raise ValueError(f"{name} is a {type(data).__name__}; expected {SPLITS_FORMS}")
+
+
+def as_splits(data: Any, name: str = "data") -> DataSplits:
+    """``data`` as :class:`DataSplits` (see the module docstring); ``sample_shape`` from the first
+    training batch, the validation data checked to have the same."""
+    if isinstance(data, DataSplits):
+        return data
+    if isinstance(data, str):
+        return load_data(data)
+    train, val = _parts(data, name)
+    train, val = _reusable(train, f"{name}['train']"), _reusable(val, f"{name}['val']")
+    shape = input_size_of(train, f"{name}['train']")[1:]
+    val_shape = input_size_of(val, f"{name}['val']")[1:]
+    if val_shape != shape:
+        raise ValueError(f"{name}['val'] inputs are {val_shape} (C, H, W) but {name}['train'] inputs are {shape}: "
+                         "both must have the same shape")
+    return DataSplits("custom", f"{type(train).__name__} / {type(val).__name__}", train, val, [], shape)
+
+
+__all__ = ["DataSplits", "FORMS", "SPLITS_FORMS", "as_splits", "load_data", "stratified_split"]
