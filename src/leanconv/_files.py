@@ -16,6 +16,17 @@ Every command that writes a folder (``convert``, ``quantize``, ``export-hls``, `
    the old one deleted: an interruption leaves the old or the new output complete, never a mix.
 
 An error or Ctrl-C while writing removes the staging folder and leaves any earlier result as it was.
+
+A SIGKILL (or a power loss) cannot be caught, so staging folders, temporary files and set-aside old
+folders carry their owner in their names: ``.<name>.leanconv-<machine>-<pid>-<start>-<random>.tmp``
+(``.old`` for a replaced folder). ``<machine>`` hashes the host name and the PID namespace,
+``<start>`` the boot id and the process start time, so a reused pid is not mistaken for the owner.
+The next write into the same parent folder (:func:`_remove_stale`) removes those whose owner is
+gone: only names of that form, written on this machine, holding the :data:`MARKER` file (or empty;
+a temporary file: a regular file), and a set-aside ``.old`` folder only once ``<name>`` exists again
+(until then it may hold the only complete output). Anything else, and anything of a live process,
+is never touched. A result kept on purpose after a failed install is renamed ``.<name>.kept-<random>``
+so it is never removed.
 """
 
 from __future__ import annotations
@@ -23,15 +34,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
+import re
 import shutil
 import signal
+import socket
+import stat
 import sys
 import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 PathArg = Union[str, os.PathLike]
 
@@ -42,6 +57,120 @@ _MARKER_TEXT = "This folder was written by leanconv; `--force` may replace it as
 
 # Deleting a replaced folder; a test swaps in a slow version to interrupt it half way.
 _remove_tree: Callable[..., None] = shutil.rmtree
+
+
+# ------------------------------------------------------------------ owners of staging names
+
+_STAGING_NAME = re.compile(r"\.(?P<base>.+)\.leanconv-(?P<machine>[0-9a-f]{8})-(?P<pid>[1-9][0-9]*)-"
+                           r"(?P<start>[0-9a-f]{8})-[A-Za-z0-9_]+\.(?P<kind>tmp|old)")
+_UNKNOWN_START = "00000000"
+_machine_tags: Dict[int, str] = {}
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _machine_tag() -> str:
+    """This host and PID namespace: pids of another machine or container mean nothing here."""
+    pid = os.getpid()
+    if pid not in _machine_tags:
+        try:
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            namespace = ""
+        _machine_tags[pid] = _short_hash(f"{socket.gethostname()}|{namespace}")
+    return _machine_tags[pid]
+
+
+def _pid_exists(pid: int) -> bool:
+    """False only when no process ``pid`` exists (an unreadable one counts as existing)."""
+    if os.name != "posix":
+        return True  # Windows: os.kill would terminate the process, never probe it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # another user's process: it exists
+    return True
+
+
+def _start_tag(pid: int) -> Optional[str]:
+    """The boot id and start time of process ``pid``, hashed; None when no such process exists,
+    :data:`_UNKNOWN_START` when it exists but its start time cannot be read (no /proc)."""
+    if not _pid_exists(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            start = int(stat_file.read().rsplit(b")", 1)[1].split()[19])  # the name in (...) may hold spaces
+    except (OSError, IndexError, ValueError):
+        return _UNKNOWN_START
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot_file:
+            boot = boot_file.read().strip()
+    except OSError:
+        boot = ""
+    return _short_hash(f"{boot}|{start}")
+
+
+def _owner_prefix(base: str) -> str:
+    """The start of a staging name for ``base`` owned by this process (see the module doc)."""
+    pid = os.getpid()
+    return f".{base}.leanconv-{_machine_tag()}-{pid}-{_start_tag(pid) or _UNKNOWN_START}-"
+
+
+def _owner_gone(match: "re.Match[str]") -> bool:
+    """True only when the staging name's owner certainly no longer runs (same machine, pid gone or reused)."""
+    if match["machine"] != _machine_tag():
+        return False
+    now = _start_tag(int(match["pid"]))
+    if now is None:
+        return True
+    return now != _UNKNOWN_START and match["start"] != _UNKNOWN_START and now != match["start"]
+
+
+def _remove_stale_entry(entry: "os.DirEntry[str]", kind: str) -> None:
+    """Remove one stale staging entry if it is leanconv's: a folder with the marker (or empty), a regular file."""
+    path = Path(entry.path)
+    if entry.is_dir(follow_symlinks=False):
+        try:
+            marked = stat.S_ISREG(os.lstat(path / MARKER).st_mode)
+        except OSError:
+            marked = False
+        if marked:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only an empty folder: a kill before the marker was written
+    elif kind == "tmp" and entry.is_file(follow_symlinks=False):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove what killed leanconv runs left in ``parent`` (see the module doc); never anything else."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = _STAGING_NAME.fullmatch(entry.name)
+        if match is None or not _owner_gone(match):
+            continue
+        if match["kind"] == "old" and not os.path.lexists(parent / match["base"]):
+            continue  # killed between the two renames: this may be the only complete output
+        _remove_stale_entry(entry, match["kind"])
+
+
+def _keep(path: Path, base: str) -> Path:
+    """Rename a result kept on purpose (its path goes into an error message) so no cleanup removes it."""
+    kept = path.parent / f".{base}.kept-{uuid.uuid4().hex[:12]}"
+    try:
+        os.rename(path, kept)
+    except OSError:
+        return path
+    return kept
 
 
 def _describe(name: str, out: PathArg) -> str:
@@ -73,7 +202,7 @@ def _check_writable(target: Path, name: str, out: PathArg) -> None:
     if not place.is_dir():
         raise ValueError(f"{_describe(name, out)} cannot be created: {str(place)!r} is a file, not a folder")
     try:
-        os.rmdir(tempfile.mkdtemp(dir=place, prefix=".leanconv-probe-"))
+        os.rmdir(tempfile.mkdtemp(dir=place, prefix=_owner_prefix(target.name), suffix=".tmp"))
     except OSError as error:
         raise ValueError(f"{_describe(name, out)} is not writable: {error.strerror} in {str(place)!r}") from None
 
@@ -178,10 +307,13 @@ def signals_held() -> Iterator[None]:
 
 
 def _make_public(staging: Path) -> None:
-    """mkdtemp folders are private; results are ordinary world-readable files and folders."""
+    """mkdtemp folders are private; results are ordinary world-readable files (executables stay
+    executable: a compiled testbench) and folders."""
     for root, dirs, files in os.walk(staging):
         for entry in files:
-            os.chmod(os.path.join(root, entry), 0o644)
+            path = os.path.join(root, entry)
+            if not os.path.islink(path):
+                os.chmod(path, 0o755 if os.stat(path).st_mode & stat.S_IXUSR else 0o644)
         for entry in dirs:
             os.chmod(os.path.join(root, entry), 0o755)
     os.chmod(staging, 0o755)
@@ -190,14 +322,16 @@ def _make_public(staging: Path) -> None:
 def _replace(staging: Path, target: Path, label: str, flag: str) -> None:
     """``target`` (a leanconv folder) aside, ``staging`` in, then the old one deleted."""
     if target.is_symlink() or not target.is_dir() or not _is_ours(target):
+        staging = _keep(staging, target.name)
         raise ValueError(f"{label} became something leanconv did not write while it ran: not replacing it, "
                          f"even with {flag}; this run's result is kept in {str(staging)!r}")
-    aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    aside = target.parent / f"{_owner_prefix(target.name)}{uuid.uuid4().hex[:12]}.old"
     with signals_held():
         os.rename(target, aside)  # the unique name cannot exist
         try:
             _rename_new(staging, target)
         except FileExistsError:
+            aside, staging = _keep(aside, target.name), _keep(staging, target.name)
             raise FileExistsError(f"{label} was created again while leanconv replaced it; the old output is in "
                                   f"{str(aside)!r}, this run's result in {str(staging)!r}") from None
     try:
@@ -215,9 +349,25 @@ def _install(staging: Path, target: Path, force: bool, label: str, flag: str) ->
         return
     except FileExistsError:
         if not force:
+            staging = _keep(staging, target.name)
             raise FileExistsError(f"{label} was created while leanconv ran: not replacing it without {flag}; "
                                   f"this run's result is kept in {str(staging)!r}") from None
     _replace(staging, target, label, flag)
+
+
+def _new_staging(target: Path, folder: bool, label: str) -> Path:
+    """A new staging folder (or empty file) named for this process beside ``target``, after removing
+    what killed runs left there; a file system that refuses it is one ValueError naming ``label``."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(target.parent)
+        if folder:
+            return Path(tempfile.mkdtemp(dir=target.parent, prefix=_owner_prefix(target.name), suffix=".tmp"))
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=_owner_prefix(target.name), suffix=".tmp")
+        os.close(handle)
+        return Path(name)
+    except OSError as error:
+        raise ValueError(f"{label} cannot be written: {error.strerror or error} in {str(target.parent)!r}") from None
 
 
 @contextlib.contextmanager
@@ -226,8 +376,7 @@ def staged_folder(out: PathArg, force: bool = False, flag: str = "--force", name
     doc for the checks and the exclusive install), on any exception while writing it is removed."""
     check_new_folder(out, force, flag, name)
     target = _resolved(out, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    staging = _new_staging(target, True, _describe(name, out))
     try:
         (staging / MARKER).write_text(_MARKER_TEXT)
         yield staging
@@ -247,10 +396,9 @@ def atomic_file(path: PathArg, replace: bool = True, flag: str = "--force", name
     ``FileExistsError`` says where this run's file is.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    if path.is_dir():
+        raise ValueError(f"{_describe(name, path)} is a folder: name a file")
+    tmp = _new_staging(path, False, _describe(name, path))
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are ordinary files
@@ -261,13 +409,16 @@ def atomic_file(path: PathArg, replace: bool = True, flag: str = "--force", name
         try:
             _rename_new(tmp, path)
         except FileExistsError:
+            tmp = _keep(tmp, path.name)
             raise FileExistsError(f"{_describe(name, path)} was created while leanconv ran: not replacing it "
                                   f"without {flag}; this run's result is kept in {str(tmp)!r}") from None
         return
     try:
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ValueError(f"{_describe(name, path)} cannot be replaced: {error.strerror or error}") from None
         raise
 
 
