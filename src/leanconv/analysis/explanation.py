@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls
-from leanconv.analysis.profiling import conv_kind, meta_copy
+from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls, trace_model
+from leanconv.analysis.profiling import conv_kind
 from leanconv.kinds import get_kind
 from leanconv.kinds import create_conv2d
 
@@ -157,21 +157,23 @@ def explain(
     """
     if lang not in LANGS:
         raise ValueError(f"lang={lang!r} must be one of {LANGS}")
-    if isinstance(conv, str):
-        with torch.device("meta"):
-            module = create_conv2d(conv, **kind_args)
-    elif isinstance(conv, nn.Module):
-        if kind_args:
-            raise ValueError(f"keyword arguments {sorted(kind_args)} are only for a kind name, not a module")
-        module = meta_copy(conv)
-    else:
-        raise ValueError(f"conv={conv!r} must be an nn.Module or a conv kind name")
     size = tuple(input_size)
     if len(size) == 3:
         size = (1, *size)
-    if len(size) != 4 or not all(isinstance(v, int) and v >= 1 for v in size):
+    if len(size) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size):
         raise ValueError(f"input_size={tuple(input_size)} must be (N, C, H, W) or (C, H, W) with positive ints")
-    calls, output = trace_calls(module.eval(), [torch.empty(size, device="meta")])
+    if isinstance(conv, str):
+        with torch.device("meta"):
+            module = create_conv2d(conv, **kind_args)
+        calls, output = trace_calls(module.eval(), [torch.empty(size, device="meta")])
+    elif isinstance(conv, nn.Module):
+        if kind_args:
+            raise ValueError(f"keyword arguments {sorted(kind_args)} are only for a kind name, not a module")
+        module = conv
+        trace = trace_model(conv, [size])
+        calls, output = trace.calls, trace.output
+    else:
+        raise ValueError(f"conv={conv!r} must be an nn.Module or a conv kind name")
     convs = [c for c in calls if c.is_conv]
     if not convs:
         raise ValueError(f"{type(module).__name__} runs no convolution to explain")

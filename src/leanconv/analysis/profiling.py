@@ -1,12 +1,11 @@
 """``leanconv.profile``: one row per module call with shapes and costs, totals, and a by-kind breakdown.
 
 Runs on the meta device by default (nothing computed or allocated), so any model and input
-size is analysed at once. See :mod:`leanconv.analysis.counting` for the counting rules.
+size is analysed at once; a model whose ops need tensor values is counted on one real pass. See :mod:`leanconv.analysis.counting` for the counting rules.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -20,10 +19,11 @@ from torch import nn
 
 from leanconv._modes import evaluating
 from leanconv._files import write_atomic
-from leanconv.analysis.counting import ModuleCall, outside_inference_mode, trace_calls
+from leanconv.analysis.counting import (ModuleCall, Sizes, Trace, meta_copy, normalize_sizes,
+                                        outside_inference_mode, real_trace, trace_model)
 from leanconv.kinds import kind_of_conv
 
-InputSize = Union[Sequence[int], Sequence[Sequence[int]]]
+InputSize = Sizes
 
 KIND_ORDER = ("dense", "grouped", "depthwise", "pointwise", "transposed", "linear")
 
@@ -72,6 +72,7 @@ class Profile:
     peak_activation_bytes: int = 0
     input_bytes: int = 0
     param_bytes: int = 0
+    notes: List[str] = field(default_factory=list)  # e.g. a real pass counted instead of the meta one
 
     @property
     def peak_memory_bytes(self) -> int:
@@ -122,6 +123,7 @@ class Profile:
             "by_kind": self.by_kind,
             "peak_memory_bytes": self.peak_memory_bytes,
             "peak_activation_bytes": self.peak_activation_bytes,
+            "notes": self.notes,
             "rows": [{**asdict(r), "flops": r.flops} for r in self.rows],
         }
 
@@ -153,10 +155,11 @@ class Profile:
 
     def summary_text(self) -> str:
         shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
-        return (f"input {shapes}: {self.total_params:,} params, {self.total_macs:,} MACs "
+        text = (f"input {shapes}: {self.total_params:,} params, {self.total_macs:,} MACs "
                 f"({self.total_flops / 1e9:.3f} GFLOPs = 2 x MACs), conv + linear only; peak inference memory "
                 f"{self.peak_memory_bytes / 2**20:.1f} MiB (inputs + weights + "
                 f"{self.peak_activation_bytes / 2**20:.1f} MiB live activations)")
+        return "\n".join([text, *(f"note: {note}" for note in self.notes)])
 
     def print(self, console=None) -> None:
         """Render as a terminal table (rich)."""
@@ -222,34 +225,6 @@ def render_text(print_to_console) -> str:
     return console.export_text()
 
 
-def _normalize_sizes(input_size: InputSize, batch_size: Optional[int]) -> List[Tuple[int, ...]]:
-    if not input_size:
-        raise ValueError("input_size must be a shape like (1, 3, 224, 224) or a list of shapes")
-    sizes = [tuple(input_size)] if isinstance(input_size[0], int) else [tuple(s) for s in input_size]  # type: ignore[index]
-    for s in sizes:
-        if not all(isinstance(v, int) and v >= 1 for v in s):
-            raise ValueError(f"input_size={s} must contain positive ints (N, C, H, W)")
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
-        sizes = [(batch_size, *s[1:]) for s in sizes]
-    return sizes
-
-
-def meta_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose parameters and buffers live on the meta device.
-
-    The real tensors are never copied (``deepcopy`` is handed meta stand-ins for them), so even
-    a large model costs no memory to analyse; the original is not touched.
-    """
-    memo: Dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo)
-
-
 def _params_of(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
@@ -270,7 +245,10 @@ def profile(
     """Profile ``model`` on inputs of ``input_size`` (or on the given example ``inputs``).
 
     On the meta device (default) nothing is computed: a copy of the model is moved there, so
-    the model you pass is never changed. ``include_other`` adds rows and a column for bias,
+    the model you pass is never changed. When an op needs tensor values there (models imported
+    from ONNX: Resize, Reshape, Slice reading a tensor), one real pass on the model's own device
+    counts instead, with one warning and a note in the report; ``device='cpu'`` (or another real
+    device) always counts on a real pass. ``include_other`` adds rows and a column for bias,
     norm, activation and pooling element ops. ``measure_latency`` times each module call on
     real tensors of the model's own device (warm-up, median of ``repeats``).
     """
@@ -279,17 +257,15 @@ def profile(
     if inputs is None:
         if input_size is None:
             raise ValueError("pass input_size (e.g. (1, 3, 224, 224)) or example inputs")
-        sizes = _normalize_sizes(input_size, batch_size)
+        sizes = normalize_sizes(input_size, batch_size)
     else:
         sizes = [tuple(t.shape) for t in inputs]
     device = torch.device(device)
     if device.type == "meta":
-        work = meta_copy(model).eval()
-        tensors = [torch.empty(s, device="meta", dtype=dtype) for s in sizes]
+        trace = trace_model(model, sizes, dtype, inputs=inputs)
     else:
-        work = copy.deepcopy(model).eval().to(device)
-        tensors = list(inputs) if inputs is not None else [torch.randn(s, device=device, dtype=dtype) for s in sizes]
-    calls, _ = trace_calls(work, tensors)
+        trace = real_trace(model, sizes, dtype, device, inputs)
+    calls, tensors = trace.calls, trace.inputs
     latencies = _measure(model, sizes, inputs, repeats, dtype) if measure_latency else {}
     rows: List[LayerRow] = []
     for call in calls:
@@ -305,12 +281,26 @@ def profile(
             intensity=call.macs / moved if moved else 0.0,
             latency_ms=latencies.get(call.path),
         ))
-    result = Profile(rows, sum(p.numel() for p in model.parameters()), sizes, str(device), include_other)
+    result = Profile(rows, sum(p.numel() for p in model.parameters()), sizes, str(trace.device), include_other)
     result.by_kind = _by_kind(rows)
     result.peak_activation_bytes = calls[0].peak_bytes if calls else 0
     result.input_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    result.param_bytes = sum(p.numel() * p.element_size() for p in work.parameters())
+    result.param_bytes = trace.param_bytes
+    result.notes = _notes(trace)
     return result
+
+
+def _notes(trace: Trace) -> List[str]:
+    """What a reader must know to read the totals: a real pass instead of the meta one, and a
+    model whose MACs are not those of convolutions."""
+    notes = [trace.fallback] if trace.fallback else []
+    if not any(c.is_conv for c in trace.calls):
+        if any(c.macs for c in trace.calls):
+            notes.append("the model runs no convolution: its MACs are those of its matrix products (linear layers)")
+        else:
+            notes.append("the model runs no convolution and no matrix product: 0 MACs "
+                         "(include_other=True shows its element ops)")
+    return notes
 
 
 def _by_kind(rows: Sequence[LayerRow]) -> Dict[str, Dict[str, float]]:
