@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from leanconv.data.batches import check_batch, input_batches
 from leanconv.fusion import fuse
 from leanconv.padding import same_pad_amounts
 from leanconv.quant.checks import check_name
@@ -209,18 +210,27 @@ def _conv_pads(conv: nn.Conv2d, hw: Tuple[int, int]) -> Tuple[int, int, int, int
     return (ph, ph, pw, pw)
 
 
-def _batches(calib: Union[torch.Tensor, Iterable[torch.Tensor]]) -> List[torch.Tensor]:
-    batches = [calib] if isinstance(calib, torch.Tensor) else list(calib)
-    if not batches:
-        raise ValueError("calib must hold at least one batch (an (N, C, H, W) tensor or a list of them)")
+def _calibration_data(calib: object) -> List[torch.Tensor]:
+    """``calib`` in any form of :mod:`leanconv.data.batches`, checked: 4-D float batches, finite,
+    all of one ``(C, H, W)``, not all zero (a zero input range has no scale to find)."""
+    batches = input_batches(calib, "calib")
     for index, batch in enumerate(batches):
-        if not isinstance(batch, torch.Tensor) or not batch.is_floating_point() or batch.dim() < 2:
-            raise ValueError(f"calib[{index}] must be a float tensor (N, C, H, W), got "
-                             f"{getattr(batch, 'dtype', type(batch).__name__)} {tuple(getattr(batch, 'shape', ()))}")
         if batch.shape[1:] != batches[0].shape[1:]:
-            raise ValueError(f"calib[{index}] has shape {tuple(batch.shape)}; every batch must be (N, "
-                             f"{', '.join(map(str, batches[0].shape[1:]))})")
+            raise ValueError(f"calib: batch {index} has shape {tuple(batch.shape)}; every batch must be (N, "
+                             f"{', '.join(map(str, batches[0].shape[1:]))}) like batch 0")
+    if not any(bool(batch.any()) for batch in batches):
+        raise ValueError("calib: every input value is 0, so the input range is empty and has no scale; "
+                         "calibrate on representative inputs")
     return batches
+
+
+def _on_model(batches: List[torch.Tensor], fused: nn.Module, stages: List[_Stage]) -> List[torch.Tensor]:
+    """The batches checked against the first layer's channel count, on the CPU in the model's float dtype."""
+    first = stages[0].module
+    channels = first.in_channels if isinstance(first, nn.Conv2d) else None
+    dtype = next(fused.parameters()).dtype
+    return [check_batch(batch, "calib", index, channels, finite=False).to("cpu", dtype)
+            for index, batch in enumerate(batches)]
 
 
 def _check_traced_chain(fused: nn.Module, stages: List[_Stage], batch: torch.Tensor) -> None:
@@ -268,7 +278,7 @@ def _int_layer(dialect: Dialect, stage: _Stage, in_q, out_q, in_hw: Tuple[int, i
 @torch.no_grad()
 def quantize(
     model: nn.Module,
-    calib: Union[torch.Tensor, Sequence[torch.Tensor]],
+    calib: Any,
     dialect: Union[str, Dialect] = "apfixed",
     observer: str = "minmax",
     percentile: float = 99.99,
@@ -278,19 +288,24 @@ def quantize(
 ) -> QuantizedModel:
     """Quantize a float model built from convs, ReLUs and a pooled linear head to integers.
 
-    ``calib``: a few float batches (a tensor or a list). ``dialect``: ``'apfixed'`` or
+    ``calib``: a few representative inputs in any form of :mod:`leanconv.data.batches` (a
+    tensor, a list or DataLoader of batches or of ``(x, y)`` pairs, dicts; docs/data.md); a
+    wrong channel count, NaN/inf or an all-zero input is refused naming the batch. ``dialect``: ``'apfixed'`` or
     ``'tflite'`` (settings such as ``narrowing='round'``, ``store='wrap'``, ``rounding='single'``
     by keyword) or an :class:`ApFixed`/:class:`TFLite`. ``observer``: ``'minmax'`` or
     ``'percentile'``. ``per_channel``: one weight scale per output channel (else per tensor).
-    The model is not modified (BN folding works on a copy).
+    The model is not modified: BN folding works on a copy, in eval mode whatever the model's own
+    flag (BatchNorm's running statistics, Dropout off), on the CPU, where the integer reference
+    computes. A layer whose output is 0 on every calibration value gets scale 1/255.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} must be an nn.Module")
     dialect = make_dialect(dialect, **dialect_settings)
     make_observer(observer, percentile)  # validates observer and percentile before any work
-    batches = _batches(calib)
-    fused = fuse(model)  # a copy in eval mode, BN folded
+    batches = _calibration_data(calib)
+    fused = fuse(model).cpu()  # a copy in eval mode, BN folded
     stages = trace_stages(fused)
+    batches = _on_model(batches, fused, stages)
     _check_traced_chain(fused, stages, batches[0])
     observers, in_hw = _calibrate(stages, batches, observer, percentile, progress)
     qparams = [activation_qparams(dialect, *obs.range()) for obs in observers]
