@@ -315,3 +315,153 @@ def test_write_atomic_lives_in_files_and_writes_whole_text(tmp_path):
     write_atomic(tmp_path / "a" / "report.md", "x" * 10_000)
     assert (tmp_path / "a" / "report.md").read_text() == "x" * 10_000
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["report.md"]
+
+
+# ------------------------------------------------------------------------ what killed runs leave
+
+FILE_WRITER = textwrap.dedent("""
+    import sys, time
+    from leanconv._files import atomic_file
+
+    with atomic_file(sys.argv[1]) as tmp:
+        tmp.write_text("half")
+        print("writing", flush=True)
+        time.sleep(60)
+""")
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def kill_when(process: subprocess.Popen, line: str) -> None:
+    """SIGKILL ``process`` once it printed ``line`` (a SIGKILL cannot be caught: nothing is cleaned up)."""
+    assert process.stdout.readline().strip() == line, process.stderr.read()
+    process.kill()
+    process.wait(timeout=60)
+
+
+def hidden(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def renamed(name: str, base: str = None, machine: str = None, pid: int = None, start: str = None) -> str:
+    """A staging name of a real run with another base name, machine, owner pid or start time."""
+    prefix, old_machine, old_pid, old_start, rest = name.rsplit("-", 4)
+    if base is not None:
+        prefix = f".{base}.leanconv"
+    return "-".join([prefix, machine or old_machine, str(pid or old_pid), start or old_start, rest])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills with SIGKILL")
+def test_the_next_write_removes_what_killed_runs_left_and_nothing_else(tmp_path):
+    (tmp_path / "file_writer.py").write_text(FILE_WRITER)
+    killed_file = subprocess.Popen([sys.executable, str(tmp_path / "file_writer.py"), str(tmp_path / "r.md")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_when(killed_file, "writing")
+    [stale_file] = hidden(tmp_path)
+    assert stale_file.startswith(".r.md.leanconv-") and (tmp_path / stale_file).read_text() == "half"
+    killed = start_writer(tmp_path, tmp_path / "a", "a", 3, "write")
+    kill_when(killed, "writing")  # its own start removed the temporary file the first one left
+    [stale_folder] = hidden(tmp_path)
+    assert stale_folder.startswith(".a.leanconv-") and (tmp_path / stale_folder / MARKER).is_file()
+    live = start_writer(tmp_path, tmp_path / "b", "b", 3, "write")
+    try:
+        assert live.stdout.readline().strip() == "writing", live.stderr.read()
+        [live_folder] = [n for n in hidden(tmp_path) if n.startswith(".b.leanconv-")]
+        # not leanconv's: a dead owner's name but no marker; a dead owner on another machine or container
+        foreign = tmp_path / renamed(stale_folder, base="c", pid=dead_pid())
+        foreign.mkdir()
+        (foreign / "theirs.txt").write_text("theirs")
+        elsewhere = tmp_path / renamed(stale_folder, base="d", machine="f" * 8, pid=dead_pid())
+        elsewhere.mkdir()
+        (elsewhere / MARKER).write_text("")
+        write_output(tmp_path / "out", "new", 1)
+        assert hidden(tmp_path) == sorted([live_folder, foreign.name, elsewhere.name])
+        assert (tmp_path / live_folder / "b0.txt").read_text() == "b" and listing(foreign) == {"theirs.txt": "theirs"}
+    finally:
+        live.kill()
+        live.wait(timeout=60)
+    _files.write_atomic(tmp_path / "r.md", "whole")  # the live owner is gone now: its folder goes too
+    assert hidden(tmp_path) == sorted([foreign.name, elsewhere.name]) and (tmp_path / "r.md").read_text() == "whole"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="start times are read from /proc (Linux)")
+def test_a_reused_pid_is_not_the_owner_and_a_set_aside_old_output_waits_for_the_new_one(tmp_path):
+    out = tmp_path / "out"
+    write_output(out, "old", 100)
+    writer = start_writer(tmp_path, out, "new", 3, "delete")
+    kill_when(writer, "deleting")  # killed while the replaced output was being deleted
+    [aside] = hidden(tmp_path)
+    assert aside.startswith(".out.leanconv-") and aside.endswith(".old")
+    assert set(listing(out)) == {MARKER, "new0.txt", "new1.txt", "new2.txt"}
+    # the pid of this very process, with another start time: a reused pid, so its owner is gone
+    reused = tmp_path / renamed(aside, base="x", pid=os.getpid(), start="0123abcd").replace(".old", ".tmp")
+    # a set-aside old output whose new output never arrived (killed between the two renames): kept
+    only_copy = tmp_path / renamed(aside, base="y", pid=dead_pid())
+    for folder in (reused, only_copy):
+        folder.mkdir()
+        (folder / MARKER).write_text("")
+        (folder / "result.txt").write_text("r")
+    write_output(tmp_path / "z", "z", 1)
+    assert hidden(tmp_path) == [only_copy.name]
+    (tmp_path / "y").mkdir()
+    write_output(tmp_path / "z", "z", 1, force=True)
+    assert hidden(tmp_path) == []
+
+
+READ_ONLY_WRITES = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from leanconv._files import staged_folder, write_atomic
+    from leanconv.cli import main
+
+    ro = Path(sys.argv[1])
+    for write in (lambda: write_atomic(ro / "r.md", "text", name="path"), lambda: staged_folder(ro / "out").__enter__()):
+        try:
+            write()
+        except ValueError as error:
+            print(error)
+    main(["compare", "--in-channels", "4", "--out-channels", "8", "--size", "8", "--out", str(ro / "c.md")])
+""")
+
+
+def test_a_read_only_file_system_is_one_line_naming_out(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o ro none "$1" && shift && exec "$@"', "sh", str(ro)]
+    try:
+        probe = subprocess.run(mount + ["true"], capture_output=True, timeout=60)
+    except FileNotFoundError:
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs a private read-only mount (unshare -rm, user namespaces)")
+    run = subprocess.run(mount + [sys.executable, "-c", READ_ONLY_WRITES, str(ro)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.stdout.splitlines() == [
+        f"path={str(ro / 'r.md')!r} cannot be written: Read-only file system in {str(ro)!r}",
+        f"--out={str(ro / 'out')!r} is not writable: Read-only file system in {str(ro)!r}",
+    ], run.stdout + run.stderr
+    assert run.stderr == f"leanconv compare: --out={str(ro / 'c.md')!r} is not writable: Read-only file system in {str(ro)!r}\n"
+
+
+def test_single_file_writers_refuse_a_folder_and_folder_writers_a_file_in_one_line(tmp_path, capsys):
+    folder, file = tmp_path / "exists", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("keep")
+    with pytest.raises(ValueError, match=rf"^path={str(folder)!r} is a folder: name a file$"):
+        _files.write_atomic(folder, "text", name="path")
+    with pytest.raises(ValueError, match=r"^--out='.*exists' is a folder: name a file$"):
+        with atomic_file(folder):
+            pytest.fail("writing must not start")
+    compare = ["compare", "--in-channels", "4", "--out-channels", "8", "--size", "8", "--out", str(folder), "--force"]
+    assert run_main(compare, capsys)[::2] == (2, f"leanconv compare: --out={str(folder)!r} is a folder: name a file\n")
+    (tmp_path / "net.py").write_text(MODEL_FILE)
+    convert = ["convert", f"{tmp_path / 'net.py'}:build", "--rank", "1", "--input", "1,4,8,8", "--out", str(file),
+               "--force"]
+    assert run_main(convert, capsys)[::2] == (2, f"leanconv convert: --out={str(file)!r} exists and is not a folder: "
+                                                 "not replacing it, even with --force\n")
+    assert listing(folder) == {} and file.read_text() == "keep" and hidden(tmp_path) == []

@@ -19,7 +19,7 @@ An error or Ctrl-C while writing removes the staging folder and leaves any earli
 
 A SIGKILL (or a power loss) cannot be caught, so staging folders, temporary files and set-aside old
 folders carry their owner in their names: ``.<name>.leanconv-<machine>-<pid>-<start>-<random>.tmp``
-(``.old`` for a replaced folder). ``<machine>`` hashes the host name and the PID namespace,
+(``.old`` for the folder holding a replaced output while it is deleted). ``<machine>`` hashes the host name and the PID namespace,
 ``<start>`` the boot id and the process start time, so a reused pid is not mistaken for the owner.
 The next write into the same parent folder (:func:`_remove_stale`) removes those whose owner is
 gone: only names of that form, written on this machine, holding the :data:`MARKER` file (or empty;
@@ -325,20 +325,23 @@ def _replace(staging: Path, target: Path, label: str, flag: str) -> None:
         staging = _keep(staging, target.name)
         raise ValueError(f"{label} became something leanconv did not write while it ran: not replacing it, "
                          f"even with {flag}; this run's result is kept in {str(staging)!r}")
-    aside = target.parent / f"{_owner_prefix(target.name)}{uuid.uuid4().hex[:12]}.old"
+    # the old folder goes into a marked holder, so a kill while deleting it leaves a folder still marked ours
+    holder = Path(tempfile.mkdtemp(dir=target.parent, prefix=_owner_prefix(target.name), suffix=".old"))
+    (holder / MARKER).write_text(_MARKER_TEXT)
     with signals_held():
-        os.rename(target, aside)  # the unique name cannot exist
+        os.rename(target, holder / target.name)  # into a new folder: nothing there to replace
         try:
             _rename_new(staging, target)
         except FileExistsError:
-            aside, staging = _keep(aside, target.name), _keep(staging, target.name)
+            holder, staging = _keep(holder, target.name), _keep(staging, target.name)
             raise FileExistsError(f"{label} was created again while leanconv replaced it; the old output is in "
-                                  f"{str(aside)!r}, this run's result in {str(staging)!r}") from None
+                                  f"{str(holder / target.name)!r}, this run's result in {str(staging)!r}") from None
     try:
-        _remove_tree(aside)
+        _remove_tree(holder / target.name)
+        shutil.rmtree(holder)
     except BaseException:
         print(f"leanconv: {label} holds the new output; removing the old one was interrupted: "
-              f"delete {str(aside)!r}", file=sys.stderr)
+              f"delete {str(holder)!r}", file=sys.stderr)
         raise
 
 
