@@ -147,12 +147,14 @@ def test_distill_errors():
         distill(student, teacher, data, epochs=0)
     with pytest.raises(ValueError, match=r"lr=-1 must be a number > 0"):
         distill(student, teacher, data, lr=-1)
-    with pytest.raises(ValueError, match=r"data=list must be a map-style torch Dataset"):
+    with pytest.raises(ValueError, match=r"data: item 0 is a int; expected an \(N, C, H, W\) tensor"):
         distill(student, teacher, [1, 2])
+    with pytest.raises(ValueError, match=r"data='digits' is not training data"):
+        distill(student, teacher, "digits")
     with pytest.raises(ValueError, match=r"data is empty"):
         distill(student, teacher, TensorDataset(torch.zeros(0, 1, 16, 16), torch.zeros(0, dtype=torch.long)))
     unlabelled = TensorDataset(data.tensors[0])
-    with pytest.raises(ValueError, match="each batch must be an input tensor or an"):
+    with pytest.raises(ValueError, match=r"data: batch 0 has no labels, but alpha=0.5 weighs a hard-label loss"):
         distill(student, teacher, unlabelled, progress=False)  # TensorDataset of one tensor yields 1-tuples
     bare = DataLoader(data.tensors[0], batch_size=4)
     with pytest.raises(ValueError, match=r"alpha=0.9 weighs a hard-label loss"):

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, TensorDataset
 
 from leanconv._modes import evaluating
+from leanconv.data.batches import FORMS, check_batch, first_input, label_of
 from leanconv._validate import check_positive_int
 from leanconv.train.distributed import DistInfo, setup, teardown
 
@@ -126,27 +128,66 @@ class DistillResult:
         return "\n".join(lines) + "\n"
 
 
-DataArg = Union[Dataset, DataLoader]
+DataArg = Any  # any form of leanconv.data.batches (docs/data.md)
 
 
-def _split_batch(batch) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
-        return batch[0], batch[1]
-    raise ValueError(f"each batch must be an input tensor or an (inputs, labels) pair, got {type(batch).__name__}")
+def _split_batch(batch: Any, index: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The checked input and the labels (None without) of one loader batch."""
+    return check_batch(first_input(batch, "data", index), "data", index), label_of(batch, "data", index)
+
+
+def _is_dataset(data: Any) -> bool:
+    """A map-style dataset: indexable with a length (a list of samples too), not a tensor or dict."""
+    return (hasattr(data, "__len__") and hasattr(data, "__getitem__")
+            and not isinstance(data, (torch.Tensor, dict, str, bytes)))
+
+
+def _as_items(data: Any) -> Any:
+    """``data`` as a Dataset of samples or a list of batches: a tensor becomes a dataset of its
+    samples; any other iterable (a generator too) is read once into a list."""
+    if isinstance(data, torch.Tensor):
+        return TensorDataset(check_batch(data, "data", 0))
+    if isinstance(data, (str, bytes, dict)) or data is None:
+        raise ValueError(f"data={data!r} is not training data; expected {FORMS}")
+    if _is_dataset(data) and not isinstance(data, (list, tuple)):
+        return data
+    try:
+        items = list(data)
+    except TypeError:
+        raise ValueError(f"data is a {type(data).__name__}; expected {FORMS}") from None
+    if not items:
+        raise ValueError("data is empty: it must hold at least one sample")
+    return items if first_input(items[0], "data", 0).dim() == 4 else _Samples(items)
+
+
+class _Samples(Dataset):
+    """A list of single samples as a map-style dataset (shuffled and batched like any dataset)."""
+
+    def __init__(self, items: List[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
 
 
 def _loader(data: DataArg, info: DistInfo, batch_size: int, seed: int, num_workers: int):
-    """A DataLoader over ``data``: sharded by a DistributedSampler when distributed, shuffled
-    by a seeded sampler otherwise; a given DataLoader is used as it is."""
+    """What to iterate each epoch, and its sampler: a given DataLoader as it is; a list of batches
+    in order; a dataset of samples in a DataLoader, sharded by a DistributedSampler when
+    distributed, shuffled by a seeded sampler otherwise."""
     if isinstance(data, DataLoader):
         if info.distributed and not isinstance(data.sampler, DistributedSampler):
             raise ValueError("data is a DataLoader without a DistributedSampler in a distributed run: pass the "
                              "Dataset (leanconv shards it) or a DataLoader with a DistributedSampler")
         return data, data.sampler
-    if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
-        raise ValueError(f"data={type(data).__name__} must be a map-style torch Dataset or a DataLoader")
+    data = _as_items(data)
+    if isinstance(data, list):
+        if info.distributed:
+            raise ValueError("data is a list of batches in a distributed run: pass a Dataset (leanconv shards it) "
+                             "or a DataLoader with a DistributedSampler")
+        return data, None
     if len(data) == 0:
         raise ValueError("data is empty: it must hold at least one sample")
     if info.distributed:
@@ -206,6 +247,9 @@ def _check_models(student: nn.Module, teacher: nn.Module) -> None:
             raise ValueError(f"{name}={type(model).__name__} must be an nn.Module")
     if student is teacher:
         raise ValueError("student and teacher are the same module: distill into a converted copy")
+    for name, model in (("student", student), ("teacher", teacher)):
+        if any(p.is_meta for p in model.parameters()):
+            raise ValueError(f"{name} has weights on the meta device (no values): load real weights before distilling")
     shared = {id(p) for p in teacher.parameters()} & {id(p) for p in student.parameters()}
     if shared:
         raise ValueError(f"student shares {len(shared)} parameter tensor(s) with the teacher: training would change "
@@ -247,13 +291,17 @@ def distill(
 ) -> DistillResult:
     """Train ``student`` **in place** to mimic ``teacher`` on ``data``; return the loss history.
 
-    The student (usually ``leanconv.convert(teacher, ...).model``) is moved to the device,
-    trained with Adam (``lr``, ``weight_decay``) in train mode and left in eval mode. The
+    The student (usually ``leanconv.convert(teacher, ...).model``) is moved to ``device``
+    (default: the device of its parameters; a CPU student under torchrun gets one GPU per
+    process when there are any) and trained with Adam (``lr``, ``weight_decay``) in train mode and left in eval mode. The
     teacher is never changed: it runs in eval mode under ``no_grad`` (a copy when it must move
     to another device) and gets its former mode back.
 
-    ``data``: a map-style Dataset of ``(input, label)`` pairs (or bare inputs, then
-    ``alpha=1``) or a DataLoader. ``batch_size`` is per process. ``alpha``: the weight of the
+    ``data``: any form of :mod:`leanconv.data.batches` (docs/data.md). A DataLoader is used as
+    it is; a Dataset, a tensor or a list of single samples is shuffled (seeded) into batches of
+    ``batch_size`` (per process); a list or iterable of batches is used in its order each
+    epoch. Labels are the second item of ``(x, y, ...)`` or a dict's ``'label'``; data without
+    them needs ``alpha=1`` (else one clear error at the first batch). ``alpha``: the weight of the
     teacher's soft targets against the labels (:data:`DEFAULT_ALPHA`, measured as its doc
     says). ``feature_paths``: module paths present in both models whose outputs are matched
     (MSE, weight ``feature_weight``). ``max_steps`` stops early (all epochs otherwise).
@@ -301,12 +349,25 @@ def _check_settings(epochs: int, lr: float, batch_size: int, max_steps: Optional
 
 
 def _device_for(student: nn.Module, device: Optional[Union[str, torch.device]]) -> Optional[torch.device]:
-    """The device asked for; else the student's own when it is not on the CPU (None: let
-    :func:`leanconv.train.distributed.setup` choose)."""
-    if device is not None:
-        return torch.device(device)
-    first_param = next(student.parameters())
-    return None if first_param.device.type == "cpu" else first_param.device
+    """The device asked for, else the one the student's parameters are on. Only a CPU student
+    under torchrun gets None: :func:`leanconv.train.distributed.setup` then gives each process
+    its own GPU when there are any. The meta device holds no weights to train: refused."""
+    try:
+        chosen = torch.device(device) if device is not None else next(student.parameters()).device
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if chosen.type == "meta":
+        raise ValueError("device='meta' holds no values to train on: pass a real device such as 'cpu' or 'cuda'")
+    if device is None and chosen.type == "cpu" and _launched_distributed():
+        return None
+    return chosen
+
+
+def _launched_distributed() -> bool:
+    """Whether this process is one of several (a process group, or torchrun's WORLD_SIZE > 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1")
 
 
 def _place_models(student: nn.Module, teacher: nn.Module, device: torch.device) -> nn.Module:
@@ -344,10 +405,13 @@ class _Trainer:
     feature_weight: float
     info: DistInfo
 
-    def step(self, batch) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Train on ``batch``; return the loss and the step's sums (loss, soft, hard, feature, each
-        times the batch size, then the batch size and 1) for the epoch means."""
-        x, y = _split_batch(batch)
+    def step(self, batch: Any, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Train on ``batch`` (the ``index``-th); return the loss and the step's sums (loss, soft,
+        hard, feature, each times the batch size, then the batch size and 1) for the epoch means."""
+        x, y = _split_batch(batch, index)
+        if y is None and self.alpha != 1.0:
+            raise ValueError(f"data: batch {index} has no labels, but alpha={self.alpha!r} weighs a hard-label loss: "
+                             "pass (input, label) items, or alpha=1 to learn from the teacher alone")
         x = x.to(self.info.device, non_blocking=True)
         y = y.to(self.info.device, non_blocking=True) if y is not None else None
         with torch.no_grad():
@@ -393,7 +457,7 @@ def _train_epoch(trainer: _Trainer, loader: DataLoader, epoch: str, total_steps:
     for batch in loader:
         if result.steps >= total_steps:
             break
-        loss, step_sums = trainer.step(batch)
+        loss, step_sums = trainer.step(batch, result.steps)
         result.steps += 1
         result.step_losses.append(loss.item())
         sums += step_sums
