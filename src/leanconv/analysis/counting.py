@@ -374,7 +374,8 @@ class Trace:
         them (0.0 when the pass ran no MAC op at all)."""
         prefixes = tuple(paths)
         total = sum(c.macs for c in self.calls)
-        held = sum(c.macs for c in self.calls if any(c.path == p or c.path.startswith(p + ".") for p in prefixes))
+        held = sum(c.macs for c in self.calls
+                   if any(p == "" or c.path == p or c.path.startswith(p + ".") for p in prefixes))
         return held / total if total else 0.0
 
 
@@ -431,10 +432,12 @@ def trace_model(model: nn.Module, sizes: Sequence[Shape], dtype: Optional[torch.
         where = getattr(error, "where", "the model")
         detail = getattr(error, "detail", str(error))
     target = model_device(model) if device is None else torch.device(device)
+    reason = (f"counted on one real pass on {target} (exact, uses its memory): the meta-device pass "
+              f"cannot run {where}, an op there needs tensor values ({detail})")
+    if target.type != "meta":
+        warnings.warn(reason, MetaFallbackWarning, stacklevel=_caller_level())
     trace = real_trace(model, sizes, dtype, target, inputs)
-    trace.fallback = (f"counted on one real pass on {target} (exact, uses its memory): the meta-device pass "
-                      f"cannot run {where}, an op there needs tensor values ({detail})")
-    warnings.warn(trace.fallback, MetaFallbackWarning, stacklevel=_caller_level())
+    trace.fallback = reason
     return trace
 
 
