@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from leanconv._modes import evaluating
 from leanconv._files import check_new_folder, staged_folder
@@ -37,6 +37,8 @@ from leanconv.conversion.latency import LatencyCache, describe
 from leanconv.conversion.pipeline import convert, input_sizes
 from leanconv.conversion.plan import Plan, save_plan
 from leanconv.conversion.surgery import build_module
+from leanconv.data.batches import check_batch, first_input, iter_batches, labelled_batches
+from leanconv.data.spec import as_splits
 from leanconv.plots import plot_candidates, plot_layers
 from leanconv.train.distillation import DEFAULT_ALPHA, distill
 
@@ -158,23 +160,56 @@ class OptimizeResult:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (eval mode, restored afterwards) on ``(image, label)`` items."""
+def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, restored afterwards, on its own device) on labelled
+    data in any form of :mod:`leanconv.data.batches`: a dataset or DataLoader of ``(input, label)``."""
+    device = _device_of(model)
     correct = total = 0
     with evaluating(model), torch.inference_mode():
-        for x, y in DataLoader(data, batch_size=batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
+        for index, (x, y) in enumerate(labelled_batches(data, "data", batch_size=batch_size)):
+            if y is None:
+                raise ValueError(f"data: batch {index} has no labels; accuracy needs (input, label) items")
+            correct += int((model(x.to(device)).argmax(1).cpu() == y.reshape(-1).cpu()).sum())
+            total += y.numel()
     if total == 0:
         raise ValueError("the test data is empty")
     return correct / total
 
 
-def calibration_batches(data: Dataset, images: int, batch_size: int = 64, seed: int = 0) -> List[torch.Tensor]:
-    """``images`` training inputs chosen by a seeded permutation, in batches (no labels)."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:images].tolist()
-    inputs = torch.stack([data[i][0] for i in order])
-    return list(inputs.split(batch_size))
+def calibration_batches(data: Any, images: int, batch_size: int = 64, seed: int = 0) -> List[torch.Tensor]:
+    """``images`` training inputs in batches (no labels): from a map-style dataset, chosen by a
+    seeded permutation; from a DataLoader or other iterable, the first ``images`` in its order."""
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:images].tolist()
+        inputs = torch.stack([first_input(data[i], "data", i) for i in order])
+        return list(check_batch(inputs, "data", 0).split(batch_size))
+    taken: List[torch.Tensor] = []
+    count = 0
+    for batch in iter_batches(data, "data", batch_size=batch_size):
+        taken.append(batch[: images - count])
+        count += len(taken[-1])
+        if count >= images:
+            break
+    if not taken:
+        raise ValueError("data holds no input batches to calibrate on")
+    return list(torch.cat(taken).split(batch_size))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU when it has none."""
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _as_device(device: Any, model: nn.Module) -> torch.device:
+    """``device`` as a torch.device, default the model's; the meta device is refused."""
+    try:
+        chosen = torch.device(device) if device is not None else _device_of(model)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if chosen.type == "meta":
+        raise ValueError("device is 'meta' (the model's weights hold no values): load real weights or pass device=")
+    return chosen
 
 
 def stem_paths(model: nn.Module, in_channels: int) -> List[str]:
@@ -186,12 +221,23 @@ def stem_paths(model: nn.Module, in_channels: int) -> List[str]:
     return []
 
 
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model itself on the CPU, else a CPU copy (leanconv.bench times on the CPU)."""
+    return model if _device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
+
+
+def _size_of(data: Any) -> str:
+    """How much data: '359 items' for a sized dataset or DataLoader, else its type."""
+    dataset = getattr(data, "dataset", data)
+    return f"{len(dataset)} items" if hasattr(dataset, "__len__") else type(data).__name__
+
+
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def _deployed(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> Tuple[float, str]:
-    best = benchmark_settings(model, input_size, min_run_time=min_run_time).best
+    best = benchmark_settings(_on_cpu(model), input_size, min_run_time=min_run_time).best
     return best.latency_ms, best.setting
 
 
@@ -251,11 +297,17 @@ def optimize(
     min_run_time: float = 0.2,
     progress: bool = True,
     seed: int = 0,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> OptimizeResult:
     """Convert ``model`` to kind ``to``, recover its accuracy, deploy and measure it (see the module doc).
 
-    ``data``: a :class:`leanconv.data.DataSplits` (``leanconv.data.load_data('digits')``, a
-    CIFAR-10 or class-folder path). Choose with one of ``rank`` (fixed rank everywhere),
+    ``data``: train and validation data of ``(input, label)`` items, as a
+    :class:`leanconv.data.DataSplits`, a ``--data`` string (``'digits'``, a CIFAR-10 or
+    class-folder path: :func:`leanconv.data.load_data`), a ``(train, val)`` pair or a
+    ``{'train': ..., 'val': ...}`` dict of DataLoaders or datasets (docs/data.md); the input
+    size is that of the first training batch. ``device``: where conversion, refit, evaluation
+    and distillation run (default: the model's device); latency is measured on the CPU by
+    :mod:`leanconv.bench` (a note says so for another device). Choose with one of ``rank`` (fixed rank everywhere),
     ``mac_fraction`` (a fraction in (0, 1] of the original MACs, which becomes
     :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup`` (measured,
     batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
@@ -265,14 +317,22 @@ def optimize(
     """
     _check_choice(rank, mac_fraction, target_speedup)
     _check_run(epochs, batch_sizes)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    device = _as_device(device, model)
+    data = as_splits(data)
     if out is not None:
         out = check_new_folder(out, force)  # refuse before any work
     say = _Say(progress)
-    say(f"measuring the original on {data.name} ({len(data.test)} test images)")
-    setup = _Setup(copy.deepcopy(model).eval(), data, data.input_size(1), min_run_time)  # every step reads this copy
+    say(f"measuring the original on {data.name} data ({_size_of(data.test)}) on {device}")
+    setup = _Setup(copy.deepcopy(model).to(device).eval(), data, data.input_size(1), min_run_time,
+                   device)  # every step reads this copy
     original = _measure_original(setup)
     conversion = _Conversion.of(setup, to, exclude, keep_stem, calib_images, seed)
     notes = [f"kept dense by request or as the stem: {', '.join(conversion.skip)}"] if conversion.skip else []
+    if device.type != "cpu":
+        notes.append(f"accuracy, conversion and distillation ran on {device}; the deployed latencies are CPU "
+                     "timings (leanconv.bench measures on the CPU)")
     candidates = _try_candidates(_candidate_grid(rank, mac_fraction, target_speedup, sweep), setup, original,
                                  conversion, notes, say)
     chosen = _choose(candidates, original, target_speedup, notes)
@@ -293,13 +353,15 @@ def optimize(
 
 @dataclass
 class _Setup:
-    """What every measurement of one :func:`optimize` run reads: the original (an eval-mode copy,
-    never trained), the data, the batch-1 input size and the time per latency measurement."""
+    """What every measurement of one :func:`optimize` run reads: the original (an eval-mode copy
+    on the device, never trained), the data, the batch-1 input size, the time per latency
+    measurement and the device."""
 
     original: nn.Module
     data: Any
     input_size: Tuple[int, ...]
     min_run_time: float
+    device: torch.device = torch.device("cpu")
 
 
 @dataclass
@@ -316,7 +378,8 @@ class _Conversion:
            seed: int) -> "_Conversion":
         """``calib_images`` seeded training images; ``exclude`` and, with ``keep_stem``, the stem kept dense."""
         skip = list(exclude or []) + (stem_paths(setup.original, setup.input_size[1]) if keep_stem else [])
-        return cls(to, calibration_batches(setup.data.train, calib_images, seed=seed), calib_images, skip)
+        calib = [batch.to(setup.device) for batch in calibration_batches(setup.data.train, calib_images, seed=seed)]
+        return cls(to, calib, calib_images, skip)
 
 
 @dataclass
@@ -407,7 +470,7 @@ def _distill_chosen(chosen: Trial, setup: _Setup, settings: _Distillation, say: 
         return student, None
     say(f"distilling the original into '{chosen.label}' for {settings.epochs} epoch(s)")
     history = distill(student, setup.original, setup.data.train, epochs=settings.epochs, lr=settings.lr,
-                      alpha=settings.alpha, seed=settings.seed, progress=settings.progress)
+                      alpha=settings.alpha, seed=settings.seed, progress=settings.progress, device=setup.device)
     return student, history
 
 
@@ -416,8 +479,8 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
     efficiency = {}
     for batch in batch_sizes:
         say(f"measuring realized efficiency at batch {batch}")
-        efficiency[batch] = realized_efficiency(setup.original, student.eval(), setup.data.input_size(batch),
-                                                min_run_time=setup.min_run_time)
+        efficiency[batch] = realized_efficiency(_on_cpu(setup.original), _on_cpu(student.eval()),
+                                                setup.data.input_size(batch), min_run_time=setup.min_run_time)
     return efficiency
 
 
@@ -439,7 +502,7 @@ def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int])
 
 def _eager_ms(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> float:
     """Batch-``input_size`` eager latency: what per-layer timings in a latency budget add up to."""
-    return measure_latency(model, torch.randn(tuple(input_size)), min_run_time=min_run_time,
+    return measure_latency(model, torch.randn(tuple(input_size), device=_device_of(model)), min_run_time=min_run_time,
                            num_threads=torch.get_num_threads())
 
 
