@@ -16,9 +16,13 @@ layer on its golden input and the whole chain (top function), value by value, bo
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +259,129 @@ def test_cli_export_hls_check_refuses_a_tampered_qmodel_and_runs_nothing(tmp_pat
     assert "layers[0].name=" in run.stderr and "must be a name of" in run.stderr
     assert "Traceback" not in run.stderr and "PASS" not in run.stdout
     assert not marker.exists() and not (tmp_path / "hls").exists()
+
+
+# ------------------------------------------------------------------------------ the compiler's processes
+
+FAKE_MAKE = """#!/bin/sh
+# records its pid and working folder, then sleeps as the same process, like a long compile
+echo "$$ $(pwd)" > "$LEANCONV_TEST_RECORD.part" && mv "$LEANCONV_TEST_RECORD.part" "$LEANCONV_TEST_RECORD"
+exec sleep 120
+"""
+
+EXPORT_WITH_CHECK = """
+import signal, sys
+import torch
+from leanconv.export.hls import export_hls
+from leanconv.quant import QuantizedModel
+
+signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(143))  # as the leanconv command does
+qmodel = QuantizedModel.load(sys.argv[1])
+export_hls(qmodel, sys.argv[2], vectors=1, ap_types=sys.argv[3], check=True, check_timeout=float(sys.argv[4]))
+print("installed")
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie that no one reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _fake_tools(tmp_path, monkeypatch):
+    """A ``make`` that records itself and sleeps, a ``g++`` that does nothing, empty ap_types headers."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "make").write_text(FAKE_MAKE)
+    (tools / "g++").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("make", "g++"):
+        (tools / tool).chmod(0o755)
+    headers = tmp_path / "headers"
+    headers.mkdir()
+    for name in ("ap_fixed.h", "ap_int.h"):
+        (headers / name).write_text("")
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("LEANCONV_TEST_RECORD", str(tmp_path / "make.pid"))
+    return headers
+
+
+@pytest.mark.skipif(os.name != "posix", reason="process groups and POSIX signals")
+@pytest.mark.parametrize("ending", ["SIGKILL", "SIGINT", "SIGTERM", "timeout"])
+def test_check_compiles_in_staging_and_no_way_out_leaves_the_compiler_running(tmp_path, monkeypatch, ending):
+    headers = _fake_tools(tmp_path, monkeypatch)
+    _small_qmodel().save(tmp_path / "q.pt")
+    (tmp_path / "export.py").write_text(EXPORT_WITH_CHECK)
+    out = tmp_path / "hls"
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "export.py"), str(tmp_path / "q.pt"), str(out),
+                               str(headers), "2" if ending == "timeout" else "600"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = tmp_path / "make.pid"
+    assert _wait_for(lambda: record.exists() or parent.poll() is not None, 300), "make never started"
+    assert record.exists(), parent.communicate()[1][-3000:]
+    pid, folder = record.read_text().split(" ", 1)
+    folder = Path(folder.strip())
+    assert folder.parent == tmp_path and folder.name.startswith(".hls.leanconv-") and folder.name.endswith(".tmp")
+    assert (folder / "Makefile").is_file() and not out.exists()  # compiling in staging, nothing installed
+    if ending != "timeout":
+        parent.send_signal(getattr(signal, ending))
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode != 0
+    if ending == "timeout":
+        assert "RuntimeError: make did not finish within 2 s" in err, err[-3000:]
+    assert _wait_for(lambda: _gone(int(pid)), 60), f"make ({pid}) still runs after leanconv ended by {ending}"
+    assert not out.exists()
+    staging = [p.name for p in tmp_path.iterdir() if p.name.startswith(".hls.")]
+    assert staging == ([folder.name] if ending == "SIGKILL" else [])  # a SIGKILL cannot clean up; the next write does
+    export_hls(_small_qmodel(), tmp_path / "again", vectors=1)
+    assert not folder.exists() and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@needs_cpp
+def test_export_with_check_installs_the_checked_folder_with_its_testbench(tmp_path):
+    project = export_hls(_small_qmodel(), tmp_path / "hls", vectors=2, check=True, cxxflags="-O0 -std=c++14")
+    assert project.check is not None and project.check.passed and project.check.mismatches == 0, project.check
+    assert project.check.compared > 0
+    tb = project.directory / "tb"
+    assert tb.is_file() and tb.stat().st_mode & 0o111 == 0o111  # the compiled testbench stays executable
+    assert subprocess.run([str(tb), "golden"], cwd=project.directory, capture_output=True, text=True,
+                          timeout=120).stdout.startswith("PASS:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hls"]
+
+
+def test_export_check_options_and_missing_tools_are_refused_before_writing(tmp_path, monkeypatch):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"^check_timeout=0 must be a finite number of seconds > 0$"):
+        export_hls(_small_qmodel(), out, check=True, check_timeout=0)
+    with pytest.raises(TypeError, match=r"^cxxflags=3 must be a str or None$"):
+        export_hls(_small_qmodel(), out, check=True, cxxflags=3)
+    with pytest.raises(ValueError, match=r"^timeout=nan must be a finite number of seconds > 0$"):
+        check_hls(tmp_path, timeout=float("nan"))
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(ValueError, match=r"^out_dir='.*file' exists and is not a folder: not replacing it, even with force=True$"):
+        export_hls(_small_qmodel(), tmp_path / "file", force=True)
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(RuntimeError, match=r"^make is not installed"):
+        export_hls(_small_qmodel(), out, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "no-tools"]

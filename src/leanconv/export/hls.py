@@ -19,19 +19,30 @@
   installed ``hls4ml`` package (:func:`find_ap_types`; never copied) and runs the testbench.
 * ``hazards.md``: the hazard report on the golden inputs.
 
-:func:`check_hls` runs ``make check`` and returns the result.
+:func:`check_hls` runs ``make check`` and returns the result; ``export_hls(check=True)`` runs it
+in the staging folder, before the output folder appears, so the output is complete when it
+appears and no compiler still runs in it. ``make`` runs as its own process group: any way out
+(an exception, Ctrl-C, SIGTERM, the timeout) kills the group and waits for it; if leanconv itself
+is killed (SIGKILL cannot be caught) a small supervisor in the group sees the pipe to leanconv
+close and kills the group. Compiling in the staging folder, a leftover compiler can never write
+into a finished output, and the next write removes that staging folder (:mod:`leanconv._files`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -75,19 +86,6 @@ def find_ap_types() -> Optional[Path]:
 
 
 @dataclass
-class HlsProject:
-    """What :func:`export_hls` wrote."""
-
-    directory: Path
-    files: List[str]
-    top: str
-    functions: List[str]
-    vectors: int
-    ap_types: Optional[Path]
-    hazards: str
-
-
-@dataclass
 class HlsCheck:
     """Result of building and running the testbench: ``passed`` only on an exact match."""
 
@@ -96,6 +94,20 @@ class HlsCheck:
     output: str
     compared: int
     mismatches: int
+
+
+@dataclass
+class HlsProject:
+    """What :func:`export_hls` wrote; ``check``: the testbench result with ``check=True``, else None."""
+
+    directory: Path
+    files: List[str]
+    top: str
+    functions: List[str]
+    vectors: int
+    ap_types: Optional[Path]
+    hazards: str
+    check: Optional[HlsCheck] = None
 
 
 @dataclass
@@ -569,6 +581,15 @@ def _check_options(weights: str, margin: int, vectors: int, top: str) -> None:
                          "the generated code uses itself")
 
 
+def _check_run_options(timeout: float, cxxflags: Optional[str], name: str = "timeout") -> None:
+    """``timeout`` (seconds, > 0) and ``cxxflags`` (None or text) of a testbench run, before any work."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+            or timeout <= 0:
+        raise ValueError(f"{name}={timeout!r} must be a finite number of seconds > 0")
+    if cxxflags is not None and not isinstance(cxxflags, str):
+        raise TypeError(f"cxxflags={cxxflags!r} must be a str or None")
+
+
 def _ap_types_folder(ap_types: Optional[Union[str, os.PathLike]]) -> Optional[Path]:
     """The headers folder to write into the Makefile: ``ap_types``, else hls4ml's, else None."""
     headers = Path(ap_types) if ap_types is not None else find_ap_types()
@@ -593,6 +614,9 @@ def export_hls(
     margin: int = 0,
     force: bool = False,
     ap_types: Optional[Union[str, os.PathLike]] = None,
+    check: bool = False,
+    cxxflags: Optional[str] = None,
+    check_timeout: float = 600.0,
 ) -> HlsProject:
     """Write an HLS C++ project for ``qmodel`` (apfixed, conv layers) into the new folder ``out_dir``.
 
@@ -603,16 +627,20 @@ def export_hls(
     many zeros around every buffer (``margin=1`` gives the seed's ``[16][34][66]`` buffers
     everywhere). Everything is validated before anything is written (the model too: its names
     and integers are pasted into the C++); the folder is written atomically and an existing one
-    is replaced only with ``force=True``.
+    is replaced only with ``force=True``. ``check=True`` builds and runs the testbench (``make
+    check``, ``cxxflags`` as in :func:`check_hls`, at most ``check_timeout`` seconds) in the
+    staging folder before the folder appears; ``project.check`` holds the result (the folder
+    appears whether it passed or not). Missing tools are a ``RuntimeError`` before any work.
     """
     _check_exportable(qmodel)
     _check_options(weights, margin, vectors, top)
+    _check_run_options(check_timeout, cxxflags, "check_timeout")
     names = _layer_names(qmodel, names, top)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise FileExistsError(f"{out_dir} exists: pass force=True (--force) to replace it")
+    out_dir = _files.check_new_folder(out_dir, force, flag="force=True", name="out_dir")
     codes = _golden_inputs(qmodel, inputs, vectors, seed)
     headers = _ap_types_folder(ap_types)
+    run_check = functools.partial(_run_check, env=_make_env(headers is None), timeout=check_timeout,
+                                  cxxflags=cxxflags) if check else None
     outputs = qmodel.forward_all(codes)
     hazards = hazard_report(qmodel, codes).to_markdown()
     buffers = _buffers(qmodel, (codes.shape[2], codes.shape[3]), margin)
@@ -628,53 +656,129 @@ def export_hls(
     }
     for name, values in zip(names, outputs):
         files[f"golden/{name}.txt"] = _golden_text(values)
-    _write_folder(out_dir, files, force)
-    return HlsProject(out_dir, sorted(files), top, names, codes.shape[0], headers, hazards)
+    result = _write_folder(out_dir, files, force, run_check)
+    return HlsProject(out_dir, sorted(files), top, names, codes.shape[0], headers, hazards, result)
 
 
-def _write_folder(out_dir: Path, files: Dict[str, str], force: bool) -> None:
-    """Write every file into a staging folder beside ``out_dir``, then move it into place."""
+def _write_folder(out_dir: Path, files: Dict[str, str], force: bool,
+                  run_check: Optional[Callable[[Path], HlsCheck]]) -> Optional[HlsCheck]:
+    """Write every file into a staging folder beside ``out_dir``, run the testbench there if asked,
+    then move the folder into place (an error or interruption removes it: nothing appears)."""
     with _files.staged_folder(out_dir, force) as staging:
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        return None if run_check is None else run_check(staging)
+
+
+# ------------------------------------------------------------------------------ running make
+
+# Runs the command in its process group and kills the group when the pipe from leanconv closes:
+# leanconv holds the only write end, so that happens when it exits, however it exits (even SIGKILL).
+_SUPERVISOR = """\
+import os, signal, subprocess, sys, threading
+
+
+def watch(fd):
+    while os.read(fd, 64):
+        pass
+    os.killpg(0, signal.SIGKILL)
+
+
+threading.Thread(target=watch, args=(int(sys.argv[1]),), daemon=True).start()
+code = subprocess.call(sys.argv[2:])
+sys.exit(128 - code if code < 0 else code)
+"""
+
+
+def _make_env(needs_ap_types: bool) -> Dict[str, str]:
+    """The environment for ``make``; RuntimeError when make, the compiler or the ap_types headers are missing."""
+    for tool in ("make", os.environ.get("CXX", "g++")):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed: the testbench needs make and a C++ compiler")
+    env = dict(os.environ)
+    if needs_ap_types and not env.get("AP_TYPES"):
+        found = find_ap_types()
+        if found is None:
+            raise RuntimeError("the ap_types headers were not found: pip install hls4ml (or set AP_TYPES)")
+        env["AP_TYPES"] = str(found)
+    return env
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Kill ``process``'s group (all of make, g++ and the testbench) and wait for it, Ctrl-C held meanwhile."""
+    with _files.signals_held():
+        if os.name == "posix":
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # not yet waited for: the group id is still ours
+        else:
+            process.kill()
+        process.wait()
+
+
+def _run_in_group(command: List[str], directory: Path, env: Dict[str, str], timeout: float) -> Tuple[int, str, str]:
+    """Run ``command`` in ``directory`` as a new process group and wait for it; no way out of here
+    leaves any of it running (see the module doc). Returns the exit code, stdout and stderr."""
+    read_end, write_end = os.pipe() if os.name == "posix" else (-1, -1)
+    try:
+        supervised = [sys.executable, "-I", "-c", _SUPERVISOR, str(read_end)] if os.name == "posix" else []
+        process = subprocess.Popen(supervised + command, cwd=directory, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   pass_fds=(read_end,) if os.name == "posix" else (), start_new_session=True)
+    except BaseException:
+        if os.name == "posix":
+            os.close(write_end)
+        raise
+    finally:
+        if os.name == "posix":
+            os.close(read_end)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        raise RuntimeError(f"{command[0]} did not finish within {timeout:g} s in {str(directory)!r}: "
+                           "stopped it and everything it started") from None
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        if os.name == "posix":
+            os.close(write_end)
+    return process.returncode, stdout, stderr
+
+
+def _run_check(directory: Path, env: Dict[str, str], timeout: float, cxxflags: Optional[str]) -> HlsCheck:
+    """``make check`` in ``directory`` (see :func:`_run_in_group`), its output read into an :class:`HlsCheck`."""
+    command = ["make", "--no-print-directory", "check"]  # run in directory
+    if cxxflags is not None:
+        command.append(f"CXXFLAGS={cxxflags}")
+    returncode, stdout, stderr = _run_in_group(command, directory, env, timeout)
+    passed = returncode == 0 and "PASS:" in stdout
+    compared = mismatches = 0
+    match = re.search(r"PASS: (\d+) values", stdout)
+    if match:
+        compared = int(match.group(1))
+    match = re.search(r"FAIL: (\d+) of (\d+) values", stdout)
+    if match:
+        mismatches, compared = int(match.group(1)), int(match.group(2))
+    return HlsCheck(passed, returncode, stdout + stderr, compared, mismatches)
 
 
 def check_hls(directory: Union[str, os.PathLike], timeout: float = 600.0, cxxflags: Optional[str] = None) -> HlsCheck:
     """Build and run an exported project's testbench (``make check``); ``passed`` on an exact match.
 
     ``cxxflags`` overrides the Makefile's ``CXXFLAGS`` (e.g. ``-O0 -std=c++14`` builds faster).
-    Raises ``RuntimeError`` when ``make`` or ``g++`` is missing, or the ``ap_types`` headers
-    cannot be found (install hls4ml), with the reason.
+    Raises ``RuntimeError`` when ``make`` or ``g++`` is missing, the ``ap_types`` headers cannot
+    be found (install hls4ml), or the run takes longer than ``timeout`` seconds (it is stopped).
+    Make and everything it starts are stopped and waited for on any way out (see the module doc).
     """
     directory = Path(directory)
+    _check_run_options(timeout, cxxflags)
     if not (directory / "Makefile").is_file():
         raise ValueError(f"directory={str(directory)!r} must be a folder written by export_hls (no Makefile)")
-    for tool in ("make", os.environ.get("CXX", "g++")):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} is not installed: the testbench needs make and a C++ compiler")
-    env = dict(os.environ)
-    if "$(error" in (directory / "Makefile").read_text() and not env.get("AP_TYPES"):
-        found = find_ap_types()
-        if found is None:
-            raise RuntimeError("the ap_types headers were not found: pip install hls4ml (or set AP_TYPES)")
-        env["AP_TYPES"] = str(found)
-    command = ["make", "--no-print-directory", "-C", str(directory), "check"]
-    if cxxflags is not None:
-        command.append(f"CXXFLAGS={cxxflags}")
-    run = subprocess.run(command, capture_output=True,
-                         text=True, timeout=timeout, env=env)
-    output = run.stdout + run.stderr
-    passed = run.returncode == 0 and "PASS:" in run.stdout
-    compared = mismatches = 0
-    match = re.search(r"PASS: (\d+) values", run.stdout)
-    if match:
-        compared = int(match.group(1))
-    match = re.search(r"FAIL: (\d+) of (\d+) values", run.stdout)
-    if match:
-        mismatches, compared = int(match.group(1)), int(match.group(2))
-    return HlsCheck(passed, run.returncode, output, compared, mismatches)
+    env = _make_env("$(error" in (directory / "Makefile").read_text())
+    return _run_check(directory, env, timeout, cxxflags)
 
 
 __all__ = ["HlsCheck", "HlsProject", "check_hls", "export_hls", "find_ap_types"]
