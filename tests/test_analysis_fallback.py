@@ -282,3 +282,15 @@ def test_every_entry_point_answers_the_same_in_every_grad_mode(context):
     assert compared.candidates[0].macs == 32 * 16 * 9 * 7 * 7
     assert explained.total_macs == 8 * 4 * 9 * 64
     assert profiled.total_macs == crop_macs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_profile_follows_the_model_dtype(dtype):
+    """A half model was profiled on float32 inputs and the error blamed the input."""
+    conv = nn.Conv2d(3, 4, 3).to(dtype)
+    for device in ("meta", "cpu"):
+        report = leanconv.profile(conv, (1, 3, 10, 8), device=device)
+        assert report.total_macs == 4 * 3 * 9 * 8 * 6
+        assert report.param_bytes == (4 * 27 + 4) * 2 and report.input_bytes == 3 * 80 * 2
+    with pytest.warns(MetaFallbackWarning):
+        assert traced_shapes(Crop().to(dtype), (1, 3, 10, 8)) == {"conv": (6, 8)}

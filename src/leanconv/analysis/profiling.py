@@ -19,7 +19,7 @@ from torch import nn
 
 from leanconv._modes import evaluating
 from leanconv._files import write_atomic
-from leanconv.analysis.counting import (ModuleCall, Sizes, Trace, meta_copy, normalize_sizes,
+from leanconv.analysis.counting import (ModuleCall, Sizes, Trace, meta_copy, model_dtype, normalize_sizes,
                                         outside_inference_mode, real_trace, trace_model)
 from leanconv.kinds import kind_of_conv
 
@@ -237,7 +237,7 @@ def profile(
     *,
     batch_size: Optional[int] = None,
     device: Union[str, torch.device] = "meta",
-    dtype: torch.dtype = torch.float32,
+    dtype: Optional[torch.dtype] = None,
     include_other: bool = False,
     measure_latency: bool = False,
     repeats: int = 20,
@@ -250,7 +250,8 @@ def profile(
     counts instead, with one warning and a note in the report; ``device='cpu'`` (or another real
     device) always counts on a real pass. ``include_other`` adds rows and a column for bias,
     norm, activation and pooling element ops. ``measure_latency`` times each module call on
-    real tensors of the model's own device (warm-up, median of ``repeats``).
+    real tensors of the model's own device (warm-up, median of ``repeats``). ``dtype``: of the
+    inputs made from ``input_size`` (None: the model's own, so a half model is profiled in half).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} must be an nn.Module")
@@ -260,6 +261,7 @@ def profile(
         sizes = normalize_sizes(input_size, batch_size)
     else:
         sizes = [tuple(t.shape) for t in inputs]
+    dtype = dtype or model_dtype(model)
     device = torch.device(device)
     if device.type == "meta":
         trace = trace_model(model, sizes, dtype, inputs=inputs)
