@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +48,19 @@ def test_example_runs(script):
             pytest.skip(result.stdout.strip())
         # S7: the model trains, and the saved and reloaded model gives the same outputs
         assert "outputs identical = True" in result.stdout, result.stdout
+    if script == "s11_int8_hls.py":
+        _check_s11_shares_quoted_in_deploy_md(result.stdout)
     assert "total" in result.stdout or "->" in result.stdout
+
+
+def _check_s11_shares_quoted_in_deploy_md(stdout: str) -> None:
+    """docs/deploy.md quotes the share of the seed block's outputs within one step for each
+    narrowing; the script prints them (seeded data): the two must agree."""
+    page = (EXAMPLES.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    quoted = re.search(r"`trunc` ([\d.]+)%, `round` ([\d.]+)% within one step", page)
+    assert quoted, "docs/deploy.md no longer quotes the s11 shares: update this test"
+    printed = dict(re.findall(r"narrowing '(\w+)': ([\d.]+)% of the", stdout))
+    assert printed == {"trunc": quoted.group(1), "round": quoted.group(2)}, (printed, quoted.groups())
 
 
 def test_run_all_runs_each_in_order_counts_skips_and_fails_on_a_failure(tmp_path, monkeypatch, capsys):
