@@ -157,7 +157,11 @@ def _as_items(data: Any) -> Any:
         raise ValueError(f"data is a {type(data).__name__}; expected {FORMS}") from None
     if not items:
         raise ValueError("data is empty: it must hold at least one sample")
-    return items if first_input(items[0], "data", 0).dim() == 4 else _Samples(items)
+    first = first_input(items[0], "data", 0)
+    if first.dim() not in (3, 4):
+        raise ValueError(f"data: item 0 has shape {tuple(first.shape)}; an input must be a sample (C, H, W) "
+                         "or a batch (N, C, H, W)")
+    return items if first.dim() == 4 else _Samples(items)
 
 
 class _Samples(Dataset):
