@@ -199,3 +199,125 @@ def test_deploy_benchmark_quick(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# ---------------------------------------------------------------- spreads, devices, TorchScript (issue 12)
+
+
+def _script(values):
+    """A per-round ``measure`` returning ``values`` in the order it is asked (no clock)."""
+    left = list(values)
+    return lambda fn: left.pop(0)
+
+
+def test_realized_efficiency_reports_ranges_and_says_within_noise():
+    original = _model()
+    converted = leanconv.convert(original, to="dsconv", rank=1, exclude=["features.conv1*"]).model.eval()
+    # each round times: eager/original, eager/converted, fused/original, fused/converted
+    rounds = [(10.0, 9.0, 8.0, 4.0), (12.0, 13.0, 9.0, 4.5), (11.0, 10.0, 8.5, 5.0)]
+    report = realized_efficiency(original, converted, (2, 1, 16, 16), settings=["eager", "fused"], rounds=3,
+                                 warmup=0, threads=1, measure=_script([v for r in rounds for v in r]))
+    mr = report.mac_reduction
+    eager, fused = report.per_setting()
+    assert (eager["original_ms"], eager["converted_ms"]) == (11.0, 10.0)
+    assert eager["speedup_range"] == pytest.approx((12 / 13, 10 / 9)) and eager["within_noise"]
+    assert fused["speedup"] == pytest.approx(8.5 / 4.5) and fused["speedup_range"] == pytest.approx((1.7, 2.0))
+    assert not fused["within_noise"] and not report.within_noise
+    text = report.to_markdown()
+    assert "median of 3 interleaved rounds" in text
+    assert (f"| eager | 11.000 (10.000-12.000) | 10.000 (9.000-13.000) | 0.92-1.11x: within noise | "
+            f"{1.1 / mr:.2f} ({12 / 13 / mr:.2f}-{10 / 9 / mr:.2f}) |  |") in text
+    assert "| fused | 8.500 (8.000-9.000) | 4.500 (4.000-5.000) | 1.89x (1.70-2.00) |" in text
+    assert f"speedup **1.89x** (1.70-2.00 over 3 interleaved rounds), realized efficiency **{8.5 / 4.5 / mr:.2f}" in text
+    assert json.loads(json.dumps(report.to_dict()))["speedup_range"] == pytest.approx([1.7, 2.0])
+
+    noisy = realized_efficiency(original, converted, (2, 1, 16, 16), settings=["eager"], rounds=3, warmup=0,
+                                threads=1, measure=_script([10.0, 9.0, 12.0, 13.0, 11.0, 10.0]))
+    assert noisy.within_noise and noisy.speedup_text == "0.92-1.11x: within noise"
+    assert "so no speedup or realized efficiency is claimed" in noisy.to_markdown()
+    assert "**1.10x**" not in noisy.to_markdown()
+
+
+def test_benchmark_settings_vs_eager_has_a_range():
+    report = benchmark_settings(_model(), (1, 1, 16, 16), settings=["eager", "fused"], rounds=3, warmup=0,
+                                measure=_script([10.0, 5.0, 10.0, 6.0, 10.0, 4.0]))
+    fused = report.results[1]
+    assert fused.latency_ms == 5.0 and fused.spread_ms == (4.0, 6.0) and fused.samples_ms == [5.0, 6.0, 4.0]
+    assert "| fused | 5.000 (4.000-6.000) | 2.00x (1.67-2.50) |" in report.to_markdown()
+    assert "| eager | 10.000 (10.000-10.000) | 1.00x |" in report.to_markdown()
+    assert json.loads(json.dumps(report.to_dict()))["rounds"] == 3
+
+
+class _DeviceCheck(nn.Module):
+    """Asserts its input is on its weight's device; records which instance ran (a class list,
+    which deepcopy does not copy)."""
+
+    ran: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        assert x.device == self.conv.weight.device, (x.device, self.conv.weight.device)
+        _DeviceCheck.ran.append(self)
+        return self.conv(x)
+
+
+def test_settings_follow_the_model_device_on_a_copy():
+    model = _DeviceCheck()
+    _DeviceCheck.ran.clear()
+    report = benchmark_settings(model, (1, 1, 8, 8), settings=["eager", "channels_last"], device="cpu", warmup=1,
+                                measure=_script([1.0, 1.0]))
+    assert report.device == "cpu" and _DeviceCheck.ran and all(m is not model for m in _DeviceCheck.ran)
+    moved = bench.placed(model, "cpu")
+    assert moved is not model and torch.equal(moved.conv.weight, model.conv.weight)
+    assert bench.placed(model, None) is model and bench.model_device(nn.ReLU()) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"model is on the meta device: it has no weights to run"):
+        benchmark_settings(_DeviceCheck().to("meta"), (1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"device='meta' cannot run a model"):
+        benchmark_settings(model, (1, 1, 8, 8), device="meta")
+    with pytest.raises(ValueError, match=r"device='warp' must be a torch device"):
+        benchmark_settings(model, (1, 1, 8, 8), device="warp")
+    with pytest.raises(ValueError, match=r"converted is on the meta device"):
+        realized_efficiency(model, _DeviceCheck().to("meta"), (1, 1, 8, 8))
+    assert model.conv.weight.device == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_measures_a_moved_copy():
+    original = _model()
+    converted = leanconv.convert(original, to="dsconv", rank=1, exclude=["features.conv1*"]).model.eval()
+    report = realized_efficiency(original, converted, (2, 1, 16, 16), device="cuda", rounds=2, threads=1, **FAST)
+    assert report.original.device.startswith("cuda") and report.meta["device"].startswith("cuda")
+    assert all(r.latency_ms or r.skipped for r in report.original.results)
+    assert bench.model_device(original).type == "cpu"
+
+
+class _TwoGraphs(nn.Module):
+    """Computes 2x, but by a different graph on every trace: TorchScript's check_trace compares
+    two traces' graphs and refuses it although the output is right."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        y = self.conv(x)
+        return y * 2 if self.calls % 2 else y + y
+
+
+def test_frozen_checks_outputs_not_the_tracer_graphs():
+    x = torch.randn(1, 1, 4, 4)
+    with pytest.raises(torch.jit._trace.TracingCheckError, match="Graphs differed across invocations"):
+        torch.jit.trace(_TwoGraphs().eval(), x)  # TorchScript's own sanity check (check_trace=True)
+    model = _TwoGraphs().eval()
+    with torch.no_grad():
+        expected = 2 * model.conv(x)
+        module, example = prepare(model, "frozen", x)
+        torch.testing.assert_close(module(example), expected)
+    error = torch.jit._trace.TracingCheckError("graph diff", None)
+    assert bench.skip_reason(error) == ("TracingCheckError: Tracing failed sanity checks! "
+                                        "ERROR: Graphs differed across invocations!")
