@@ -377,7 +377,8 @@ def test_export_check_options_and_missing_tools_are_refused_before_writing(tmp_p
     with pytest.raises(ValueError, match=r"^timeout=nan must be a finite number of seconds > 0$"):
         check_hls(tmp_path, timeout=float("nan"))
     (tmp_path / "file").write_text("keep")
-    with pytest.raises(ValueError, match=r"^out_dir='.*file' exists and is not a folder: not replacing it, even with force=True$"):
+    with pytest.raises(ValueError, match=r"^out_dir='.*file' exists and is not a folder: not replacing it, even "
+                                         r"with force=True$"):
         export_hls(_small_qmodel(), tmp_path / "file", force=True)
     empty = tmp_path / "no-tools"
     empty.mkdir()

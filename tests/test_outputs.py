@@ -420,7 +420,8 @@ READ_ONLY_WRITES = textwrap.dedent("""
     from leanconv.cli import main
 
     ro = Path(sys.argv[1])
-    for write in (lambda: write_atomic(ro / "r.md", "text", name="path"), lambda: staged_folder(ro / "out").__enter__()):
+    writes = (lambda: write_atomic(ro / "r.md", "text", name="path"), lambda: staged_folder(ro / "out").__enter__())
+    for write in writes:
         try:
             write()
         except ValueError as error:
@@ -445,7 +446,8 @@ def test_a_read_only_file_system_is_one_line_naming_out(tmp_path):
         f"path={str(ro / 'r.md')!r} cannot be written: Read-only file system in {str(ro)!r}",
         f"--out={str(ro / 'out')!r} is not writable: Read-only file system in {str(ro)!r}",
     ], run.stdout + run.stderr
-    assert run.stderr == f"leanconv compare: --out={str(ro / 'c.md')!r} is not writable: Read-only file system in {str(ro)!r}\n"
+    assert run.stderr == (f"leanconv compare: --out={str(ro / 'c.md')!r} is not writable: Read-only file system "
+                          f"in {str(ro)!r}\n")
 
 
 def test_single_file_writers_refuse_a_folder_and_folder_writers_a_file_in_one_line(tmp_path, capsys):

@@ -17,15 +17,16 @@ Every command that writes a folder (``convert``, ``quantize``, ``export-hls``, `
 
 An error or Ctrl-C while writing removes the staging folder and leaves any earlier result as it was.
 
-A SIGKILL (or a power loss) cannot be caught, so staging folders, temporary files and set-aside old
-folders carry their owner in their names: ``.<name>.leanconv-<machine>-<pid>-<start>-<random>.tmp``
-(``.old`` for the folder holding a replaced output while it is deleted). ``<machine>`` hashes the host name and the PID namespace,
-``<start>`` the boot id and the process start time, so a reused pid is not mistaken for the owner.
-The next write into the same parent folder (:func:`_remove_stale`) removes those whose owner is
-gone: only names of that form, written on this machine, holding the :data:`MARKER` file (or empty;
-a temporary file: a regular file), and a set-aside ``.old`` folder only once ``<name>`` exists again
-(until then it may hold the only complete output). Anything else, and anything of a live process,
-is never touched. A result kept on purpose after a failed install is renamed ``.<name>.kept-<random>``
+A SIGKILL (or a power loss) cannot be caught, so staging folders, temporary files and the folder
+holding a replaced output while it is deleted carry their owner in their names:
+``.<name>.leanconv-<machine>-<pid>-<start>-<random>.tmp`` (``.old`` for the holder). ``<machine>``
+hashes the host name and the PID namespace, ``<start>`` the boot id and the process start time,
+so a reused pid is not mistaken for the owner. The next write into the same parent folder
+(:func:`_remove_stale`) removes those whose owner is gone: only names of that form, written on
+this machine, holding the :data:`MARKER` file (or empty; a temporary file: a regular file), and an
+``.old`` holder only once ``<name>`` exists again (until then it may hold the only complete
+output). Anything else, and anything of a live process, is never touched. A result kept on
+purpose after a failed install is renamed ``.<name>.kept-<random>``
 so it is never removed.
 """
 
