@@ -467,3 +467,9 @@ def test_single_file_writers_refuse_a_folder_and_folder_writers_a_file_in_one_li
     assert run_main(convert, capsys)[::2] == (2, f"leanconv convert: --out={str(file)!r} exists and is not a folder: "
                                                  "not replacing it, even with --force\n")
     assert listing(folder) == {} and file.read_text() == "keep" and hidden(tmp_path) == []
+
+
+def test_long_output_names_still_fit_beside_their_staging_names(tmp_path):
+    _files.write_atomic(tmp_path / ("f" * 240), "text")
+    write_output(tmp_path / ("d" * 240), "x", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d" * 240, "f" * 240]

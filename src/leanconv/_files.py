@@ -116,9 +116,10 @@ def _start_tag(pid: int) -> Optional[str]:
 
 
 def _owner_prefix(base: str) -> str:
-    """The start of a staging name for ``base`` owned by this process (see the module doc)."""
+    """The start of a staging name for ``base`` owned by this process (see the module doc); a long
+    ``base`` is shortened to keep the name within file systems' 255 bytes."""
     pid = os.getpid()
-    return f".{base}.leanconv-{_machine_tag()}-{pid}-{_start_tag(pid) or _UNKNOWN_START}-"
+    return f".{base[:120]}.leanconv-{_machine_tag()}-{pid}-{_start_tag(pid) or _UNKNOWN_START}-"
 
 
 def _owner_gone(match: "re.Match[str]") -> bool:
