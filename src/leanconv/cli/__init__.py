@@ -19,7 +19,7 @@ import pickle
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from leanconv import __version__
 from leanconv.cli import analysis, conversion, deployment, optimization, training
@@ -31,9 +31,17 @@ EXTRAS = {"sklearn": "data", "PIL": "data", "matplotlib": "plot", "onnx": "onnx"
           "onnxruntime": "onnx", "keras": "keras", "hls4ml": "hls"}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit code 2, like
+    every other user error of the command; subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``leanconv`` parser with every command group's subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="leanconv",
         description="Make convolutional networks lean: efficient conv kinds, their shapes and costs.",
     )
@@ -97,11 +105,14 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``leanconv`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a bad argument (2, one line already printed)
+        return done.code if isinstance(done.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
     return run_command(args.func, args, f"leanconv {args.command}")
 
 
-__all__ = ["build_parser", "main", "run_command", "user_error"]
+__all__ = ["OneLineParser", "build_parser", "main", "run_command", "user_error"]

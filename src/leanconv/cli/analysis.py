@@ -82,7 +82,10 @@ def _options(items: List[str]) -> Dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--option={item!r} must be KEY=VALUE, e.g. depth_multiplier=2")
-        options[key] = json.loads(value) if value[:1] in "0123456789[{-tfn\"" else value
+        try:  # numbers, lists, true/false/null as JSON; anything else as the text (the kind checks it)
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
     return options
 
 

@@ -31,6 +31,36 @@ def parse_shape(text: str) -> Tuple[int, ...]:
     return values
 
 
+def _number(text: str, kind: type, rule: str, ok: Any) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {rule}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    return _number(text, int, "an int >= 1", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    return _number(text, int, "an int >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    return _number(text, float, "a finite number > 0", lambda v: 0 < v < float("inf"))
+
+
+def unit_float(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
 def add_model(parser: argparse.ArgumentParser, weights_help: Optional[str] = None) -> None:
     """The MODEL positional and, with ``weights_help``, ``--weights``."""
     parser.add_argument("model", help=MODEL_HELP)
@@ -54,9 +84,6 @@ def check_choice(value: str, flag: str, choices: Sequence[str], hint: str = "") 
 
 def load_model(spec: str) -> Any:
     """A model from a built-in name, ``package.module:callable`` or ``path/to/file.py:callable``."""
-    import importlib
-    import importlib.util
-
     import torch
 
     from leanconv import models
@@ -67,19 +94,43 @@ def load_model(spec: str) -> Any:
     if not sep or not target or not attr:
         raise ValueError(f"MODEL={spec!r} must be a built-in name ({', '.join(models.list_models())}), "
                          "package.module:callable or path/to/file.py:callable")
+    module = _import_target(spec, target)
+    if not hasattr(module, attr):
+        raise ValueError(f"MODEL={spec!r}: {target!r} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    if callable(factory) and not isinstance(factory, torch.nn.Module):
+        try:
+            factory = factory()
+        except TypeError as error:
+            raise ValueError(f"MODEL={spec!r} must be callable without arguments: {error}") from None
+    if not isinstance(factory, torch.nn.Module):
+        raise ValueError(f"MODEL={spec!r} gave a {type(factory).__name__}, not a torch.nn.Module")
+    return factory
+
+
+def _import_target(spec: str, target: str) -> Any:
+    """The module of ``MODEL``: a .py file run as a module, or an importable package.module."""
+    import importlib
+    import importlib.util
+
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
             raise FileNotFoundError(f"MODEL file {target!r} does not exist")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
-    else:
-        module = importlib.import_module(target)
-    if not hasattr(module, attr):
-        raise ValueError(f"MODEL={spec!r}: {target!r} has no attribute {attr!r}")
-    factory = getattr(module, attr)
-    return factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+        try:
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except SyntaxError as error:
+            raise ValueError(f"MODEL file {target!r} is not valid Python: {error}") from None
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        if error.name and (target == error.name or target.startswith(error.name + ".")):
+            raise ValueError(f"MODEL={spec!r}: no module {target!r} can be imported; MODEL must be a built-in name, "
+                             "package.module:callable or path/to/file.py:callable") from None
+        raise  # the module exists but needs a package that is missing: the optional-package message
 
 
 def load_tensors(path: str, flag: str) -> Any:
@@ -156,6 +207,9 @@ def calibration_batches(spec: Optional[str], shape: Sequence[int], batch: int = 
             raise ValueError(f"--calib={spec!r}: N in random:N must be a positive int")
         generator = torch.Generator().manual_seed(0)
         return list(torch.randn((int(count), *shape[1:]), generator=generator).split(batch))
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"--calib={spec!r} must be digits, random:N or an existing .pt file holding an "
+                                "(N, C, H, W) tensor")
     tensor = load_tensors(spec, "--calib")
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
         raise ValueError(f"--calib={spec!r} must hold an (N, C, H, W) tensor")
@@ -213,6 +267,6 @@ def given(**options: Any) -> Dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-__all__ = ["add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
+__all__ = ["non_negative_int", "positive_float", "positive_int", "unit_float", "add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
            "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
            "write_text"]

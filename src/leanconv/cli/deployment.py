@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_converted, check_out_folder, console, \
-    input_shape, load_converted, load_model, load_weights, parse_shape, rows_csv
+    input_shape, load_converted, load_model, load_tensors, load_weights, non_negative_int, parse_shape, positive_float, positive_int, \
+    rows_csv
 
 
 def _settings(text: Optional[str]) -> Optional[List[str]]:
@@ -37,6 +38,7 @@ def _print_bench(report: Any, fmt: str) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure MODEL (and a converted twin) in each deployment setting; print the table."""
+    from leanconv.analysis import traced_shapes
     from leanconv.bench import benchmark_settings, realized_efficiency
 
     settings = _settings(args.settings)
@@ -48,6 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.converted:
         check_converted(args.converted)  # before any measurement
     model = load_weights(load_model(args.model).eval(), args.weights)
+    traced_shapes(model, shape)  # an input that does not fit is one line before any measurement starts
     options = dict(settings=settings, compile=args.compile, threads=args.threads, min_run_time=args.min_run_time,
                    rounds=args.rounds, progress=True)
     if args.converted:
@@ -103,7 +106,7 @@ def cmd_export_hls(args: argparse.Namespace) -> int:
     path = source / "qmodel.pt" if source.is_dir() else source
     if not path.is_file():
         raise FileNotFoundError(f"QMODEL={args.qmodel!r} must be a folder from `leanconv quantize` or its qmodel.pt")
-    qmodel = QuantizedModel.load(path)
+    qmodel = QuantizedModel.from_dict(load_tensors(str(path), "QMODEL"))  # a corrupt or pickled file: one line
     names = args.names.split(",") if args.names else None
     project = export_hls(qmodel, args.out, vectors=args.vectors, seed=args.seed, names=names, top=args.top,
                          weights=args.weights, pragmas=args.pragmas, margin=args.margin, force=args.force)
@@ -133,9 +136,9 @@ def _add_bench(sub: Any) -> None:
                        help="a leanconv convert output folder: also measure it and report realized efficiency")
     bench.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to build on a CPU)")
     bench.add_argument("--settings", default=None, help="comma-separated subset of the settings to measure")
-    bench.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    bench.add_argument("--min-run-time", type=float, default=0.2, help="seconds per measurement")
-    bench.add_argument("--rounds", type=int, default=1, help="repeat the measurements, interleaved; median")
+    bench.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    bench.add_argument("--min-run-time", type=positive_float, default=0.2, help="seconds per measurement")
+    bench.add_argument("--rounds", type=positive_int, default=1, help="repeat the measurements, interleaved; median")
     bench.add_argument("--format", choices=("table", "md", "csv", "json"), default="table")
     bench.set_defaults(func=cmd_bench)
 
@@ -160,13 +163,13 @@ def _add_quantize(sub: Any) -> None:
 def _add_export_hls(sub: Any) -> None:
     hls = sub.add_parser("export-hls", help="HLS C++ + golden data + self-checking testbench for a quantized model")
     hls.add_argument("qmodel", help="a folder written by `leanconv quantize` (or its qmodel.pt)")
-    hls.add_argument("--vectors", type=int, default=2, help="random golden input vectors")
+    hls.add_argument("--vectors", type=positive_int, default=2, help="random golden input vectors")
     hls.add_argument("--seed", type=int, default=0)
     hls.add_argument("--names", default=None, help="comma-separated C function names, one per layer")
     hls.add_argument("--top", default="leanconv_top", help="top function name")
     hls.add_argument("--weights", choices=("const", "args"), default="const", help="constant arrays or arguments")
     hls.add_argument("--pragmas", action="store_true", help="add Vitis HLS pipeline/unroll pragmas")
-    hls.add_argument("--margin", type=int, default=0, help="at least this many zeros around every buffer")
+    hls.add_argument("--margin", type=non_negative_int, default=0, help="at least this many zeros around every buffer")
     hls.add_argument("--check", action="store_true", help="build with g++ and run the testbench")
     add_out(hls, "output folder")
     hls.set_defaults(func=cmd_export_hls)

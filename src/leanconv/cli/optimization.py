@@ -6,7 +6,7 @@ import argparse
 from typing import Any, Optional
 
 from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, given, load_model, \
-    load_weights, warn_untrained
+    load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
 
 
 def _print_summary(result: Any, out: Optional[str]) -> None:
@@ -66,16 +66,16 @@ def _add_optimize(sub: Any) -> None:
     target.add_argument("--mac-fraction", type=float, help="fraction in (0, 1] of the original MACs "
                                                           "(convert's --mac-budget is a MAC count)")
     target.add_argument("--target-speedup", type=float, help="measured speedup at batch 1, e.g. 2")
-    opt.add_argument("--epochs", type=int, default=3, help="distillation epochs (0: refit only)")
-    opt.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate (Adam)")
-    opt.add_argument("--alpha", type=float, default=None,
+    opt.add_argument("--epochs", type=non_negative_int, default=3, help="distillation epochs (0: refit only)")
+    opt.add_argument("--lr", type=positive_float, default=1e-3, help="distillation learning rate (Adam)")
+    opt.add_argument("--alpha", type=unit_float, default=None,
                      help="distillation: weight of the teacher's soft targets (default: leanconv.train.DEFAULT_ALPHA)")
-    opt.add_argument("--calib-images", type=int, default=256, help="training images for the refit")
+    opt.add_argument("--calib-images", type=positive_int, default=256, help="training images for the refit")
     opt.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep dense")
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")
-    opt.add_argument("--batch-size", type=int, nargs="+", default=[1, 16], help="batch sizes to measure")
+    opt.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
-    opt.add_argument("--measure-time", type=float, default=0.2,
+    opt.add_argument("--measure-time", type=positive_float, default=0.2,
                      help="seconds of timing per measurement (more: steadier numbers)")
     add_out(opt, "output folder (must not exist unless --force)")
     opt.set_defaults(func=cmd_optimize)
@@ -86,8 +86,8 @@ def add_commands(sub: Any) -> None:
     _add_optimize(sub)
     demo = sub.add_parser("demo", help="optimize the built-in digits CNN end to end (a few minutes on a CPU)")
     add_out(demo, "output folder (default: ./leanconv-demo)", required=False, default="leanconv-demo")
-    demo.add_argument("--epochs", type=int, default=3, help="distillation epochs")
-    demo.add_argument("--batch-size", type=int, nargs="+", default=[1, 16], help="batch sizes to measure")
+    demo.add_argument("--epochs", type=non_negative_int, default=3, help="distillation epochs")
+    demo.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     demo.set_defaults(func=cmd_demo)
 
 

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict
 
-from leanconv.cli.common import MODEL_HELP, check_converted, given, load_converted, load_model, load_weights
+from leanconv.cli.common import MODEL_HELP, check_converted, given, load_converted, load_model, load_weights, \
+    non_negative_int, positive_float, positive_int, unit_float
 
 DESCRIPTION = __doc__.split("\n\n")[0].replace("``", "")
 
@@ -69,19 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="the teacher's state_dict (.pt); default: MODEL as built")
     parser.add_argument("--converted", required=True, help="a leanconv convert output folder (plan.json, model.pt)")
     parser.add_argument("--data", required=True, help="digits | cifar10:PATH | folder:PATH | PATH")
-    parser.add_argument("--size", type=int, default=None, help="image size for digits / folder data")
+    parser.add_argument("--size", type=positive_int, default=None, help="image size for digits / folder data")
     parser.add_argument("--out", required=True, help="where rank 0 writes the distilled state_dict (.pt)")
     parser.add_argument("--force", action="store_true", help="replace --out / --history if they exist")
     parser.add_argument("--history", default=None, help="also write the loss history as JSON here")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=64, help="per process")
-    parser.add_argument("--temperature", type=float, default=4.0)
-    parser.add_argument("--alpha", type=float, default=None,
+    parser.add_argument("--epochs", type=non_negative_int, default=1)
+    parser.add_argument("--lr", type=positive_float, default=1e-3)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="per process")
+    parser.add_argument("--temperature", type=positive_float, default=4.0)
+    parser.add_argument("--alpha", type=unit_float, default=None,
                         help="weight of the soft (teacher) term (default: leanconv.train.DEFAULT_ALPHA)")
     parser.add_argument("--features", action="store_true", help="also match the converted layers' outputs (MSE)")
     parser.add_argument("--feature-weight", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-steps", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank-dir", default=None, help="every rank saves its state_dict here as rank<R>.pt")
     parser.add_argument("--no-progress", action="store_true")
