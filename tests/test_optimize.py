@@ -144,7 +144,13 @@ def test_helpers_and_bad_arguments():
                           ({"mac_fraction": 1.5}, "mac_fraction=1.5 must be a fraction"),
                           ({"mac_fraction": "0.3"}, "mac_fraction='0.3' must be a fraction"),
                           ({"target_speedup": -1.0}, "target_speedup=-1.0 must be"),
-                          ({"rank": 0}, "rank=0 must be >= 1"), ({"rank": 1, "epochs": -1}, "epochs=-1")]:
+                          ({"rank": 0}, "rank=0 must be >= 1"), ({"rank": 1, "epochs": -1}, "epochs=-1"),
+                          ({"rank": 1, "lr": 0.0}, "lr=0.0 must be a finite number > 0"),
+                          ({"rank": 1, "alpha": 2.0}, r"alpha=2.0 must be in \[0, 1\]"),
+                          ({"rank": 1, "calib_images": 0}, "calib_images=0 must be >= 1"),
+                          ({"rank": 1, "batch_sizes": ()}, r"batch_sizes=\(\) must be a non-empty sequence"),
+                          ({"rank": 1, "to": "bogus"}, r"to='bogus' must be one of \[.*'dsconv'"),
+                          ({"rank": 1, "device": "nowhere"}, "device='nowhere' is not a torch device")]:
         with pytest.raises(ValueError, match=match):
             leanconv.optimize(leanconv.models.create("digits_cnn"), splits, **kwargs)
 

@@ -40,6 +40,7 @@ from leanconv.conversion.surgery import build_module
 from leanconv.data.batches import check_batch, first_input, iter_batches, labelled_batches
 from leanconv.data.spec import as_splits
 from leanconv.plots import plot_candidates, plot_layers
+from leanconv.registry import convertible_kinds
 from leanconv.train.distillation import DEFAULT_ALPHA, distill
 
 SWEEP_RANKS = (1, 2, 4)
@@ -316,7 +317,7 @@ def optimize(
     a folder to write (must not exist unless ``force``), written all at once.
     """
     _check_choice(rank, mac_fraction, target_speedup)
-    _check_run(epochs, batch_sizes)
+    _check_run(epochs, batch_sizes, lr, alpha, calib_images, to)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model={type(model).__name__} must be an nn.Module")
     device = _as_device(device, model)
@@ -406,11 +407,22 @@ def _check_choice(rank: Optional[int], mac_fraction: Optional[float], target_spe
         raise ValueError(f"target_speedup={target_speedup!r} must be a number > 0")
 
 
-def _check_run(epochs: int, batch_sizes: Sequence[int]) -> None:
+def _check_run(epochs: int, batch_sizes: Sequence[int], lr: float = 1e-3, alpha: float = DEFAULT_ALPHA,
+               calib_images: int = 1, to: str = "dsconv") -> None:
+    """The run's settings, each with its rule, before any work (the data is read after)."""
     if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0):
         raise ValueError(f"epochs={epochs!r} must be an int >= 0")
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
+        raise ValueError(f"batch_sizes={batch_sizes!r} must be a non-empty sequence of ints >= 1, e.g. (1, 16)")
     for batch in batch_sizes:
         check_positive_int(batch, "batch_sizes")
+    if not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr={lr!r} must be a finite number > 0 (distillation's Adam learning rate)")
+    if not (_is_number(alpha) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the teacher's soft targets)")
+    check_positive_int(calib_images, "calib_images")
+    if to not in convertible_kinds():
+        raise ValueError(f"to={to!r} must be one of {convertible_kinds()}")
 
 
 def _is_number(value: Any) -> bool:
