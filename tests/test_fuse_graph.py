@@ -306,9 +306,11 @@ def test_meta_model_is_refused():
         fuse(model)
 
 
-def test_report_must_be_a_bool():
+def test_flags_must_be_bools():
     with pytest.raises(ValueError, match=r"report='yes' must be a bool"):
         fuse(nn.Conv2d(1, 1, 1), report="yes")
+    with pytest.raises(ValueError, match=r"inplace='no' must be a bool"):
+        fuse(nn.Conv2d(1, 1, 1), inplace="no")
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])

@@ -415,8 +415,9 @@ def fuse(
     BatchNorm with a negative or non-finite running statistic, is refused with a ValueError.
     """
     _check_model(model)
-    if not isinstance(report, bool):
-        raise ValueError(f"report={report!r} must be a bool")
+    for name, flag in (("inplace", inplace), ("report", report)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r} must be a bool")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     # A model that is itself a fusable block becomes its fused module (a new object even
