@@ -294,3 +294,24 @@ def test_profile_follows_the_model_dtype(dtype):
         assert report.param_bytes == (4 * 27 + 4) * 2 and report.input_bytes == 3 * 80 * 2
     with pytest.warns(MetaFallbackWarning):
         assert traced_shapes(Crop().to(dtype), (1, 3, 10, 8)) == {"conv": (6, 8)}
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), batch_size=1.5), r"^batch_size=1\.5 must be >= 1, an int$"),
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), device="bogus"), r"^device='bogus' is not a torch device"),
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), dtype="float"), r"^dtype='float' must be a floating torch\.dtype"),
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), dtype=torch.int8), r"^dtype=torch\.int8 must be a floating"),
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), measure_latency=True, repeats=0), r"^repeats=0 must be an int >= 1$"),
+    (lambda: leanconv.profile(nn.Conv2d(3, 4, 3), inputs="abc"), r"^inputs='abc' must be an example tensor or a list of them$"),
+    (lambda: leanconv.compare(8, 8, 3, 8, kinds=5), r"^kinds=5 must be a kind name or a list of them"),
+    (lambda: leanconv.compare(8, 8, 3, 8, measure=True, min_run_time=0), r"^min_run_time=0 must be a number of seconds > 0$"),
+])
+def test_analysis_arguments_are_checked_up_front(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_one_example_tensor_and_one_kind_name_are_accepted():
+    conv = nn.Conv2d(3, 4, 3)
+    assert leanconv.profile(conv, inputs=torch.randn(2, 3, 8, 8)).total_macs == 2 * 4 * 3 * 9 * 36
+    assert [c.kind for c in leanconv.compare(8, 8, 3, 8, kinds="dsconv").candidates] == ["dense", "dsconv"]

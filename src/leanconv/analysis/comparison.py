@@ -90,6 +90,16 @@ def _candidates(spec: ConvSpec, upsample: Optional[int]) -> List[Tuple[str, str,
             for label, options in kind.compare_rows(spec)]
 
 
+def _kind_names(kinds: Any) -> Optional[List[str]]:
+    """``kinds`` as a list of names: one name, or a list of them (a string is never its letters)."""
+    if kinds is None:
+        return None
+    names = [kinds] if isinstance(kinds, str) else list(kinds) if isinstance(kinds, (list, tuple, set)) else None
+    if names is None or not all(isinstance(k, str) for k in names):
+        raise ValueError(f"kinds={kinds!r} must be a kind name or a list of them (leanconv.kinds.KINDS)")
+    return names
+
+
 def _layer_spec(kind: str, spec: ConvSpec, options: Dict[str, Any]) -> ConvSpec:
     """The layer's arguments as ``kind`` takes them: a resize-then-conv kind upsamples by its
     scale option, so its conv keeps the size (stride 1, 'same')."""
@@ -124,6 +134,9 @@ def compare(
     check_positive_int(batch_size, "batch_size")
     kernel = check_positive_pair(kernel_size, "kernel_size")
     hw = check_positive_pair(input_size, "input_size")
+    kinds = _kind_names(kinds)
+    if isinstance(min_run_time, bool) or not isinstance(min_run_time, (int, float)) or not min_run_time > 0:
+        raise ValueError(f"min_run_time={min_run_time!r} must be a number of seconds > 0")
     if upsample is not None:
         check_positive_int(upsample, "upsample")
         stride = upsample

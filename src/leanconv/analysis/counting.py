@@ -318,8 +318,8 @@ def normalize_sizes(input_size: Sizes, batch_size: Optional[int] = None) -> List
         if not s or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s):
             raise ValueError(f"input_size={s} must contain positive ints (N, C, H, W)")
     if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1, an int")
         sizes = [(batch_size, *s[1:]) for s in sizes]
     return sizes
 

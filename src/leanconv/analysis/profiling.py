@@ -253,16 +253,13 @@ def profile(
     real tensors of the model's own device (warm-up, median of ``repeats``). ``dtype``: of the
     inputs made from ``input_size`` (None: the model's own, so a half model is profiled in half).
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    inputs, device, dtype = _checked(model, inputs, device, dtype, repeats)
     if inputs is None:
         if input_size is None:
             raise ValueError("pass input_size (e.g. (1, 3, 224, 224)) or example inputs")
         sizes = normalize_sizes(input_size, batch_size)
     else:
         sizes = [tuple(t.shape) for t in inputs]
-    dtype = dtype or model_dtype(model)
-    device = torch.device(device)
     if device.type == "meta":
         trace = trace_model(model, sizes, dtype, inputs=inputs)
     else:
@@ -273,7 +270,7 @@ def profile(
     for call in calls:
         if not call.macs and not (include_other and call.other_ops):
             continue
-        weight_bytes = _params_of(call.module) * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else 0
+        weight_bytes = _params_of(call.module) * torch.finfo(dtype).bits // 8
         moved = call.input_bytes + call.output_bytes + weight_bytes
         rows.append(LayerRow(
             path=call.path, module=type(call.module).__name__, kind=conv_kind(call),
@@ -290,6 +287,28 @@ def profile(
     result.param_bytes = trace.param_bytes
     result.notes = _notes(trace)
     return result
+
+
+def _checked(model: Any, inputs: Any, device: Any, dtype: Any,
+             repeats: Any) -> Tuple[Optional[List[torch.Tensor]], torch.device, torch.dtype]:
+    """profile's arguments checked, one clear line each: the example inputs as a list, the
+    device, and the dtype (None: the model's own)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    if isinstance(inputs, torch.Tensor):
+        inputs = [inputs]
+    if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs
+                               or not all(isinstance(t, torch.Tensor) for t in inputs)):
+        raise ValueError(f"inputs={inputs!r:.40} must be an example tensor or a list of them")
+    try:
+        place = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is not a torch device (e.g. 'meta', 'cpu', 'cuda')") from None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype (e.g. torch.float16) or None for the model's own")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be an int >= 1")
+    return (None if inputs is None else list(inputs)), place, dtype or model_dtype(model)
 
 
 def _notes(trace: Trace) -> List[str]:
