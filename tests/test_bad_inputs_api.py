@@ -348,14 +348,20 @@ DISTILL: List[Row] = [
 ]
 
 
-def opt(data: Any = "splits", **kwargs: Any) -> Callable[[Path], Any]:
+def rgb() -> nn.Module:
+    """A 3-channel model (the digits are 1-channel images)."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+
+
+def opt(data: Any = "splits", model: Callable[[], nn.Module] = digits, **kwargs: Any) -> Callable[[Path], Any]:
     def run(tmp: Path) -> Any:
         given = SPLITS() if isinstance(data, str) and data == "splits" else data
         options = {"rank": 1, "epochs": 0, "sweep": False, "progress": False, "min_run_time": 0.01,
                    "batch_sizes": (1,), "calib_images": 8}
         options.update(kwargs)
         options = {k: v for k, v in options.items() if v is not Ellipsis}
-        return leanconv.optimize(digits(), given, **options)
+        return leanconv.optimize(model(), given, **options)
 
     return run
 
@@ -383,6 +389,7 @@ OPTIMIZE: List[Row] = [
     Row("optimize batch_sizes=(0,)", opt(batch_sizes=(0,)), V, "batch_sizes"),
     Row("optimize to='bogus'", opt(to="bogus"), V, "to=", owner="optimization.py"),
     Row("optimize min_run_time=0", opt(min_run_time=0.0), V, "min_run_time"),
+    Row("optimize 3-channel model on 1-channel data", opt(model=rgb), V, "channels", owner="optimization.py"),
     Row("optimize existing out without force", lambda t: opt(out=_existing(t))(t), FileExistsError, "exists"),
 ]
 

@@ -288,6 +288,8 @@ OPTIMIZE = rows("optimize", OPT, [
     (f"--data digits --rank 1 --weights {{b}}/nope.pt {NEW}", "--weights"),
     ("--data digits --rank 1 --out {b}/exists", "exists"),
     ("--data digits --rank 1 --out {ro}/opt", "--out"),
+]) + rows("optimize", "optimize", [
+    ("{b}/net.py:build --data digits --rank 1 --epochs 0 --no-sweep --out {b}/new", "--data"),
 ])
 
 DEMO = rows("demo", "demo", [
