@@ -521,7 +521,8 @@ def _eager_ms(model: nn.Module, input_size: Sequence[int], min_run_time: float) 
 def write_outputs(result: OptimizeResult, out: Union[str, Path], force: bool, title: str) -> None:
     """model.pt, plan.json, summary.json, report.md and the plots, all at once."""
     with staged_folder(out, force) as staging:
-        torch.save(result.model.state_dict(), staging / "model.pt")
+        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                   staging / "model.pt")  # CPU tensors: loads on any machine
         save_plan(result.plan, staging / "plan.json")
         (staging / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         plot_candidates(result, staging / "candidates.png")
