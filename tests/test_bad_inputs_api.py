@@ -193,13 +193,13 @@ PROFILE: List[Row] = [
     Row("profile batch_size=-2", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=-2), V,
         "batch_size"),
     Row("profile batch_size=1.5", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=1.5), V,
-        "batch_size", owner="analysis/counting.py"),
+        "batch_size"),
     Row("profile device='bogus'", lambda t: leanconv.profile(digits(), (1, 1, 32, 32), device="bogus"), V,
-        "device", owner="analysis/profiling.py"),
-    Row("profile dtype='float'", lambda t: leanconv.profile(digits(), (1, 1, 32, 32), dtype="float"), V, "dtype", owner="analysis/profiling.py"),
+        "device"),
+    Row("profile dtype='float'", lambda t: leanconv.profile(digits(), (1, 1, 32, 32), dtype="float"), V, "dtype"),
     Row("profile repeats=0", lambda t: leanconv.profile(digits(), (1, 1, 8, 8), device="cpu",
-                                                        measure_latency=True, repeats=0), V, "repeats", owner="analysis/profiling.py"),
-    Row("profile inputs a string", lambda t: leanconv.profile(digits(), inputs="abc"), V, "inputs", owner="analysis/profiling.py"),
+                                                        measure_latency=True, repeats=0), V, "repeats"),
+    Row("profile inputs a string", lambda t: leanconv.profile(digits(), inputs="abc"), V, "inputs"),
 ]
 
 COMPARE: List[Row] = [
@@ -217,11 +217,11 @@ COMPARE: List[Row] = [
     Row("compare padding='bogus'", lambda t: leanconv.compare(8, 8, 3, 8, padding="bogus"), V, "padding"),
     Row("compare dilation=0", lambda t: leanconv.compare(8, 8, 3, 8, dilation=0), V, "dilation"),
     Row("compare kinds=['bogus']", lambda t: leanconv.compare(8, 8, 3, 8, kinds=["bogus"]), V, "kinds"),
-    Row("compare kinds=5", lambda t: leanconv.compare(8, 8, 3, 8, kinds=5), V, "kinds", owner="analysis/comparison.py"),
+    Row("compare kinds=5", lambda t: leanconv.compare(8, 8, 3, 8, kinds=5), V, "kinds"),
     Row("compare upsample=0", lambda t: leanconv.compare(8, 8, 3, 8, upsample=0), V, "upsample"),
     Row("compare batch_size=0", lambda t: leanconv.compare(8, 8, 3, 8, batch_size=0), V, "batch_size"),
     Row("compare min_run_time=0 with measure", lambda t: leanconv.compare(8, 8, 3, 8, measure=True, min_run_time=0),
-        V, "min_run_time", owner="analysis/comparison.py"),
+        V, "min_run_time"),
 ]
 
 EXPLAIN: List[Row] = [
@@ -257,7 +257,7 @@ FUSE: List[Row] = [
     Row("fuse BN running_var NaN", lambda t: leanconv.fuse(digits_with(
         lambda m: m.features.conv1.norm.running_var.fill_(math.nan))), V, "running_var"),
     Row("fuse meta-device model", lambda t: leanconv.fuse(digits().to("meta")), V, "meta"),
-    Row("fuse inplace='no'", lambda t: leanconv.fuse(digits(), inplace="no"), V, "inplace", owner="fusion.py"),
+    Row("fuse inplace='no'", lambda t: leanconv.fuse(digits(), inplace="no"), V, "inplace"),
 ]
 
 QUANT_BLOCK = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()).eval()
@@ -493,7 +493,7 @@ ROWS: List[Row] = [row for rows in GROUPS.values() for row in rows]
 
 # pending rows that today only fail after a long run (a whole conversion or a measurement): not run
 # until their owner checks the argument up front
-SLOW_PENDING = {"convert latency_budget=inf", "compare min_run_time=0 with measure", "optimize lr=0 with epochs",
+SLOW_PENDING = {"convert latency_budget=inf", "optimize lr=0 with epochs",
                 "optimize alpha=2", "optimize calib_images=0", "optimize batch_sizes=()", "optimize to='bogus'"}
 
 
