@@ -36,7 +36,7 @@ class Mixed(nn.Module):
 def test_full_rank_conversion_is_exact(target):
     model = Mixed().double().eval()
     x = torch.randn(2, 3, 23, 21, dtype=F64)
-    result = convert(model, to=target, only_if_cheaper=False)
+    result = convert(model, to=target, only_if_cheaper=False, keep_stem=False)
     assert sorted(result.plan.layers) == ["a", "b", "c", "d"]  # the 1x1 head is not a kxk conv
     assert all(r.relative_weight_error < 1e-7 for r in result.layers)
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_invalid_convert_arguments(kwargs, match):
 
 
 def test_apply_plan_rejects_mismatched_models():
-    plan = convert(Mixed(), to="dsconv", rank=1).plan
+    plan = convert(Mixed(), to="dsconv", rank=1, keep_stem=False).plan
     with pytest.raises(ValueError, match="plan layer 'a' is not a module of this model"):
         apply_plan(nn.Sequential(nn.Conv2d(3, 3, 3)), plan)
     with pytest.raises(ValueError, match="plan version"):
@@ -157,7 +157,8 @@ def test_mac_budget_is_met_with_least_discarded_energy_first():
     model = Mixed().eval()
     total = leanconv.profile(model, (1, 3, 32, 32)).total_macs
     for fraction in (0.6, 0.3):
-        result = convert(model, to="dsconv", mac_budget=int(total * fraction), input_size=(1, 3, 32, 32))
+        result = convert(model, to="dsconv", mac_budget=int(total * fraction), input_size=(1, 3, 32, 32),
+                         keep_stem=False)
         assert leanconv.profile(result.model, (1, 3, 32, 32)).total_macs <= total * fraction
     with pytest.raises(ValueError, match="mac_budget=10 is below"):
         convert(model, to="dsconv", mac_budget=10, input_size=(1, 3, 32, 32))

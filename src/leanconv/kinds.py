@@ -211,7 +211,7 @@ _NORM_ACT = {"norm_layer": None, "act_layer": None}
 def _dsconv_stages(spec: ConvSpec) -> List[Stage]:
     m, o = spec.options["depth_multiplier"], spec.out_channels
     if spec.options["order"] == "pointwise_first":
-        stages = [_conv("pointwise", spec.in_channels, o * m, 1)]
+        stages = [_conv("pointwise", spec.in_channels, o * m, 1, groups=spec.options.get("groups", 1))]
         if _has_norm(spec):
             stages.append(_norm("norm", o * m))
         stages.append(_conv("depthwise", o * m, o, spec.kernel_size, spec=spec, groups=o, bias=spec.bias))
@@ -220,34 +220,37 @@ def _dsconv_stages(spec: ConvSpec) -> List[Stage]:
     stages = [_conv("depthwise", spec.in_channels, mid, spec.kernel_size, spec=spec, groups=spec.in_channels)]
     if _has_norm(spec):
         stages.append(_norm("norm", mid))
-    stages.append(_conv("pointwise", mid, o, 1, bias=spec.bias))
+    stages.append(_conv("pointwise", mid, o, 1, groups=spec.options.get("groups", 1), bias=spec.bias))
     return stages
 
 
 def _check_dsconv(spec: ConvSpec) -> None:
     rules.check_depth_multiplier(spec.options["depth_multiplier"])
     rules.check_separable_order(spec.options["order"])
+    _check_groups(spec)
 
 
 def _dsconv_top_rank(spec: ConvSpec, variant: Mapping[str, Any]) -> int:
     """The depth multiplier that makes the factorization exact: a rank-min(n, kh*kw) SVD of each
-    n x (kh*kw) slice (n = O per input channel, or C per output channel for the dual)."""
+    n x (kh*kw) slice (n = O/g per input channel, or C/g per output channel for the dual; g is
+    the groups of a grouped conv being converted, 1 for a dense one)."""
     kernel = math.prod(spec.kernel_size)
     n = spec.in_channels if variant.get("order") == "pointwise_first" else spec.out_channels
-    return min(n, kernel)
+    return min(n // spec.options.get("groups", 1), kernel)
 
 
 register(ConvKind(
     name="dsconv", summary="depthwise separable: depthwise kxk (C -> C*m) then pointwise 1x1 (C*m -> O)",
     layer=f"{LAYERS}:DepthwiseSeparableConv2d",
-    options={"depth_multiplier": 1, "order": "depthwise_first", **_NORM_ACT},
+    options={"depth_multiplier": 1, "order": "depthwise_first", "groups": 1, **_NORM_ACT},
     stages_fn=_dsconv_stages, validate_fn=_check_dsconv,
-    params_formula="C*m*kh*kw + C*m*O (+O); pointwise_first: C*O*m + O*m*kh*kw",
-    macs_formula="(C*m*kh*kw + C*m*O)*H'*W'; pointwise_first: C*O*m*H*W + O*m*kh*kw*H'*W'",
+    params_formula="C*m*kh*kw + C*m*O/g (+O); pointwise_first: C*O*m/g + O*m*kh*kw (g: groups kept from a grouped conv)",
+    macs_formula="(C*m*kh*kw + C*m*O/g)*H'*W'; pointwise_first: C*O*m*H*W/g + O*m*kh*kw*H'*W'",
     compare_rows=_one_row("depthwise separable", lambda spec: spec.kernel_size != (1, 1)),
     conversion=Conversion(
-        factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], order=o["order"]),
+        factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], o["groups"], order=o["order"]),
         rank_option="depth_multiplier", top_rank=_dsconv_top_rank, variants={"order": rules.SEPARABLE_ORDERS},
+        keeps_groups=True,
     ),
 ))
 

@@ -203,6 +203,9 @@ class Conversion:
     """Whether a rank may be a pair ``(r1, r2)`` (Tucker-2) as well as an int."""
     ladder: bool = True
     """Whether ranks can be chosen by energy or a MAC/latency budget (False: give ``rank``)."""
+    keeps_groups: bool = False
+    """Whether a *grouped* conv (groups > 1, not depthwise) converts too: its ``groups`` become
+    the kind's option ``groups`` and each group is factorized on its own (ResNeXt, RegNet)."""
 
     def __post_init__(self) -> None:
         if self.top_rank is None and (self.ladder or (self.default_rank is None and self.exact is None)):

@@ -23,9 +23,11 @@ from leanconv.analysis.counting import outside_inference_mode, trace_calls
 from leanconv.analysis.profiling import meta_copy
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
-from leanconv.conversion.refitting import finite_batches, refit
+from leanconv.conversion.refitting import refit
+from leanconv.data.batches import input_batches
 from leanconv.conversion.select import LayerChoice, RankRequest, Selection, check_variant, choose
-from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, jsonable, min_hw, set_module
+from leanconv.conversion.surgery import (build_module, conv_spec, factorize_conv, jsonable, kept_groups, min_hw,
+                                         set_module,                                          source_macs)
 from leanconv.kinds import Options, convertible_kinds, get_kind
 
 
@@ -63,6 +65,7 @@ class ConversionResult:
     layers: List[LayerReport] = field(default_factory=list)
     original_latency_ms: Optional[float] = None  # measured whole model, under a latency budget
     predicted_latency_ms: Optional[float] = None  # the rest of the model + the chosen layers' timings
+    kept: Dict[str, str] = field(default_factory=dict)  # path -> why a conv that is not a target stays
 
     @property
     def refitted(self) -> bool:
@@ -87,6 +90,8 @@ class ConversionResult:
                          f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
         lines.append(f"\nconvertible layers: {self.macs_before:,} MACs before, {self.macs_after:,} after "
                      f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
+        if self.kept:
+            lines.append("\nleft as they are: " + "; ".join(f"{path}: {why}" for path, why in self.kept.items()))
         if self.plan.layers and not self.refitted:
             lines.append(f"\n{NO_REFIT}")
         if self.original_latency_ms is not None:
@@ -120,6 +125,8 @@ def convert(
     latency_cache: Optional[LatencyCache] = None,
     core: Optional[str] = None,
     permute: bool = False,
+    keep_stem: bool = True,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``
     (any kind whose registry entry has a conversion: ``leanconv.kinds.convertible_kinds()``).
@@ -146,38 +153,128 @@ def convert(
     mid channels at rank ``r`` (LPRNet's small basic block without its ReLUs).
     ``permute=True`` (grouped only): reorder channels so more of the kernel's energy falls in
     the groups (:class:`leanconv.layers.PermutedGroupedConv2d`).
+    ``keep_stem`` (default, MobileNet's convention, as in ``optimize``): the first conv on the
+    image stays dense. ``device``: where the model runs (refit, timings, shape pass) and where the
+    result lives; default: the device of the model's parameters. Every conv that stays as it
+    is (depthwise already, 1x1, transposed, the stem, excluded ...) is listed with its reason in
+    ``result.kept``. ``calib`` takes every form of :mod:`leanconv.data.batches` (a tensor,
+    batches, a ``DataLoader`` of ``(x, y)`` ...).
     """
+    _check_model(model)
     check_choice(to, "to", convertible_kinds())
     kind = get_kind(to)
     extra = check_variant(kind, order=order, core=core, permute=permute)
     request = RankRequest(rank, energy, mac_budget, latency_budget)
     request.check(kind, input_size)
-    calib = None if calib is None else finite_batches(calib)
+    model = _on_device(model, device, inplace)
+    calib = None if calib is None else _calibration(model, calib)
     original = copy.deepcopy(model) if inplace and calib is not None else model  # refit needs the original
     sizes = input_sizes(model, input_size)
     model = model if inplace else copy.deepcopy(model)
-    eligible = convertible_convs(model, include, exclude)
+    image_channels = input_size[1] if input_size is not None else calib[0].shape[1] if calib else None
+    eligible, kept = survey(model, to, include, exclude, keep_stem, image_channels)
     for path, conv in eligible:
         _check_weights(path, conv)
     selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
     result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
+    result.kept = kept
     if calib is not None and result.plan.layers:
         _refit(result, original, calib)
     return result
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}; convert takes a torch.nn.Module")
+    if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        raise ValueError(f"model ({type(model).__name__}) has no conv layers: nothing to convert")
+
+
+def _on_device(model: nn.Module, device: Optional[Union[str, torch.device]], inplace: bool) -> nn.Module:
+    """``model`` on ``device`` (a copy unless ``inplace``; the model itself when already there)."""
+    if device is None:
+        return model
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
+    if all(t.device == device for t in [*model.parameters(), *model.buffers()]):
+        return model
+    return model.to(device) if inplace else copy.deepcopy(model).to(device)
+
+
+def _calibration(model: nn.Module, calib: Any) -> List[torch.Tensor]:
+    """The checked calibration batches, on the model's device and in its dtype."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    batches = input_batches(calib, "calib")
+    if weight is None:
+        return batches
+    return [b.to(device=weight.device, dtype=weight.dtype) for b in batches]
+
+
 def convertible_convs(model: nn.Module, include: Optional[Sequence[str]] = None,
-                      exclude: Optional[Sequence[str]] = None) -> List[Tuple[str, nn.Conv2d]]:
-    """``(path, conv)`` of every dense kxk conv (groups 1, kernel > 1x1) that the patterns keep
-    (each a glob on module paths, or a list of them)."""
+                      exclude: Optional[Sequence[str]] = None, to: str = "dsconv",
+                      keep_stem: bool = False, in_channels: Optional[int] = None) -> List[Tuple[str, nn.Conv2d]]:
+    """``(path, conv)`` of every conv that ``to`` can convert and the patterns keep (see :func:`survey`)."""
+    return survey(model, to, include, exclude, keep_stem, in_channels)[0]
+
+
+def survey(model: nn.Module, to: str = "dsconv", include: Optional[Sequence[str]] = None,
+           exclude: Optional[Sequence[str]] = None, keep_stem: bool = True, in_channels: Optional[int] = None,
+           ) -> Tuple[List[Tuple[str, nn.Conv2d]], Dict[str, str]]:
+    """Every conv of ``model``: those ``to`` can convert (dense kxk convs, and grouped ones where the
+    kind keeps groups) that the glob patterns ``include``/``exclude`` keep, and the reason each
+    other conv stays as it is. With ``keep_stem`` the stem (:func:`stem_path`) stays."""
     include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
+    keeps_groups = bool(get_kind(to).conversion and get_kind(to).conversion.keeps_groups)
+    stem = stem_path(model, in_channels) if keep_stem else None
+    eligible, kept = [], {}
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            continue
+        why = _why_kept(module, to, keeps_groups)
+        if why is None and path == stem:
+            why = "stem: the first conv on the image stays dense (MobileNet's convention; keep_stem=False converts it)"
+        if why is None and include and not _matches(path, include):
+            why = f"not matched by include={list(include)}"
+        if why is None and _matches(path, exclude):
+            why = f"excluded by exclude={list(exclude)}"
+        if why is None:
+            eligible.append((path, module))
+        else:
+            kept[path] = why
+    return eligible, kept
 
-    def matches(path: str, patterns: Tuple[str, ...]) -> bool:
-        return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
-    return [(path, conv) for path, conv in model.named_modules()
-            if isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.kernel_size != (1, 1)
-            and not (include and not matches(path, include)) and not matches(path, exclude)]
+def _matches(path: str, patterns: Tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def _why_kept(conv: nn.Module, to: str, keeps_groups: bool) -> Optional[str]:
+    """Why a conv is not a conversion target (None: it is one)."""
+    if isinstance(conv, nn.modules.conv._ConvTransposeNd):
+        return "transposed conv: not a conversion target"
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__}: only 2-D convs convert"
+    if conv.groups > 1 and conv.groups == conv.in_channels:
+        return "depthwise already"
+    if conv.kernel_size == (1, 1):
+        return "1x1 (pointwise): no spatial kernel to factorize"
+    if conv.groups > 1 and not keeps_groups:
+        return f"grouped (groups={conv.groups}): {to} does not convert grouped convs (dsconv does)"
+    return None
+
+
+def stem_path(model: nn.Module, in_channels: Optional[int] = None) -> Optional[str]:
+    """The stem: the first ``nn.Conv2d`` (module order) if it reads the image, i.e. has
+    ``in_channels`` input channels (unknown: at most 4, a gray, RGB or RGBA image), and is not
+    the model's only conv (a lone conv given to convert is the one to convert). MobileNet and
+    its followers keep the stem dense: a few-channel input leaves a separable form little to share."""
+    convs = [(path, m) for path, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) < 2:
+        return None
+    path, first = convs[0]
+    reads_image = first.in_channels == in_channels if in_channels is not None else first.in_channels <= 4
+    return path if reads_image else None
 
 
 def _check_weights(path: str, conv: nn.Conv2d) -> None:
@@ -206,7 +303,9 @@ def input_sizes(model: nn.Module, input_size: Optional[Sequence[int]]) -> Dict[s
     """Spatial input size of every conv, from one meta-device pass (for MAC figures)."""
     if input_size is None:
         return {}
-    calls, _ = trace_calls(meta_copy(model).eval(), [torch.empty(tuple(input_size), device="meta")])
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = weight.dtype if weight is not None else torch.float32
+    calls, _ = trace_calls(meta_copy(model).eval(), [torch.empty(tuple(input_size), device="meta", dtype=dtype)])
     return {c.path: tuple(c.input_shape[2:]) for c in calls if c.input_shape is not None and c.is_conv}
 
 
@@ -219,7 +318,7 @@ def _apply(model: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], to: str, sel
         report = _convert_layer(model, path, conv, to, selection.layers[path], sizes.get(path, min_hw(conv)),
                                 only_if_cheaper)
         if report.converted:
-            layers[path] = LayerPlan(to, dict(selection.layers[path].options))  # type: ignore[arg-type]
+            layers[path] = LayerPlan(to, {**kept_groups(conv), **selection.layers[path].options})  # type: ignore[arg-type]
         reports.append(report)
     result = ConversionResult(model, Plan(to, layers), reports)
     if selection.model_ms is not None:
@@ -231,9 +330,9 @@ def _apply(model: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], to: str, sel
 def _convert_layer(model: nn.Module, path: str, conv: nn.Conv2d, to: str, choice: LayerChoice,
                    hw: Tuple[int, int], only_if_cheaper: bool) -> LayerReport:
     """Swap one conv for its chosen form (or say why it stays)."""
-    macs = get_kind("dense").macs(conv_spec(conv), hw)
+    macs = source_macs(conv, hw)
     params = sum(p.numel() for p in conv.parameters())
-    options: Options = choice.options or {}
+    options: Options = {**kept_groups(conv), **choice.options} if choice.options is not None else {}
 
     def kept(reason: str, macs_after: int = macs, params_after: int = params) -> LayerReport:
         return LayerReport(path, False, to, jsonable(options), macs, macs_after, params, params_after, 0.0, reason,
@@ -266,4 +365,4 @@ def _refit(result: ConversionResult, original: nn.Module, calib: List[torch.Tens
             report.output_error = errors[report.path].error_after
 
 
-__all__ = ["ConversionResult", "LayerReport", "convert", "convertible_convs", "input_sizes"]
+__all__ = ["ConversionResult", "LayerReport", "convert", "convertible_convs", "input_sizes", "stem_path", "survey"]

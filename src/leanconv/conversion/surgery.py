@@ -26,9 +26,21 @@ def padding_arg(conv: nn.Conv2d) -> PaddingArg:
 
 
 def conv_spec(conv: nn.Conv2d, **options: Any) -> ConvSpec:
-    """``conv``'s arguments as a :class:`ConvSpec` (with ``options`` for another kind)."""
+    """``conv``'s arguments as a :class:`ConvSpec` (with ``options`` for another kind; a grouped
+    conv's ``groups`` ride along, which the dense kind and a kind that keeps groups read)."""
     return ConvSpec.create(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                           padding_arg(conv), conv.dilation, conv.bias is not None, **options)
+                           padding_arg(conv), conv.dilation, conv.bias is not None,
+                           **{**kept_groups(conv), **options})
+
+
+def kept_groups(conv: nn.Conv2d) -> Dict[str, int]:
+    """``{'groups': g}`` for a grouped conv (what a kind with ``keeps_groups`` converts it with), else ``{}``."""
+    return {"groups": conv.groups} if conv.groups > 1 else {}
+
+
+def source_macs(conv: nn.Conv2d, hw: Tuple[int, int]) -> int:
+    """The MACs of ``conv`` itself at input size ``hw`` (a grouped conv costs 1/groups of a dense one)."""
+    return get_kind("grouped" if conv.groups > 1 else "dense").macs(conv_spec(conv), hw)
 
 
 def min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
@@ -41,7 +53,9 @@ def factorize_conv(conv: nn.Conv2d, kind: str, options: Mapping[str, Any]) -> Fa
     entry = get_kind(kind)
     if entry.conversion is None:
         raise ValueError(f"kind={kind!r} has no conversion: a trained conv cannot be factorized into it")
-    return entry.conversion.factorize(conv.weight.detach(), {**entry.options, **options})
+    if conv.groups > 1 and not entry.conversion.keeps_groups:
+        raise ValueError(f"kind={kind!r} does not convert grouped convs (groups={conv.groups})")
+    return entry.conversion.factorize(conv.weight.detach(), {**entry.options, **kept_groups(conv), **options})
 
 
 def build_module(conv: nn.Conv2d, kind: str, options: Mapping[str, Any],
@@ -55,7 +69,7 @@ def build_module(conv: nn.Conv2d, kind: str, options: Mapping[str, Any],
     module = create_conv2d(
         kind, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
         padding_arg(conv), conv.dilation, conv.bias is not None,
-        conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype, **options,
+        conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype, **{**kept_groups(conv), **options},
     )
     if factors is not None:
         _load_factors(module, conv, factors)
@@ -86,4 +100,4 @@ def jsonable(options: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-__all__ = ["build_module", "conv_spec", "factorize_conv", "jsonable", "min_hw", "padding_arg", "set_module"]
+__all__ = ["build_module", "conv_spec", "factorize_conv", "jsonable", "kept_groups", "min_hw", "source_macs", "padding_arg", "set_module"]

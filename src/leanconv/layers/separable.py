@@ -102,6 +102,9 @@ class DepthwiseSeparableConv2d(TwoStageConv):
     a plain depthwise conv when ``m = 1``). It is what a conversion picks when the dense kernel
     is closer to low rank per output channel than per input channel (e.g. ``C > O``), and
     swaps ``output_stage`` and ``conv_norm_pairs`` (:class:`~leanconv.layers.base.TwoStageConv`).
+
+    ``groups`` (default 1) splits the pointwise stage into groups: the separable form of a
+    grouped conv (ResNeXt), whose channels mix only within their group.
     """
 
     stage_orders = swap_orders(SEPARABLE_ORDERS, "depthwise", "pointwise")
@@ -123,10 +126,11 @@ class DepthwiseSeparableConv2d(TwoStageConv):
         device=None,
         dtype=None,
         order: str = "depthwise_first",
+        groups: int = 1,
     ) -> None:
         super().__init__()
         kernel, strides, dilations = check_conv_args(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, 1, padding_mode
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, padding_mode
         )
         check_depth_multiplier(depth_multiplier)
         check_separable_order(order)
@@ -136,16 +140,17 @@ class DepthwiseSeparableConv2d(TwoStageConv):
         self.padding_mode = padding_mode
         self.depth_multiplier = depth_multiplier
         self.order = order
+        self.groups = groups
         spatial = dict(stride=strides, padding=padding, dilation=dilations, padding_mode=padding_mode,
                        device=device, dtype=dtype)
         if order == "depthwise_first":
             mid = in_channels * depth_multiplier
             self.depthwise = DepthwiseConv2d(in_channels, mid, kernel, bias=False, **spatial)
             self._set_between(norm_layer, act_layer, mid, device, dtype)
-            self.pointwise = PointwiseConv2d(mid, out_channels, bias=bias, device=device, dtype=dtype)
+            self.pointwise = PointwiseConv2d(mid, out_channels, groups=groups, bias=bias, device=device, dtype=dtype)
         else:
             mid = out_channels * depth_multiplier
-            self.pointwise = PointwiseConv2d(in_channels, mid, bias=False, device=device, dtype=dtype)
+            self.pointwise = PointwiseConv2d(in_channels, mid, groups=groups, bias=False, device=device, dtype=dtype)
             self._set_between(norm_layer, act_layer, mid, device, dtype)
             self.depthwise = Conv2d(mid, out_channels, kernel, groups=out_channels, bias=bias, **spatial)
 
