@@ -106,7 +106,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """The ``leanconv`` command; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # said by the command's own parser, so the line names the command and its --help
+            commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+            commands.get(getattr(args, "command", None), parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as done:  # --help, --version (0) or a bad argument (2, one line already printed)
         return done.code if isinstance(done.code, int) else 2
     if not getattr(args, "func", None):
