@@ -8,12 +8,23 @@ expand conv of a Tucker-2 bottleneck) is linear in its weights, so the best weig
 are a ridge-regularized least-squares solution over all output pixels. Which stage that is,
 and whether its outputs are reordered, is read through the layer protocol
 (:mod:`leanconv.protocol`: ``output_stage``, ``reorders_output``).
+
+Cost: one pass of the original network per batch captures every converted layer's target at
+once; per layer, one pass of the converted network per batch stops at that layer (the rest of
+the network is not run) and keeps the layer's input; everything else (the stage's input, the
+errors before and after) runs the layer module alone. Memory: the targets of all converted
+layers on all calibration batches are held at once, on the data's device.
+
+Held-out check: a least-squares fit on few pixels can fit the calibration data and make the
+task worse. The last ``holdout`` share of the calibration images is kept out of the fit; a
+layer keeps its refit weights only if its output error against the original layer falls on
+that held-out part, else its previous weights come back (:attr:`RefitReport.kept`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +32,38 @@ from torch import nn
 
 from leanconv._modes import evaluating
 from leanconv.conversion.plan import PlanLike, as_plan
+from leanconv.data.batches import input_batches
 from leanconv.padding import pad_same
 from leanconv.protocol import last_stage_name, output_order_of
+
+DEFAULT_HOLDOUT = 0.25
 
 
 @dataclass
 class RefitReport:
-    """Relative output error of one layer on the calibration data, before and after the refit."""
+    """One layer's relative output error against the original layer, before and after the solve.
+
+    ``error_before``/``error_after``: on the images the solve was fitted on (``fit_images``);
+    ``held_out_before``/``held_out_after``: on the held-out images (None when there were fewer
+    than two images, or ``holdout=0``: nothing to hold out). ``kept``: whether the layer keeps
+    the refit weights (the held-out error fell, or there was no held-out part); when False it
+    has its previous weights back and :attr:`error` is ``error_before``.
+    """
 
     path: str
     error_before: float
     error_after: float
+    held_out_before: Optional[float] = None
+    held_out_after: Optional[float] = None
+    kept: bool = True
+    fit_images: int = 0
+    held_out_images: int = 0
+    note: str = ""
+
+    @property
+    def error(self) -> float:
+        """The fit-part error of the weights the layer ends up with."""
+        return self.error_after if self.kept else self.error_before
 
 
 def last_stage(module: nn.Module) -> nn.Conv2d:
@@ -65,6 +97,53 @@ def capture(model: nn.Module, module: nn.Module, batches: Sequence[torch.Tensor]
     return seen
 
 
+class _Stop(Exception):
+    """Raised from a hook once everything wanted from a pass is captured: the rest of the
+    network is not run."""
+
+
+def capture_all(model: nn.Module, paths: Sequence[str], batches: Sequence[torch.Tensor],
+                want: str) -> Dict[str, List[torch.Tensor]]:
+    """What each module at ``paths`` sees while ``model`` runs each batch (its first input for
+    ``want='input'``, its output for ``want='output'``), in one pass per batch that stops as
+    soon as every module has been seen (a module called twice keeps its first call).
+
+    A path the forward never reaches gets fewer tensors than there are batches (none at all
+    when it is never run). Hooks are removed even when a batch raises.
+    """
+    if want not in ("input", "output"):
+        raise ValueError(f"want={want!r} must be 'input' or 'output'")
+    seen: Dict[str, List[torch.Tensor]] = {path: [] for path in paths}
+    pending: set = set()
+
+    def hook_for(path: str):
+        def record(value: torch.Tensor) -> None:
+            if path in pending:
+                seen[path].append(value.detach())
+                pending.discard(path)
+                if not pending:
+                    raise _Stop
+
+        if want == "input":
+            return lambda _, args: record(args[0])
+        return lambda _, args, output: record(output)
+
+    handles = [model.get_submodule(path).register_forward_pre_hook(hook_for(path)) if want == "input"
+               else model.get_submodule(path).register_forward_hook(hook_for(path)) for path in seen]
+    try:
+        with torch.no_grad():
+            for x in batches:
+                pending.update(seen)
+                try:
+                    model(x)
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
 def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``(pixels, C*kh*kw)`` input patches of ``conv`` (its padding and padding mode applied)."""
     if getattr(conv, "dynamic_same", False):
@@ -86,6 +165,8 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
     """Set ``conv``'s weight (and bias) to the ridge least-squares fit of ``targets`` from ``inputs``.
 
     A grouped conv is one independent problem per group (its outputs see only its inputs).
+    The solve runs in float64 on the data's device; a singular system (``ridge=0`` with fewer
+    pixels than features) takes the minimum-norm solution.
 
     ``ridge`` is relative to the mean diagonal of the Gram matrix. ``None`` picks it from the
     sample/feature ratio: ``1e-6 + 1e-2 * min(1, 10 * features / samples)`` -- nearly plain
@@ -105,8 +186,12 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
         ridge = 1e-6 + 1e-2 * min(1.0, 10 * a.shape[2] / a.shape[1])
     gram = a.transpose(1, 2) @ a
     scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-    gram += ridge * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype)
-    solution = torch.linalg.solve(gram, a.transpose(1, 2) @ y)  # (g, features, O/g)
+    gram += ridge * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+    rhs = a.transpose(1, 2) @ y
+    try:
+        solution = torch.linalg.solve(gram, rhs)  # (g, features, O/g)
+    except torch.linalg.LinAlgError:  # singular (ridge=0 with fewer pixels than features, dead inputs)
+        solution = torch.linalg.pinv(gram, hermitian=True) @ rhs
     if conv.bias is not None:
         conv.bias.copy_(solution[:, -1].reshape(-1).to(conv.bias.dtype))
         solution = solution[:, :-1]
@@ -119,41 +204,101 @@ def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Ten
     return (num / den) ** 0.5 if den else 0.0
 
 
-def finite_batches(calib: Iterable[torch.Tensor]) -> List[torch.Tensor]:
-    """The calibration batches as a list, each finite (NaN data made an all-NaN model silently)."""
-    batches = list(calib)
-    for index, batch in enumerate(batches):
-        if isinstance(batch, torch.Tensor) and batch.is_floating_point() and not torch.isfinite(batch).all():
-            raise ValueError(f"calib batch {index} holds NaN or inf values")
-    return batches
+def finite_batches(calib: Any) -> List[torch.Tensor]:
+    """The calibration batches as a checked list (:func:`leanconv.data.batches.input_batches`,
+    name ``calib``): any data form, each batch 4-D, floating point and finite."""
+    return input_batches(calib, "calib")
 
 
-def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Iterable[torch.Tensor],
-          ridge: Optional[float] = None) -> List[RefitReport]:
+def split_held_out(batches: Sequence[torch.Tensor], share: float) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """``(fit, held_out)``: the last ``share`` of the images (at least one when there are two or
+    more and ``share > 0``; none with one image) held out, a batch split where the cut falls."""
+    total = sum(int(x.shape[0]) for x in batches)
+    held = 0 if total < 2 or share <= 0 else min(max(1, int(total * share)), total - 1)
+    fit, out, start = [], [], total - held
+    position = 0
+    for x in batches:
+        n = int(x.shape[0])
+        cut = min(max(start - position, 0), n)
+        if cut:
+            fit.append(x[:cut])
+        if cut < n:
+            out.append(x[cut:])
+        position += n
+    return fit, out
+
+
+def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
+    num = sum(float((o.double() - t.double()).pow(2).sum()) for o, t in zip(outputs, targets))
+    den = sum(float(t.double().pow(2).sum()) for t in targets)
+    return (num / den) ** 0.5 if den else 0.0
+
+
+def _run_layer(layer: nn.Module, stage: nn.Module, inputs: Sequence[torch.Tensor]
+               ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """The layer's outputs on its captured ``inputs``, and what its last ``stage`` sees."""
+    seen: List[torch.Tensor] = []
+    handle = stage.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            outputs = [layer(x) for x in inputs]
+    finally:
+        handle.remove()
+    return outputs, seen
+
+
+def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Any,
+          ridge: Optional[float] = None, holdout: float = DEFAULT_HOLDOUT) -> List[RefitReport]:
     """Refit every converted layer of ``converted`` (in place), in network order.
 
     ``plan`` is :func:`leanconv.convert`'s plan (a :class:`~leanconv.conversion.plan.Plan`, its
-    dict form or a plan file); ``calib`` yields input batches. Both models are used in eval
-    mode; their training flags are restored afterwards.
+    dict form or a plan file); ``calib`` any data form (:mod:`leanconv.data.batches`). The last
+    ``holdout`` share of the images (0 <= holdout < 1) is not fitted on but decides whether
+    each layer keeps its refit (see the module docstring). Both models are used in eval mode;
+    their training flags are restored afterwards.
     """
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
+        raise ValueError(f"holdout={holdout!r} must be a share of the calibration images in [0, 1)")
     layers = as_plan(plan).layers
-    batches = finite_batches(calib)
-    if not batches:
-        raise ValueError("calib must yield at least one input batch")
+    fit, held = split_held_out(finite_batches(calib), float(holdout))
     paths = [name for name, _ in original.named_modules() if name in layers]  # network order
-    reports = []
     with evaluating(converted, original):
-        for path in paths:
-            targets = capture(original, original.get_submodule(path), batches, "output")
-            layer = converted.get_submodule(path)
-            before = _relative_error(capture(converted, layer, batches, "output"), targets)
-            stage = last_stage(layer)
-            channels = output_order_of(layer)  # the stage's output j is the layer's channel channels[j]
-            stage_targets = targets if channels is None else [t.index_select(1, channels) for t in targets]
-            solve_stage(stage, capture(converted, stage, batches, "input"), stage_targets, ridge)
-            after = _relative_error(capture(converted, layer, batches, "output"), targets)
-            reports.append(RefitReport(path, before, after))
-    return reports
+        targets = capture_all(original, paths, fit + held, "output")
+        return [_refit_layer(converted, path, fit, held, targets[path], ridge) for path in paths]
+
+
+def _refit_layer(converted: nn.Module, path: str, fit: List[torch.Tensor], held: List[torch.Tensor],
+                 targets: List[torch.Tensor], ridge: Optional[float]) -> RefitReport:
+    """Solve one layer's last stage on ``fit``; keep it only if the error on ``held`` falls."""
+    counts = (sum(int(x.shape[0]) for x in fit), sum(int(x.shape[0]) for x in held))
+    layer = converted.get_submodule(path)
+    if len(targets) < len(fit) + len(held):
+        nan = float("nan")
+        return RefitReport(path, nan, nan, kept=False, fit_images=counts[0], held_out_images=counts[1],
+                           note="not refit: the model's forward does not run this layer on the calibration data")
+    inputs = capture_all(converted, [path], fit + held, "input")[path]
+    stage = last_stage(layer)
+    outputs, stage_inputs = _run_layer(layer, stage, inputs)
+    n = len(fit)
+    channels = output_order_of(layer)  # the stage's output j is the layer's channel channels[j]
+    stage_targets = targets[:n] if channels is None else [t.index_select(1, channels) for t in targets[:n]]
+    saved = [p.detach().clone() for p in (stage.weight, stage.bias) if p is not None]
+    solve_stage(stage, stage_inputs[:n], stage_targets, ridge)
+    after = _run_layer(layer, stage, inputs)[0]
+    report = RefitReport(path, _relative_error(outputs[:n], targets[:n]), _relative_error(after[:n], targets[:n]),
+                         fit_images=counts[0], held_out_images=counts[1])
+    if not held:
+        report.note = "no held-out check: fewer than 2 calibration images (or holdout=0); the refit is kept"
+        return report
+    report.held_out_before = _relative_error(outputs[n:], targets[n:])
+    report.held_out_after = _relative_error(after[n:], targets[n:])
+    report.kept = report.held_out_after < report.held_out_before
+    if not report.kept:
+        with torch.no_grad():
+            for parameter, value in zip((p for p in (stage.weight, stage.bias) if p is not None), saved):
+                parameter.copy_(value)
+        report.note = "refit not kept: it raised the error on the held-out images"
+    return report
 
 
 @torch.no_grad()
@@ -174,4 +319,5 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
                 m.momentum = momentum
 
 
-__all__ = ["RefitReport", "capture", "finite_batches", "last_stage", "last_stage_name", "reestimate_bn", "refit", "solve_stage"]
+__all__ = ["DEFAULT_HOLDOUT", "RefitReport", "capture", "capture_all", "finite_batches", "last_stage", "last_stage_name",
+           "reestimate_bn", "refit", "solve_stage", "split_held_out"]

@@ -25,9 +25,10 @@ from torch import nn
 from leanconv._modes import evaluating
 from leanconv._validate import check_choice
 from leanconv.analysis.profiling import profile
+from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache, describe
 from leanconv.conversion.refitting import capture
-from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, min_hw
+from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, min_hw, source_macs
 from leanconv.kinds import Conversion, ConvKind, Options, Rank, convertible_kinds, get_kind
 
 Variant = Dict[str, object]
@@ -147,21 +148,32 @@ def _relative_discard(conv: nn.Conv2d, kind: str, options: Options) -> float:
 
 
 def energy_options(conv: nn.Conv2d, kind: ConvKind, energy: float, variant: Optional[Variant]) -> Options:
-    """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm."""
+    """Smallest rank keeping at least ``energy`` of the kernel's squared Frobenius norm.
+
+    A bisection over the ranks: the kept energy of a truncated decomposition never falls as
+    the rank grows (each rank's factors extend the previous ones), so about log2(top rank)
+    factorizations are read instead of one per rank.
+    """
     spec = conv_spec(conv)
-    for r in range(1, kind.top_rank(spec, variant) + 1):
-        options = kind.conversion_options(spec, r, variant)
-        result = factorize_conv(conv, kind.name, options)
-        if result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12:
-            return options
-    return kind.conversion_options(spec, None, variant)
+
+    def enough(r: int) -> bool:
+        result = factorize_conv(conv, kind.name, kind.conversion_options(spec, r, variant))
+        return result.total_energy == 0 or 1 - result.discarded_energy / result.total_energy >= energy - 1e-12
+
+    low, high = 1, kind.top_rank(spec, variant)
+    if not enough(high):
+        return kind.conversion_options(spec, None, variant)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle + 1, high)
+    return kind.conversion_options(spec, low, variant)
 
 
 def cheapest_damage(conv: nn.Conv2d, kind: ConvKind, candidates: List[Options], hw: Tuple[int, int]) -> Options:
     """The candidate with the least discarded energy per MAC saved (first one if none saves MACs)."""
     if len(candidates) == 1:
         return candidates[0]
-    dense = get_kind("dense").macs(conv_spec(conv), hw)
+    dense = source_macs(conv, hw)
     best, best_price = candidates[0], float("inf")
     for options in candidates:
         saved = dense - kind.macs(conv_spec(conv, **options), hw)
@@ -192,7 +204,7 @@ def ladder(conv: nn.Conv2d, target: str, in_hw: Tuple[int, int], extra: Optional
     kind, spec = get_kind(target), conv_spec(conv)
     with torch.no_grad():
         reference = [conv(x) for x in inputs] if inputs else None
-    dense = Choice(None, get_kind("dense").macs(spec, in_hw), 0.0)
+    dense = Choice(None, source_macs(conv, in_hw), 0.0)
     candidates: List[Choice] = []
     for variant in variants(kind, extra):
         for rank in range(kind.top_rank(spec, variant), 0, -1):
@@ -287,6 +299,11 @@ def choose(original: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], target: s
     (for calibration inputs and the whole-model timing); ``sizes`` each layer's input size. A
     layer the kind does not apply to, or (under a budget) one the forward never runs, stays as
     it is with the reason."""
+    with reuse_decompositions():  # every rank of a layer reads one decomposition of its kernel
+        return _choose(original, eligible, target, extra, request, input_size, sizes, calib, cache)
+
+
+def _choose(original, eligible, target, extra, request, input_size, sizes, calib, cache) -> Selection:
     kind = get_kind(target)
     kept = _kept_as_they_are(kind, eligible, sizes if request.budget is not None else None)
     eligible = [(path, conv) for path, conv in eligible if path not in kept]
