@@ -388,11 +388,16 @@ def efficiency(speedup: float, mac_reduction: float) -> float:
 
 
 def _efficiency_text(spread: Optional[Spread], mac_reduction: float) -> str:
-    """A realized efficiency with its range over rounds ('skipped' without a speedup)."""
+    """A realized efficiency with its range over rounds ('skipped' without a speedup); only the
+    range when the speedup is within noise, since then no single figure is meaningful."""
     if spread is None:
         return "skipped"
     e = spread.scaled(mac_reduction)
-    return f"{e.median:.2f}" if e.rounds < 2 else f"{e.median:.2f} ({e.low:.2f}-{e.high:.2f})"
+    if e.rounds < 2:
+        return f"{e.median:.2f}"
+    if spread.straddles(1.0):
+        return f"{e.low:.2f}-{e.high:.2f}"
+    return f"{e.median:.2f} ({e.low:.2f}-{e.high:.2f})"
 
 
 @dataclass
@@ -490,10 +495,9 @@ class EfficiencyReport:
             return head + (f"speedup **{self.speedup:.2f}x**, realized efficiency **{self.efficiency:.2f}** "
                            f"(= speedup / MAC reduction; one round, no spread measured).")
         if self.within_noise:
-            e = spread.scaled(self.mac_reduction)
             return head + (f"speedup **{self.speedup_text}** over {spread.rounds} interleaved rounds: the two "
                            f"differ by less than the run-to-run noise, so no speedup or realized efficiency is "
-                           f"claimed (realized efficiency range {e.low:.2f}-{e.high:.2f}).")
+                           f"claimed (realized efficiency range {self.efficiency_text}).")
         return head + (f"speedup **{spread.median:.2f}x** ({spread.low:.2f}-{spread.high:.2f} over {spread.rounds} "
                        f"interleaved rounds), realized efficiency **{self.efficiency_text}** "
                        f"(= speedup / MAC reduction).")
