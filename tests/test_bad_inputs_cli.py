@@ -162,7 +162,7 @@ COMPARE = rows("compare", "compare", [
     ("--in-channels x --out-channels 8 --size 8,8", "--in-channels"),
     ("--in-channels 8 --out-channels -1 --size 8,8", "out_channels"),
     ("--in-channels 8 --size 8,8", "--out-channels"),
-    ("--in-channels 8 --out-channels 8 --size 8", "input_size"),
+    ("--in-channels 8 --out-channels 8 --size 8,8,8", "input_size"),
     ("--in-channels 8 --out-channels 8 --size 0,8", "--size"),
     ("--in-channels 8 --out-channels 8 --size 8,8 --kinds bogus", "kinds"),
     ("--in-channels 8 --out-channels 8 --size 8,8 --padding -1", "padding"),
@@ -379,3 +379,12 @@ def test_a_bad_command_name_or_top_level_option_is_one_line_and_exit_2(argv: str
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("leanconv: ") and len(err.splitlines()) == 1, err
     assert needle in err
+
+
+def test_compare_size_given_once_is_a_square(capsys: Any) -> None:
+    """``--size 8`` (the audit's "--size 8" row) is the 8x8 input, as compare(input_size=8) is."""
+    head = ["compare", "--in-channels", "8", "--out-channels", "8", "--format", "csv", "--size"]
+    assert main(head + ["8"]) == 0
+    square = capsys.readouterr().out
+    assert main(head + ["8,8"]) == 0
+    assert square == capsys.readouterr().out and "(1, 8, 8, 8)" in square

@@ -110,7 +110,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_new_file(args.out, args.force)
-    result = compare(args.in_channels, args.out_channels, args.kernel_size, tuple(args.size), stride=args.stride,
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)  # --size 8 is 8x8
+    result = compare(args.in_channels, args.out_channels, args.kernel_size, size, stride=args.stride,
                      padding=_padding(args.padding), dilation=args.dilation,
                      kinds=args.kinds.split(",") if args.kinds else None,
                      upsample=args.upsample, batch_size=args.batch_size, measure=args.measure)
@@ -156,7 +157,7 @@ def _add_compare(sub: Any) -> None:
     cmp_.add_argument("--in-channels", type=int, required=True)
     cmp_.add_argument("--out-channels", type=int, required=True)
     cmp_.add_argument("--kernel-size", type=int, default=3)
-    cmp_.add_argument("--size", type=parse_shape, required=True, help="input H,W")
+    cmp_.add_argument("--size", type=parse_shape, required=True, help="input H,W (or one number: square)")
     cmp_.add_argument("--stride", type=int, default=1)
     cmp_.add_argument("--padding", default="same")
     cmp_.add_argument("--dilation", type=int, default=1)
