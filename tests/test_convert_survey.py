@@ -78,10 +78,12 @@ def test_stem_is_kept_by_default_and_converted_on_request():
     assert "stem" not in convert(_model(), rank=1).plan.layers
     assert "stem" in convert(_model(), rank=1, keep_stem=False, only_if_cheaper=False).plan.layers
     # a model whose first conv does not read an image (64 channels) has no stem to keep
-    body = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1)).to(F64)
-    assert list(convert(body, rank=1).plan.layers) == ["0"]
+    body = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)).to(F64)
+    assert list(convert(body, rank=1).plan.layers) == ["0", "1"]
     # the image channel count, when known, decides
     assert "0" in convert(body, rank=1, input_size=(1, 64, 8, 8)).kept
+    # a lone conv given to convert is the one to convert
+    assert list(convert(nn.Conv2d(3, 8, 3).to(F64), rank=1).plan.layers) == [""]
 
 
 def test_plan_rebuilds_the_grouped_conversion():
@@ -139,3 +141,21 @@ def test_device_option_moves_a_copy_and_leaves_the_model():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda': CUDA is not available"):
             convert(model, rank=1, device="cuda")
+
+
+def test_report_says_how_much_of_the_model_is_convertible():
+    """Hand count at (1, 3, 8, 8): stem 27,648, grouped 73,728, depthwise 18,432, 1x1 32,768,
+    transposed 65,536 (8x8 -> 16x16), dense 294,912 (at 16x16); grouped + dense are convertible."""
+    result = convert(_model(), rank=1, input_size=(1, 3, 8, 8))
+    share = (73_728 + 294_912) / (27_648 + 73_728 + 18_432 + 32_768 + 65_536 + 294_912)
+    assert result.convertible_share == pytest.approx(share)
+    assert result.to_markdown().startswith(f"convertible layers hold {share:.1%} of the model's MACs")
+
+
+def test_without_input_size_macs_are_per_output_pixel():
+    """O * C/g * kh * kw whatever the padding (a padded 3x3 used to count 9 output pixels)."""
+    result = convert(_model(), rank=1)
+    by_path = {r.path: r for r in result.layers}
+    assert by_path["grouped"].macs_before == 32 * 4 * 9 and by_path["dense"].macs_before == 8 * 16 * 9
+    assert by_path["dense"].macs_after == 16 * 9 + 8 * 16  # depthwise 16 x 3x3, pointwise 16 -> 8
+    assert "MACs per output pixel (no input_size)" in result.to_markdown()

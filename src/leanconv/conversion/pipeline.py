@@ -19,14 +19,13 @@ import torch
 from torch import nn
 
 from leanconv._validate import check_choice
-from leanconv.analysis.counting import outside_inference_mode, trace_calls
-from leanconv.analysis.profiling import meta_copy
+from leanconv.analysis.counting import Trace, layer_macs, normalize_sizes, outside_inference_mode, trace_model, traced_shapes
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
 from leanconv.conversion.refitting import refit
 from leanconv.data.batches import input_batches
 from leanconv.conversion.select import LayerChoice, RankRequest, Selection, check_variant, choose
-from leanconv.conversion.surgery import (build_module, conv_spec, factorize_conv, jsonable, kept_groups, min_hw,
+from leanconv.conversion.surgery import (build_module, conv_spec, factorize_conv, jsonable, kept_groups,
                                          set_module,                                          source_macs)
 from leanconv.kinds import Options, convertible_kinds, get_kind
 
@@ -66,6 +65,7 @@ class ConversionResult:
     original_latency_ms: Optional[float] = None  # measured whole model, under a latency budget
     predicted_latency_ms: Optional[float] = None  # the rest of the model + the chosen layers' timings
     kept: Dict[str, str] = field(default_factory=dict)  # path -> why a conv that is not a target stays
+    convertible_share: Optional[float] = None  # of the whole model's MACs at input_size, in eligible convs
 
     @property
     def refitted(self) -> bool:
@@ -81,14 +81,19 @@ class ConversionResult:
         return sum(r.macs_after if r.converted else r.macs_before for r in self.layers)
 
     def to_markdown(self) -> str:
-        lines = ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | "
+        lines = []
+        if self.convertible_share is not None:
+            lines.append(f"convertible layers hold {self.convertible_share:.1%} of the model's MACs at input_size: "
+                         f"no conversion of them can remove more\n")
+        lines += ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | "
                  "rel. output error (calib) | note |",
                  "|---|---|---|---|---:|---:|---:|---:|---|"]
         for r in self.layers:
             output = "-" if r.output_error is None else f"{r.output_error_before_refit:.3f} -> {r.output_error:.3f}"
             lines.append(f"| {r.path} | {'yes' if r.converted else 'no'} | {r.kind} | {json.dumps(r.options)} | "
                          f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
-        lines.append(f"\nconvertible layers: {self.macs_before:,} MACs before, {self.macs_after:,} after "
+        unit = "" if self.convertible_share is not None else " per output pixel (no input_size)"
+        lines.append(f"\nconvertible layers: {self.macs_before:,} MACs{unit} before, {self.macs_after:,} after "
                      f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
         if self.kept:
             lines.append("\nleft as they are: " + "; ".join(f"{path}: {why}" for path, why in self.kept.items()))
@@ -169,7 +174,8 @@ def convert(
     model = _on_device(model, device, inplace)
     calib = None if calib is None else _calibration(model, calib)
     original = copy.deepcopy(model) if inplace and calib is not None else model  # refit needs the original
-    sizes = input_sizes(model, input_size)
+    trace = _trace(model, input_size)
+    sizes = trace.conv_input_hw() if trace is not None else {}
     model = model if inplace else copy.deepcopy(model)
     image_channels = input_size[1] if input_size is not None else calib[0].shape[1] if calib else None
     eligible, kept = survey(model, to, include, exclude, keep_stem, image_channels)
@@ -178,6 +184,7 @@ def convert(
     selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
     result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
     result.kept = kept
+    result.convertible_share = trace.mac_share([p for p, _ in eligible]) if trace is not None else None
     if calib is not None and result.plan.layers:
         _refit(result, original, calib)
     return result
@@ -298,15 +305,17 @@ def _patterns(value: Union[None, str, Sequence[str]], name: str) -> Tuple[str, .
     return patterns
 
 
+def input_sizes(model: nn.Module, input_size: Optional[Sequence[int]],
+                device: Optional[Union[str, torch.device]] = None) -> Dict[str, Tuple[int, int]]:
+    """Spatial input size of every conv at ``input_size`` (``{}`` without one): one meta-device
+    pass, or one real pass where an op reads tensor values (:func:`leanconv.analysis.counting.traced_shapes`)."""
+    return traced_shapes(model, input_size, device)
+
+
 @outside_inference_mode
-def input_sizes(model: nn.Module, input_size: Optional[Sequence[int]]) -> Dict[str, Tuple[int, int]]:
-    """Spatial input size of every conv, from one meta-device pass (for MAC figures)."""
-    if input_size is None:
-        return {}
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = weight.dtype if weight is not None else torch.float32
-    calls, _ = trace_calls(meta_copy(model).eval(), [torch.empty(tuple(input_size), device="meta", dtype=dtype)])
-    return {c.path: tuple(c.input_shape[2:]) for c in calls if c.input_shape is not None and c.is_conv}
+def _trace(model: nn.Module, input_size: Optional[Sequence[int]]) -> Optional[Trace]:
+    """The counted pass at ``input_size`` (None without one): conv input sizes and MAC shares."""
+    return None if input_size is None else trace_model(model, normalize_sizes(input_size))
 
 
 def _apply(model: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], to: str, selection: Selection,
@@ -315,7 +324,7 @@ def _apply(model: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], to: str, sel
     layers: Dict[str, LayerPlan] = {}
     reports = []
     for path, conv in eligible:
-        report = _convert_layer(model, path, conv, to, selection.layers[path], sizes.get(path, min_hw(conv)),
+        report = _convert_layer(model, path, conv, to, selection.layers[path], sizes.get(path),
                                 only_if_cheaper)
         if report.converted:
             layers[path] = LayerPlan(to, {**kept_groups(conv), **selection.layers[path].options})  # type: ignore[arg-type]
@@ -328,7 +337,7 @@ def _apply(model: nn.Module, eligible: List[Tuple[str, nn.Conv2d]], to: str, sel
 
 
 def _convert_layer(model: nn.Module, path: str, conv: nn.Conv2d, to: str, choice: LayerChoice,
-                   hw: Tuple[int, int], only_if_cheaper: bool) -> LayerReport:
+                   hw: Optional[Tuple[int, int]], only_if_cheaper: bool) -> LayerReport:
     """Swap one conv for its chosen form (or say why it stays)."""
     macs = source_macs(conv, hw)
     params = sum(p.numel() for p in conv.parameters())
@@ -342,7 +351,7 @@ def _convert_layer(model: nn.Module, path: str, conv: nn.Conv2d, to: str, choice
         return kept(choice.reason)
     try:
         spec = conv_spec(conv, **options)
-        macs_after, params_after = get_kind(to).macs(spec, hw), get_kind(to).params(spec)
+        macs_after, params_after = int(layer_macs(to, spec, hw)), get_kind(to).params(spec)
     except ValueError as error:
         return kept(f"not applicable: {error}")
     if only_if_cheaper and macs_after >= macs:

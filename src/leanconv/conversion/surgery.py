@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from leanconv._validate import pair
+from leanconv.analysis.counting import layer_macs
 from leanconv.conversion.factorize import Factorization
 from leanconv.kinds import ConvSpec, create_conv2d, get_kind
 from leanconv.padding import PaddingArg
@@ -38,9 +39,10 @@ def kept_groups(conv: nn.Conv2d) -> Dict[str, int]:
     return {"groups": conv.groups} if conv.groups > 1 else {}
 
 
-def source_macs(conv: nn.Conv2d, hw: Tuple[int, int]) -> int:
-    """The MACs of ``conv`` itself at input size ``hw`` (a grouped conv costs 1/groups of a dense one)."""
-    return get_kind("grouped" if conv.groups > 1 else "dense").macs(conv_spec(conv), hw)
+def source_macs(conv: nn.Conv2d, hw: Optional[Tuple[int, int]]) -> int:
+    """The MACs of ``conv`` itself at input size ``hw``, per output pixel without one (a grouped
+    conv costs 1/groups of a dense one)."""
+    return int(layer_macs("grouped" if conv.groups > 1 else "dense", conv_spec(conv), hw))
 
 
 def min_hw(conv: nn.Conv2d) -> Tuple[int, int]:
