@@ -27,7 +27,7 @@ from leanconv._validate import check_choice
 from leanconv.analysis.profiling import profile
 from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache, describe
-from leanconv.conversion.refitting import capture
+from leanconv.conversion.refitting import capture_all
 from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, min_hw, source_macs
 from leanconv.kinds import Conversion, ConvKind, Options, Rank, convertible_kinds, get_kind
 
@@ -343,11 +343,12 @@ def _budget_selection(original, eligible, target, extra, request, input_size, si
 
 
 def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Tensor]]:
-    """Each layer's inputs on the first two calibration batches (none without calibration data)."""
+    """Each layer's inputs on the first two calibration batches (none without calibration data),
+    all layers in one pass per batch."""
     if not calib:
         return {}
     with evaluating(model):
-        return {path: capture(model, model.get_submodule(path), calib[:2], "input") for path, _ in eligible}
+        return capture_all(model, [path for path, _ in eligible], calib[:2], "input")
 
 
 def _latency_selection(original, eligible, target, ladders, budget, input_size, sizes, cache) -> Selection:
