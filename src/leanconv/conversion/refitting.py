@@ -198,12 +198,6 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
     conv.weight.copy_(solution.transpose(1, 2).reshape(conv.weight.shape).to(conv.weight.dtype))
 
 
-def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
-    num = sum(float((o.double() - t.double()).pow(2).sum()) for o, t in zip(outputs, targets))
-    den = sum(float(t.double().pow(2).sum()) for t in targets)
-    return (num / den) ** 0.5 if den else 0.0
-
-
 def finite_batches(calib: Any) -> List[torch.Tensor]:
     """The calibration batches as a checked list (:func:`leanconv.data.batches.input_batches`,
     name ``calib``): any data form, each batch 4-D, floating point and finite."""
