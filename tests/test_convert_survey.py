@@ -159,3 +159,13 @@ def test_without_input_size_macs_are_per_output_pixel():
     assert by_path["grouped"].macs_before == 32 * 4 * 9 and by_path["dense"].macs_before == 8 * 16 * 9
     assert by_path["dense"].macs_after == 16 * 9 + 8 * 16  # depthwise 16 x 3x3, pointwise 16 -> 8
     assert "MACs per output pixel (no input_size)" in result.to_markdown()
+
+
+def test_report_shows_held_out_errors_and_an_undone_refit():
+    result = convert(_model(), rank=1, calib=X)
+    layer = {r.path: r for r in result.layers}["dense"]
+    assert layer.held_out_error_before_refit is not None and layer.refit_kept is not None
+    cell = f"(held out {layer.held_out_error_before_refit:.3f} -> {layer.held_out_error_after_refit:.3f})"
+    assert cell in result.to_markdown()
+    if not layer.refit_kept:
+        assert "refit undone" in layer.reason

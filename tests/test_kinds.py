@@ -141,7 +141,8 @@ def test_transposed_macs_count_input_positions():
     [
         (lambda: create_conv2d("octave", 4, 4, 3), "kind='octave' is not a conv kind"),
         (lambda: create_conv2d("dsconv", 4, 4, 3, depth_multiplier=0), "depth_multiplier=0 must be >= 1"),
-        (lambda: create_conv2d("dsconv", 4, 4, 3, groups=2), "kind='dsconv' has no option 'groups'"),
+        (lambda: create_conv2d("dsconv", 4, 4, 3, ranks=2), "kind='dsconv' has no option 'ranks'"),
+        (lambda: create_conv2d("dsconv", 4, 4, 3, groups=3), "in_channels=4 must be divisible by groups=3"),
         (lambda: create_conv2d("depthwise", 4, 6, 3), "out_channels=6 must be a multiple of in_channels=4"),
         (lambda: create_conv2d("pointwise", 4, 6, 3), r"kernel_size=\(3, 3\) must be 1"),
         (lambda: create_conv2d("pointwise", 4, 6, 1, padding=1), "padding=.* must be 0, 'same' or 'valid'"),

@@ -49,8 +49,11 @@ class LayerReport:
     params_after: int
     relative_weight_error: float
     reason: str = ""
-    output_error: Optional[float] = None  # relative, on the calibration data, after the refit
+    output_error: Optional[float] = None  # relative, on the calibration data fitted, with the weights kept
     output_error_before_refit: Optional[float] = None
+    held_out_error_before_refit: Optional[float] = None  # on the held-out calibration images
+    held_out_error_after_refit: Optional[float] = None
+    refit_kept: Optional[bool] = None  # False: the refit raised the held-out error and was undone
     latency_before_ms: Optional[float] = None  # measured, under a latency budget
     latency_after_ms: Optional[float] = None
 
@@ -89,7 +92,7 @@ class ConversionResult:
                  "rel. output error (calib) | note |",
                  "|---|---|---|---|---:|---:|---:|---:|---|"]
         for r in self.layers:
-            output = "-" if r.output_error is None else f"{r.output_error_before_refit:.3f} -> {r.output_error:.3f}"
+            output = _errors(r)
             lines.append(f"| {r.path} | {'yes' if r.converted else 'no'} | {r.kind} | {json.dumps(r.options)} | "
                          f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
         unit = "" if self.convertible_share is not None else " per output pixel (no input_size)"
@@ -366,12 +369,29 @@ def _convert_layer(model: nn.Module, path: str, conv: nn.Conv2d, to: str, choice
 
 
 def _refit(result: ConversionResult, original: nn.Module, calib: List[torch.Tensor]) -> None:
-    """Refit the converted layers on ``calib`` and put their output errors in the report."""
+    """Refit the converted layers on ``calib`` and put their output errors (fitted and held-out
+    images) and whether each kept its refit in the report."""
     errors = {r.path: r for r in refit(result.model, original, result.plan, calib)}
     for report in result.layers:
-        if report.path in errors:
-            report.output_error_before_refit = errors[report.path].error_before
-            report.output_error = errors[report.path].error_after
+        fit = errors.get(report.path)
+        if fit is None:
+            continue
+        report.output_error_before_refit, report.output_error = fit.error_before, fit.error
+        report.held_out_error_before_refit, report.held_out_error_after_refit = fit.held_out_before, fit.held_out_after
+        report.refit_kept = fit.kept
+        if not fit.kept:
+            report.reason = (report.reason + "; " if report.reason else "") + (
+                "refit undone: it raised the held-out error")
+
+
+def _errors(r: LayerReport) -> str:
+    """The report's output-error cell: fitted images, then held-out ones."""
+    if r.output_error is None:
+        return "-"
+    text = f"{r.output_error_before_refit:.3f} -> {r.output_error:.3f}"
+    if r.held_out_error_before_refit is not None:
+        text += f" (held out {r.held_out_error_before_refit:.3f} -> {r.held_out_error_after_refit:.3f})"
+    return text
 
 
 __all__ = ["ConversionResult", "LayerReport", "convert", "convertible_convs", "input_sizes", "stem_path", "survey"]
