@@ -222,11 +222,6 @@ def stem_paths(model: nn.Module, in_channels: int) -> List[str]:
     return []
 
 
-def _on_cpu(model: nn.Module) -> nn.Module:
-    """The model itself on the CPU, else a CPU copy (leanconv.bench times on the CPU)."""
-    return model if _device_of(model).type == "cpu" else copy.deepcopy(model).cpu()
-
-
 def _size_of(data: Any) -> str:
     """How much data: '359 items' for a sized dataset or DataLoader, else its type."""
     dataset = getattr(data, "dataset", data)
@@ -238,7 +233,7 @@ def _params(model: nn.Module) -> int:
 
 
 def _deployed(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> Tuple[float, str]:
-    best = benchmark_settings(_on_cpu(model), input_size, min_run_time=min_run_time).best
+    best = benchmark_settings(model, input_size, min_run_time=min_run_time).best
     return best.latency_ms, best.setting
 
 
@@ -306,9 +301,9 @@ def optimize(
     :class:`leanconv.data.DataSplits`, a ``--data`` string (``'digits'``, a CIFAR-10 or
     class-folder path: :func:`leanconv.data.load_data`), a ``(train, val)`` pair or a
     ``{'train': ..., 'val': ...}`` dict of DataLoaders or datasets (docs/data.md); the input
-    size is that of the first training batch. ``device``: where conversion, refit, evaluation
-    and distillation run (default: the model's device); latency is measured on the CPU by
-    :mod:`leanconv.bench` (a note says so for another device). Choose with one of ``rank`` (fixed rank everywhere),
+    size is that of the first training batch. ``device``: where everything runs (default: the
+    model's device): conversion, refit, evaluation, distillation and the latency measurements
+    (:mod:`leanconv.bench` times on the models' device). Choose with one of ``rank`` (fixed rank everywhere),
     ``mac_fraction`` (a fraction in (0, 1] of the original MACs, which becomes
     :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup`` (measured,
     batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
@@ -331,9 +326,6 @@ def optimize(
     original = _measure_original(setup)
     conversion = _Conversion.of(setup, to, exclude, keep_stem, calib_images, seed)
     notes = [f"kept dense by request or as the stem: {', '.join(conversion.skip)}"] if conversion.skip else []
-    if device.type != "cpu":
-        notes.append(f"accuracy, conversion and distillation ran on {device}; the deployed latencies are CPU "
-                     "timings (leanconv.bench measures on the CPU)")
     candidates = _try_candidates(_candidate_grid(rank, mac_fraction, target_speedup, sweep), setup, original,
                                  conversion, notes, say)
     chosen = _choose(candidates, original, target_speedup, notes)
@@ -491,8 +483,8 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
     efficiency = {}
     for batch in batch_sizes:
         say(f"measuring realized efficiency at batch {batch}")
-        efficiency[batch] = realized_efficiency(_on_cpu(setup.original), _on_cpu(student.eval()),
-                                                setup.data.input_size(batch), min_run_time=setup.min_run_time)
+        efficiency[batch] = realized_efficiency(setup.original, student.eval(), setup.data.input_size(batch),
+                                                min_run_time=setup.min_run_time)
     return efficiency
 
 
