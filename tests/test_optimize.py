@@ -148,7 +148,8 @@ def test_helpers_and_bad_arguments():
                           ({"rank": 1, "lr": 0.0}, "lr=0.0 must be a finite number > 0"),
                           ({"rank": 1, "alpha": 2.0}, r"alpha=2.0 must be in \[0, 1\]"),
                           ({"rank": 1, "calib_images": 0}, "calib_images=0 must be >= 1"),
-                          ({"rank": 1, "batch_sizes": ()}, r"batch_sizes=\(\) must be a non-empty sequence"),
+                          ({"rank": 1, "batch_sizes": "16"}, r"batch_sizes='16' must be a sequence of ints"),
+                          ({"rank": 1, "batch_sizes": (), "out": "never"}, r"batch_sizes=\(\) measures no batch size"),
                           ({"rank": 1, "to": "bogus"}, r"to='bogus' must be one of \[.*'dsconv'"),
                           ({"rank": 1, "device": "nowhere"}, "device='nowhere' is not a torch device")]:
         with pytest.raises(ValueError, match=match):

@@ -303,12 +303,14 @@ def optimize(
     ``{'train': ..., 'val': ...}`` dict of DataLoaders or datasets (docs/data.md); the input
     size is that of the first training batch. ``device``: where everything runs (default: the
     model's device): conversion, refit, evaluation, distillation and the latency measurements
-    (:mod:`leanconv.bench` times on the models' device). Choose with one of ``rank`` (fixed rank everywhere),
-    ``mac_fraction`` (a fraction in (0, 1] of the original MACs, which becomes
-    :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup`` (measured,
-    batch 1). ``epochs`` of distillation (0 skips it). ``keep_stem`` leaves the first conv on
-    the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of the
-    teacher's soft targets (:data:`leanconv.train.DEFAULT_ALPHA`, as for ``distill``). ``out``:
+    (:mod:`leanconv.bench` times on the models' device). Choose with one of ``rank`` (fixed
+    rank everywhere), ``mac_fraction`` (a fraction in (0, 1] of the original MACs, which
+    becomes :func:`leanconv.convert`'s ``mac_budget``, a MAC count) or ``target_speedup``
+    (measured, batch 1). ``epochs`` of distillation (0 skips it). ``batch_sizes``: where the
+    realized efficiency is measured (``()`` measures none, for a caller that measures itself as
+    the demo does; ``out`` and ``result.converted`` need one). ``keep_stem`` leaves the first
+    conv on the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of
+    the teacher's soft targets (:data:`leanconv.train.DEFAULT_ALPHA`, as for ``distill``). ``out``:
     a folder to write (must not exist unless ``force``), written all at once.
     """
     _check_choice(rank, mac_fraction, target_speedup)
@@ -318,6 +320,8 @@ def optimize(
     device = _as_device(device, model)
     data = as_splits(data)
     if out is not None:
+        if not batch_sizes:
+            raise ValueError("batch_sizes=() measures no batch size, but out= writes a report that needs one")
         out = check_new_folder(out, force)  # refuse before any work
     say = _Say(progress)
     say(f"measuring the original on {data.name} data ({_size_of(data.test)}) on {device}")
@@ -404,8 +408,8 @@ def _check_run(epochs: int, batch_sizes: Sequence[int], lr: float = 1e-3, alpha:
     """The run's settings, each with its rule, before any work (the data is read after)."""
     if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 0):
         raise ValueError(f"epochs={epochs!r} must be an int >= 0")
-    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
-        raise ValueError(f"batch_sizes={batch_sizes!r} must be a non-empty sequence of ints >= 1, e.g. (1, 16)")
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence):
+        raise ValueError(f"batch_sizes={batch_sizes!r} must be a sequence of ints >= 1, e.g. (1, 16)")
     for batch in batch_sizes:
         check_positive_int(batch, "batch_sizes")
     if not (_is_number(lr) and lr > 0 and math.isfinite(lr)):
