@@ -74,6 +74,9 @@ def base(tmp_path_factory: Any) -> Path:
     (root / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a zip archive" * 4)
     (root / "empty.pt").write_bytes(b"")
     torch.save({"payload": Evil()}, root / "evil.pt")
+    reshaped = models.create("digits_cnn").state_dict()
+    reshaped["features.conv1.conv.weight"] = torch.randn(32, 1, 5, 5)
+    torch.save(reshaped, root / "reshaped.pt")
     torch.save(torch.randn(8, 3, 32, 32), root / "calib3.pt")
     torch.save(torch.randn(1, 32, 32), root / "calib3d.pt")
     torch.save({"x": 1}, root / "notatensor.pt")
@@ -205,17 +208,19 @@ CONVERT = rows("convert", CONV, [
     ("--rank 1 --out {b}/exists", "exists"),
     ("--rank 1", "--out"),
     (f"--rank 1 --weights {{b}}/nope.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}}/wrong.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}}/corrupt.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}}/evil.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}}/empty.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}}/notatensor.pt {NEW}", "--weights"),
-    (f"--rank 1 --weights {{b}} {NEW}", "--weights"),
+    (f"--rank 1 --weights {{b}}/wrong.pt {NEW}", "keys missing (e.g. 'features.conv1.conv.weight')"),
+    (f"--rank 1 --weights {{b}}/reshaped.pt {NEW}",
+     "1 shapes differ (e.g. 'features.conv1.conv.weight': (32, 1, 5, 5) in the file, (32, 1, 3, 3) in the model)"),
+    (f"--rank 1 --weights {{b}}/corrupt.pt {NEW}", "--weights='"),
+    (f"--rank 1 --weights {{b}}/evil.pt {NEW}", "pickled objects other than tensors"),
+    (f"--rank 1 --weights {{b}}/empty.pt {NEW}", "empty or cut short"),
+    (f"--rank 1 --weights {{b}}/notatensor.pt {NEW}", "no state_dict"),
+    (f"--rank 1 --weights {{b}} {NEW}", "is a folder"),
     (f"--rank 1 --calib {{b}}/nope.pt {NEW}", "--calib"),
     (f"--rank 1 --calib random:abc {NEW}", "--calib"),
     (f"--rank 1 --calib random:0 {NEW}", "--calib"),
     (f"--rank 1 --calib random:-4 {NEW}", "--calib"),
-    (f"--rank 1 --calib {{b}}/calib3.pt {NEW}", "channels"),
+    (f"--rank 1 --calib {{b}}/calib3.pt {NEW}", "--calib"),
     (f"--rank 1 --calib {{b}}/calib3d.pt {NEW}", "--calib"),
     (f"--rank 1 --calib {{b}}/notatensor.pt {NEW}", "--calib"),
     (f"--rank 1 --calib {{b}}/evil.pt {NEW}", "--calib"),
@@ -254,9 +259,9 @@ QUANTIZE = rows("quantize", QUANT, [
 
 BENCH_TAIL = "--min-run-time 0.01 --settings eager"
 BENCH = rows("bench", f"bench {DIGITS}", [
-    (f"--input 1,3,32,32 {BENCH_TAIL}", "channels"),
+    (f"--input 1,3,32,32 {BENCH_TAIL}", "--input"),
     ("--settings bogus --min-run-time 0.01", "--settings"),
-    (f"--converted {{b}}/tampered {BENCH_TAIL}", "--converted"),
+    (f"--converted {{b}}/tampered {BENCH_TAIL}", "--converted='"),
     (f"--converted {{b}}/nope {BENCH_TAIL}", "--converted"),
     (f"--threads 0 {BENCH_TAIL}", "--threads"),
     (f"--batch-size 0 {BENCH_TAIL}", "--batch-size"),

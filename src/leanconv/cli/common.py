@@ -139,26 +139,71 @@ def load_tensors(path: str, flag: str) -> Any:
 
     import torch
 
-    if not Path(path).is_file():
+    where = Path(path)
+    if where.is_dir():
+        raise ValueError(f"{flag}={str(path)!r} is a folder; name a .pt file")
+    if not where.is_file():
         raise FileNotFoundError(f"{flag}={str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+    except pickle.UnpicklingError as error:
+        said = str(error).strip().split(". ")[0] or type(error).__name__  # torch's "Weights only load failed"
+        raise ValueError(f"{flag}={str(path)!r} holds pickled objects other than tensors; leanconv refuses to load "
+                         f"them, as loading them could run code ({said})") from None
+    except EOFError:
+        raise ValueError(f"{flag}={str(path)!r} is empty or cut short: not a file from torch.save") from None
+    except RuntimeError as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{flag}={str(path)!r} is not a plain tensor file (torch.load weights_only=True "
-                         f"refused it): {reason}") from None
+        raise ValueError(f"{flag}={str(path)!r} is not a readable torch.save file (corrupt or another format): "
+                         f"{reason[:120]}") from None
+
+
+def state_mismatch(model: Any, state: Any) -> Optional[str]:
+    """What keeps ``state`` from loading into ``model`` (missing/unexpected keys, shapes), or None."""
+    import torch
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "it holds no state_dict (a dict of tensors)"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of the model's keys missing (e.g. {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys the model does not have (e.g. {unexpected[0]!r})")
+    if shapes:
+        first = shapes[0]
+        problems.append(f"{len(shapes)} shapes differ (e.g. {first!r}: {tuple(state[first].shape)} in the file, "
+                        f"{tuple(own[first].shape)} in the model)")
+    return "; ".join(problems) or None
 
 
 def load_weights(model: Any, path: Optional[str], flag: str = "--weights") -> Any:
     """Load a state_dict file into ``model`` (if ``path``); a mismatch is a ValueError naming ``flag``."""
     if path:
         state = load_tensors(path, flag)
+        problem = state_mismatch(model, state)
+        if problem:
+            raise ValueError(f"{flag}={str(path)!r} does not fit the model: {problem}")
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as error:
             raise ValueError(f"{flag}={str(path)!r} does not fit the model: "
                              f"{str(error).strip().splitlines()[0]}") from None
     return model
+
+
+def check_fits(model: Any, shape: Sequence[int], what: str) -> None:
+    """``model`` runs on an input of ``shape`` (traced on the meta device: nothing is computed); else one
+    ValueError that starts with ``what`` (the option the shape came from)."""
+    from leanconv.analysis import traced_shapes
+
+    try:
+        traced_shapes(model, tuple(shape))
+    except ValueError as error:
+        raise ValueError(f"{what}: inputs of shape {tuple(shape)} do not fit MODEL: {error}") from None
 
 
 def check_converted(folder: str, flag: str = "--converted") -> Path:
@@ -267,6 +312,6 @@ def given(**options: Any) -> Dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-__all__ = ["non_negative_int", "positive_float", "positive_int", "unit_float", "add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
+__all__ = ["check_fits", "state_mismatch", "non_negative_int", "positive_float", "positive_int", "unit_float", "add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
            "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
            "write_text"]

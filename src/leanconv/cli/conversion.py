@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, \
+from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, check_fits, \
     check_out_folder, input_shape, load_model, load_weights, parse_shape, warn_untrained
 
 
@@ -30,12 +30,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     shape = input_shape(args.input, args.model, required=False)
     if shape is None and needs_input:
         raise ValueError("--input N,C,H,W is required with --mac-budget, --latency-budget or --calib for this model")
+    calib = calibration_batches(args.calib, shape or (1,))
+    if calib:
+        check_fits(model, (1, *calib[0].shape[1:]), f"--calib={args.calib!r}")
     rank = None
     if args.rank:
         rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
     result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
                      latency_budget=args.latency_budget,
-                     input_size=shape, calib=calibration_batches(args.calib, shape or (1,)),
+                     input_size=shape, calib=calib,
                      exclude=args.exclude, order=args.order, core=args.core,
                      permute=args.permute)
     with staged_folder(out, args.force) as staging:

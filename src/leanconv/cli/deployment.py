@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, List, Optional
 
-from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_converted, check_out_folder, console, \
-    input_shape, load_converted, load_model, load_tensors, load_weights, non_negative_int, parse_shape, positive_float, positive_int, \
-    rows_csv
+from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_converted, check_fits, \
+    check_out_folder, console, input_shape, load_converted, load_model, load_tensors, load_weights, non_negative_int, \
+    parse_shape, positive_float, positive_int, rows_csv
 
 
 def _settings(text: Optional[str]) -> Optional[List[str]]:
@@ -38,7 +38,6 @@ def _print_bench(report: Any, fmt: str) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure MODEL (and a converted twin) in each deployment setting; print the table."""
-    from leanconv.analysis import traced_shapes
     from leanconv.bench import benchmark_settings, realized_efficiency
 
     settings = _settings(args.settings)
@@ -50,7 +49,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.converted:
         check_converted(args.converted)  # before any measurement
     model = load_weights(load_model(args.model).eval(), args.weights)
-    traced_shapes(model, shape)  # an input that does not fit is one line before any measurement starts
+    check_fits(model, shape, f"--input={','.join(map(str, shape))}")  # before any measurement starts
     options = dict(settings=settings, compile=args.compile, threads=args.threads, min_run_time=args.min_run_time,
                    rounds=args.rounds, progress=True)
     if args.converted:

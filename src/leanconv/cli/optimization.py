@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from leanconv.cli.common import add_model, add_out, check_choice, check_out_folder, console, given, load_model, \
+from leanconv.cli.common import add_model, add_out, check_choice, check_fits, check_out_folder, console, given, load_model, \
     load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
 
 
@@ -27,7 +27,6 @@ def _print_summary(result: Any, out: Optional[str]) -> None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Convert, refit, distill, deploy and measure a model on its data; write a report folder."""
-    from leanconv.analysis import traced_shapes
     from leanconv.data import load_data
     from leanconv.kinds import convertible_kinds
     from leanconv.optimization import optimize
@@ -37,11 +36,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model = load_weights(load_model(args.model).eval(), args.weights)
     warn_untrained(args.model, args.weights, "optimize")  # before the long run, as before
     data = load_data(args.data)
-    try:  # images that do not fit the model: one line naming --data, before the long run
-        traced_shapes(model, (1, *data.sample_shape))
-    except ValueError as error:
-        raise ValueError(f"--data={args.data!r} images of shape {tuple(data.sample_shape)} do not fit MODEL: "
-                         f"{error}") from None
+    check_fits(model, (1, *data.sample_shape), f"--data={args.data!r}")  # before the long run
     result = optimize(model, data, to=args.to, rank=args.rank, mac_fraction=args.mac_fraction,
                       target_speedup=args.target_speedup, epochs=args.epochs, lr=args.lr,
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
