@@ -192,7 +192,7 @@ class SettingsReport:
 
     def header(self) -> str:
         """Input, threads, device and how each figure was measured."""
-        how = (f"median of {self.rounds} interleaved rounds, (min-max) over rounds" if self.rounds > 1
+        how = (f"median of {self.rounds} interleaved rounds (min-max over rounds in brackets)" if self.rounds > 1
                else "one round: no spread measured")
         return f"Input {'x'.join(map(str, self.input_shape))}, {self.threads} thread(s), {self.device}; {how}"
 
