@@ -188,6 +188,8 @@ PROFILE: List[Row] = [
     Row("profile input_size=-1", lambda t: leanconv.profile(digits(), -1), V, "input_size"),
     Row("profile input_size='abc'", lambda t: leanconv.profile(digits(), "abc"), V, "input_size"),
     Row("profile input_size=(1, 1, 32)", lambda t: leanconv.profile(digits(), (1, 1, 32)), V, "input"),
+    Row("profile two inputs for a one-input model", lambda t: leanconv.profile(digits(), [(1, 1, 32, 32), (1, 1, 8, 8)]),
+        V, "input", owner="analysis/counting.py"),
     Row("profile no input at all", lambda t: leanconv.profile(digits()), V, "input"),
     Row("profile batch_size=0", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=0), V, "batch_size"),
     Row("profile batch_size=-2", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=-2), V,

@@ -132,6 +132,7 @@ PROFILE = rows("profile", "profile", [
     (f"{DIGITS} --format md --out {{b}}/exists.txt", "exists"),
     (f"{DIGITS} --format md --out {{b}}/exists.txt/r.md", "--out"),
     (f"{DIGITS} --bogus", "--bogus"),
+    (f"{DIGITS} --input 1,1,32,32 --input 1,1,16,16", "--input given 2 time(s)"),
 ])
 
 EXPLAIN = rows("explain", "explain", [
@@ -328,6 +329,10 @@ TRAIN = rows("train", f"train {DIGITS} --data digits --max-steps 1", [
     ("--converted {b}/converted --batch-size 0 --out {b}/new.pt", "--batch-size"),
     ("--converted {b}/converted --weights {b}/evil.pt --out {b}/new.pt", "--weights"),
     ("--converted {b}/converted --data nosuch --out {b}/new.pt", "data"),
+    ("--converted {b}/converted --size 0 --out {b}/new.pt", "--size"),
+    ("--converted {b}/converted --max-steps 0 --out {b}/new.pt", "--max-steps"),
+    ("--converted {b}/converted --feature-weight x --out {b}/new.pt", "--feature-weight"),
+    ("--converted {b}/converted --history {b}/exists.txt --out {b}/new.pt", "exists"),
 ])
 
 KINDS = rows("kinds", "kinds", [("--format bogus", "--format")])

@@ -57,6 +57,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         check_new_file(args.out, args.force)
     model = load_model(args.model)
     inputs = args.input or [input_shape(None, args.model)]
+    _check_inputs_count(model, len(inputs))
     report = profile(model, inputs if len(inputs) > 1 else inputs[0], include_other=args.include_other,
                      batch_size=args.batch_size, device="cpu" if args.measure else "meta",
                      measure_latency=args.measure)
@@ -65,6 +66,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     else:
         write_text(report.render(args.format), args.out, args.force)
     return 0
+
+
+def _check_inputs_count(model: Any, count: int) -> None:
+    """One ``--input`` per argument of MODEL's forward: a count it cannot take is one line."""
+    import inspect
+
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call says it
+        return
+    try:
+        signature.bind(*range(count))
+    except TypeError as error:
+        raise ValueError(f"--input given {count} time(s), but MODEL's forward{signature} cannot take {count} "
+                         f"input(s): {error}") from None
 
 
 def _padding(text: str) -> Any:
