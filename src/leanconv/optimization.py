@@ -34,7 +34,7 @@ from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int
 from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
 from leanconv.conversion.latency import LatencyCache, describe
-from leanconv.conversion.pipeline import convert, input_sizes
+from leanconv.conversion.pipeline import convert, input_sizes, stem_path
 from leanconv.conversion.plan import Plan, save_plan
 from leanconv.conversion.surgery import build_module
 from leanconv.data.batches import check_batch, first_input, iter_batches, labelled_batches
@@ -214,12 +214,10 @@ def _as_device(device: Any, model: nn.Module) -> torch.device:
 
 
 def stem_paths(model: nn.Module, in_channels: int) -> List[str]:
-    """The first conv reading the image (``in_channels`` channels): MobileNet and its followers
-    keep it dense, since a few-channel input gives a separable form almost nothing to share."""
-    for path, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return [path] if module.in_channels == in_channels else []
-    return []
+    """The stem as a list (``[]`` or its path): :func:`leanconv.conversion.pipeline.stem_path`,
+    the one definition that ``convert(keep_stem=True)`` uses too."""
+    path = stem_path(model, in_channels)
+    return [] if path is None else [path]
 
 
 def _size_of(data: Any) -> str:
@@ -368,7 +366,9 @@ class _Conversion:
     to: str
     calib: List[torch.Tensor]
     calib_images: int
-    skip: List[str]
+    skip: List[str]  # exclude patterns and, with keep_stem, the stem (for the notes)
+    exclude: List[str]
+    keep_stem: bool
 
     @classmethod
     def of(cls, setup: _Setup, to: str, exclude: Optional[Sequence[str]], keep_stem: bool, calib_images: int,
@@ -376,7 +376,7 @@ class _Conversion:
         """``calib_images`` seeded training images; ``exclude`` and, with ``keep_stem``, the stem kept dense."""
         skip = list(exclude or []) + (stem_paths(setup.original, setup.input_size[1]) if keep_stem else [])
         calib = [batch.to(setup.device) for batch in calibration_batches(setup.data.train, calib_images, seed=seed)]
-        return cls(to, calib, calib_images, skip)
+        return cls(to, calib, calib_images, skip, list(exclude or []), keep_stem)
 
 
 @dataclass
@@ -451,7 +451,8 @@ def _try_candidates(grid: List[Tuple[str, Dict[str, Any]]], setup: _Setup, origi
         say(f"candidate {label}: convert, refit on {conversion.calib_images} images, measure")
         try:
             result = convert(setup.original, to=conversion.to, input_size=setup.input_size, calib=conversion.calib,
-                             exclude=conversion.skip, **_convert_options(options, original, setup))
+                             exclude=conversion.exclude, keep_stem=conversion.keep_stem,
+                             **_convert_options(options, original, setup))
         except ValueError as error:  # e.g. a budget below what the lowest ranks reach
             notes.append(f"candidate {label} skipped: {error}")
             continue
