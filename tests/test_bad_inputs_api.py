@@ -158,7 +158,7 @@ CONVERT: List[Row] = [
     Row("convert input_size=(1, 3, 32, 32)", convert(rank=1, calib=[x()], input_size=(1, 3, 32, 32)), V, "input"),
     Row("convert input_size=(0, 1, 32, 32)", convert_tiny(mac_budget=10**6, input_size=(0, 1, 8, 8)), V,
         "input_size"),
-    Row("convert input_size='abc'", convert(mac_budget=10**6, input_size="abc"), V, "input_size", owner="conversion/pipeline.py"),
+    Row("convert input_size='abc'", convert(mac_budget=10**6, input_size="abc"), V, "input_size"),
     Row("convert calib int tensor", convert(rank=1, calib=[torch.ones(2, 1, 32, 32, dtype=torch.long)]), V,
         "calib"),
     Row("convert calib with NaN", convert(rank=1, calib=[torch.full((2, 1, 32, 32), math.nan)]), V, "calib"),
