@@ -273,3 +273,28 @@ def test_grouped_permutation_finds_hidden_blocks_and_never_keeps_less():
         torch.manual_seed(seed)
         w = torch.randn(8, 8, 3, 3, dtype=F64)
         assert factorize.grouped(w, 4, permute=True).discarded_energy <= factorize.grouped(w, 4).discarded_energy
+
+
+def test_reused_decompositions_give_the_same_factorizations_and_see_in_place_changes():
+    """Inside reuse_decompositions every rank reads one decomposition per kernel: the same
+    weights and energies as a fresh call, and a weight changed in place is decomposed again."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64)
+    calls = [lambda r: factorize.dsconv(w, r), lambda r: factorize.dsconv(w, r, order="pointwise_first"),
+             lambda r: factorize.asymmetric(w, r), lambda r: factorize.asymmetric(w, r, order="1xk_first"),
+             lambda r: factorize.tucker2(w, (r, r + 1))]
+    for call in calls:
+        for r in (1, 2, 3):
+            plain = call(r)
+            with factorize.reuse_decompositions():
+                first, again = call(r), call(r)
+            for result in (first, again):
+                assert result.discarded_energy == pytest.approx(plain.discarded_energy, rel=1e-9, abs=1e-9)
+                assert sorted(result.weights) == sorted(plain.weights)
+                for name in plain.weights:
+                    torch.testing.assert_close(result.weights[name], plain.weights[name])
+    reference = torch.linalg.svdvals(w.permute(1, 2, 0, 3).reshape(12, 18))  # independent: LAPACK's SVD
+    with factorize.reuse_decompositions():
+        assert factorize.asymmetric(w, 2).discarded_energy == pytest.approx(float((reference[2:] ** 2).sum()))
+        w.mul_(2)
+        assert factorize.asymmetric(w, 2).discarded_energy == pytest.approx(4 * float((reference[2:] ** 2).sum()))

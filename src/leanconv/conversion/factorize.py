@@ -129,14 +129,30 @@ class _Spectrum:
     """The singular value decomposition of a (batch of) float64 matrices ``(..., m, n)``, from
     the eigendecomposition of the smaller Gram matrix; truncations are read from it."""
 
-    def __init__(self, matrix: torch.Tensor) -> None:
+    def __init__(self, matrix: torch.Tensor, lazy_vectors: bool = False) -> None:
         self.wide = matrix.shape[-1] > matrix.shape[-2]
         self.a = matrix.transpose(-2, -1) if self.wide else matrix  # (..., p, q), q <= p
-        lam, v = torch.linalg.eigh(self.a.transpose(-2, -1) @ self.a)
-        self.lam, self.v = lam.flip(-1).clamp_min(0), v.flip(-1)  # descending
-        self.s = self.lam.sqrt()
+        self._gram: Optional[torch.Tensor] = self.a.transpose(-2, -1) @ self.a
+        self._v: Optional[torch.Tensor] = None
+        if lazy_vectors:  # a ladder reads most ranks' energy only: values now, vectors when asked
+            self._values(torch.linalg.eigvalsh(self._gram))
+        else:
+            self.v  # noqa: B018 (computes values and vectors)
         tail = self.lam.reshape(-1, self.lam.shape[-1]).sum(0).flip(0).cumsum(0).flip(0)  # tail[k] = sum_{j>=k}
         self.tail = torch.cat([tail, tail.new_zeros(1)]).tolist()
+
+    def _values(self, ascending: torch.Tensor) -> None:
+        self.lam = ascending.flip(-1).clamp_min(0)  # descending
+        self.s = self.lam.sqrt()
+
+    @property
+    def v(self) -> torch.Tensor:
+        """The right singular vectors of ``a`` (eigenvectors of its Gram matrix), descending."""
+        if self._v is None:
+            lam, v = torch.linalg.eigh(self._gram)
+            self._values(lam)
+            self._v, self._gram = v.flip(-1), None
+        return self._v
 
     def discarded(self, rank: int) -> float:
         """Squared Frobenius error of the best rank-``rank`` approximation (summed over the batch)."""
@@ -150,8 +166,8 @@ class _Spectrum:
     def factors(self, rank: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(left, right)``, ``left @ right`` the best rank-``rank`` approximation, the singular
         values split evenly (``U S^(1/2)``, ``S^(1/2) V^T``), zero-padded above the matrix's rank."""
-        keep = min(rank, self.s.shape[-1])
-        v = self.v[..., :keep]
+        v = self.v[..., :rank]  # first: the vectors may refine the values
+        keep = v.shape[-1]
         root = self.s[..., :keep].sqrt()
         big = (self.a @ v) * self._inverse_root(keep)[..., None, :]  # (..., p, keep): U S^(1/2) of a
         small = v * root[..., None, :]  # (..., q, keep): V S^(1/2) of a
@@ -169,7 +185,7 @@ class _Spectrum:
 
 
 def _spectrum(weight: torch.Tensor, tag: Any, matrix: Callable[[], torch.Tensor]) -> _Spectrum:
-    return _memo(weight, tag, lambda: _Spectrum(matrix().double()))
+    return _memo(weight, tag, lambda: _Spectrum(matrix().double(), lazy_vectors=_REUSE.get() is not None))
 
 
 def _truncated_svd(matrix: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch.Tensor, float]:
