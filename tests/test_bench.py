@@ -325,8 +325,8 @@ def test_frozen_checks_outputs_not_the_tracer_graphs():
 
 
 def test_demo_measures_deployment_on_the_device_asked(monkeypatch, tmp_path):
-    """run_demo's wiring, without training or timing: optimize measures no batch size, the demo
-    measures each on ``device`` with its rounds, notes a non-CPU device and writes the folder."""
+    """run_demo's wiring, without training or timing: optimize runs on ``device`` and measures no
+    batch size, the demo measures each on ``device`` with its rounds and writes the folder."""
     from types import SimpleNamespace
 
     from leanconv import demo
@@ -334,16 +334,15 @@ def test_demo_measures_deployment_on_the_device_asked(monkeypatch, tmp_path):
     asked, written = [], []
     monkeypatch.setattr(demo, "trained_digits_cnn", lambda progress: _model())
     monkeypatch.setattr(demo, "optimize", lambda model, data, **kw: asked.append(("optimize", kw["batch_sizes"],
-                                                                                   kw["out"]))
+                                                                                   kw["out"], kw["device"]))
                         or SimpleNamespace(model=_model(), efficiency={}, notes=[], out=None))
     monkeypatch.setattr(demo, "realized_efficiency", lambda o, c, size, **kw: asked.append((size, kw["device"],
                                                                                              kw["rounds"])) or size)
     monkeypatch.setattr(demo, "write_outputs", lambda result, out, force, title: written.append(out))
     result = demo.run_demo(tmp_path / "out", batch_sizes=(1, 4), progress=False, device="cuda:1", rounds=4)
-    assert asked == [("optimize", (), None), ((1, 1, 32, 32), torch.device("cuda", 1), 4),
+    assert asked == [("optimize", (), None, torch.device("cuda", 1)), ((1, 1, 32, 32), torch.device("cuda", 1), 4),
                      ((4, 1, 32, 32), torch.device("cuda", 1), 4)]
     assert result.efficiency == {1: (1, 1, 32, 32), 4: (4, 1, 32, 32)} and written == [tmp_path / "out"]
-    assert result.notes == ["candidates were timed on the CPU; the deployment tables are measured on cuda:1"]
     for bad, message in (({"device": "meta"}, r"device='meta' cannot run the demo"),
                          ({"batch_sizes": ()}, r"batch_sizes=\(\) must be a non-empty sequence of ints >= 1"),
                          ({"rounds": 0}, r"rounds=0 must be >= 1")):
