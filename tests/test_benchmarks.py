@@ -56,3 +56,14 @@ def test_layers_benchmark_quick(tmp_path):
     assert "refusing to overwrite" in again.stderr and "--force" in again.stderr
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.json", "layers.md"]  # no temp files left
+
+
+def test_convert_speed_benchmark_quick(tmp_path):
+    """The conversion-time benchmark runs in its smoke mode and writes one row per kind and request."""
+    script = SCRIPT.parent / "convert_speed.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    data = json.loads((tmp_path / "convert_speed.json").read_text())
+    assert data["meta"]["threads"] >= 1 and data["meta"]["cpu"] and len(data["rows"]) == 4 * 4
+    assert data["refit"]["converted"] >= 1 and "| kind | request | seconds |" in (tmp_path / "convert_speed.md").read_text()
