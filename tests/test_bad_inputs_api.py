@@ -432,7 +432,6 @@ CREATE: List[Row] = [
 ]
 
 LAYERS: List[Row] = [
-    Row("CBAM(16, reduction=32)", lambda t: leanconv.CBAM(16, reduction=32), V, "reduction", owner="layers/attention.py"),
     Row("CBAM reduction=0", lambda t: leanconv.CBAM(16, reduction=0), V, "reduction"),
     Row("CBAM variant='bogus'", lambda t: leanconv.CBAM(16, variant="bogus"), V, "variant"),
     Row("CBAM kernel_size=4", lambda t: leanconv.CBAM(16, kernel_size=4), V, "kernel_size"),
@@ -580,3 +579,16 @@ def test_calibration_as_x_y_tuples_gives_the_conversion_of_the_plain_batches() -
         expected = plain.model(probe)
         torch.testing.assert_close(tuples.model(probe), expected)
         torch.testing.assert_close(from_loader.model(probe), expected)
+
+
+def test_cbam_with_a_reduction_above_its_channels_keeps_one_hidden_channel_as_documented() -> None:
+    """CBAM's hidden width is max(1, C // reduction) (its docstring): 16 // 32 -> 1, a working gate."""
+    cbam = leanconv.CBAM(16, reduction=32).eval()
+    assert "max(1, C // reduction)" in type(cbam).__doc__
+    assert (cbam.channel_gate.mlp.reduce.out_features, cbam.channel_gate.mlp.expand.in_features) == (1, 1)
+    inputs = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        mlp = cbam.channel_gate.mlp
+        pooled = [inputs.amax(dim=(2, 3)), inputs.mean(dim=(2, 3))]
+        gate = torch.sigmoid(sum(mlp.expand(torch.relu(mlp.reduce(p))) for p in pooled))
+        torch.testing.assert_close(cbam.channel_gate(inputs), inputs * gate[:, :, None, None])
