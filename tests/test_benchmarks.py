@@ -67,3 +67,17 @@ def test_convert_speed_benchmark_quick(tmp_path):
     data = json.loads((tmp_path / "convert_speed.json").read_text())
     assert data["meta"]["threads"] >= 1 and data["meta"]["cpu"] and len(data["rows"]) == 4 * 4
     assert data["refit"]["converted"] >= 1 and "| kind | request | seconds |" in (tmp_path / "convert_speed.md").read_text()
+
+
+def test_targets_benchmark_quick(tmp_path):
+    """The targets benchmark runs in its smoke mode: every row checked, the fastest marked, the honest speedup said."""
+    script = SCRIPT.parent / "targets.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--pairs", "digits", "--targets", "torch,torch-frozen",
+                          "--precisions", "fp32", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    data = json.loads((tmp_path / "targets.json").read_text())
+    rows = data["results"][0]["report"]["rows"]
+    assert {(r["model"], r["target"]) for r in rows} >= {("dense", "torch"), ("lean", "torch-frozen")}
+    assert all(r["status"] == "ok" and r["difference"] is None or r["difference"] < 1e-3 for r in rows)
+    text = (tmp_path / "targets.md").read_text()
+    assert "speedup vs dense at its best" in text and "**fastest**" in text and data["meta"]["cpu"]

@@ -18,11 +18,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from leanconv.deploy.target import (PRECISIONS, TOLERANCES, Deployed, check_precision, cpu_flags, example_input,
+from leanconv.deploy.target import (TOLERANCES, Deployed, check_precision, cpu_flags, example_input,
                                     first_output, get_target, output_difference, reference_output, TARGETS)
 from leanconv.timing import Measure, Spread, format_ms, format_ratio, ratio_spread, synchronized, time_interleaved
 
 EAGER = "fp32 eager (as written)"
+DEVICE_PRECISIONS = {"cpu": ("fp32", "bf16", "int8"), "cuda": ("fp32", "tf32", "bf16", "fp16", "int8")}
+"""The precisions measured by default on each device type (tf32 and fp16 are GPU formats)."""
 
 
 @dataclass
@@ -103,7 +105,9 @@ class TargetsReport:
                 f"{converted} on {b.target} {b.ran or b.precision} ({b.latency.median:.3f} ms): "  # type: ignore[union-attr]
                 f"speedup vs dense at its best {format_ratio(self.speedup(original, converted))}")
         efficiency = self.efficiency(original, converted)
-        if efficiency is not None:
+        if efficiency is not None and self.speedup(original, converted).straddles(1.0):
+            text += ", realized efficiency: not measurable (the speedup is within noise)"
+        elif efficiency is not None:
             text += f", realized efficiency {format_ratio(efficiency).replace('x', '')}"
         eager = self.eager_speedup(original, converted)
         if eager is not None:
@@ -179,8 +183,9 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
 
     explicit = targets is not None or precisions is not None
     targets = _names(targets, [n for n, t in _registered().items() if t.default], "targets")
-    precisions = [check_precision(p) for p in _names(precisions, PRECISIONS, "precisions")]
     device = device or "cpu"
+    native = DEVICE_PRECISIONS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    precisions = [check_precision(p) for p in _names(precisions, native, "precisions")]
     example = example_input(input_size, device)
     rows = _plan_rows(list(models), targets, precisions, device, explicit)
     calls, timed = [], []

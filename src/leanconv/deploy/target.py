@@ -98,6 +98,20 @@ def cpu_flags() -> List[str]:
     return []
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo; the platform's machine type elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def hardware_gap(precision: str, device_type: str) -> Optional[str]:
     """Why this machine's ``device_type`` lacks ``precision`` natively (None: it has it)."""
     if device_type == "cuda":
@@ -200,6 +214,6 @@ def output_difference(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float((output - reference).norm()) / scale if scale else float((output - reference).norm())
 
 
-__all__ = ["Deployed", "PRECISIONS", "TARGETS", "TOLERANCES", "Target", "check_precision", "cpu_flags", "deploy",
+__all__ = ["Deployed", "PRECISIONS", "TARGETS", "TOLERANCES", "Target", "check_precision", "cpu_flags", "cpu_name", "deploy",
            "example_input", "first_output", "get_target", "hardware_gap", "output_difference", "reference_output",
            "register_target"]
