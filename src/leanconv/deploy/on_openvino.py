@@ -1,0 +1,167 @@
+"""The OpenVINO target (CPU): f32 and bf16 by the inference-precision hint, int8 by NNCF.
+
+The model goes straight from PyTorch to OpenVINO (``openvino.convert_model`` on a float32
+eval copy: no ONNX file), is fixed to the example's input shape (static shapes let the CPU
+plugin pick its fastest kernels) and compiled for latency on ``threads`` threads. OpenVINO
+runs bf16 by default on a CPU with AMX or AVX512_BF16, so fp32 asks for f32 explicitly; what
+ran is read back from the compiled model and its runtime graph, never echoed from the request.
+int8 is NNCF post-training quantization (performance preset: symmetric weights and
+activations) from the calibration batches. openvino and nncf are imported only when a target
+is built, so importing this module never fails where they are absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import warnings
+from collections import Counter
+from typing import Any, Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from leanconv.deploy.target import Deployed, Target, register_target
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+"""OpenVINO's INFERENCE_PRECISION_HINT value for each float precision this target runs."""
+RUNTIME_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "u8": "int8", "i8": "int8"}
+"""leanconv's name for a runtime precision that the CPU plugin reports for a layer."""
+COMPUTE_LAYERS = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul",
+                            "BinaryConvolution"})
+"""Layer types of the CPU plugin's runtime graph that hold the arithmetic: their precision is what ran."""
+
+
+def _float_copy(model: nn.Module) -> nn.Module:
+    """A float32 CPU copy of ``model`` in eval mode (the user's model is not touched)."""
+    return copy.deepcopy(model).float().cpu().eval()
+
+
+def convert(model: nn.Module, example: torch.Tensor) -> Any:
+    """``model`` as an OpenVINO model (dynamic shapes), traced with ``example`` on the CPU."""
+    import openvino as ov
+
+    work = _float_copy(model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notices about Python-side shape checks
+        return ov.convert_model(work, example_input=example.detach().float().cpu())
+
+
+def check_calib(calib: Optional[List[torch.Tensor]], example: torch.Tensor) -> List[torch.Tensor]:
+    """The calibration batches to quantize with (the example when none are given), checked."""
+    if calib is None:
+        return [example.detach().float().cpu()]
+    if not isinstance(calib, (list, tuple)) or not calib:
+        raise ValueError(f"calib must be a non-empty list of input batches, got {type(calib).__name__} "
+                         f"of length {len(calib) if isinstance(calib, (list, tuple)) else 'n/a'}")
+    batches = []
+    for index, batch in enumerate(calib):
+        if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
+            raise TypeError(f"calib[{index}] must be a float tensor, got {type(batch).__name__}")
+        if batch.dim() != example.dim() or batch.shape[1:2] != example.shape[1:2]:
+            raise ValueError(f"calib[{index}] has shape {tuple(batch.shape)}: it must be {example.dim()}-D with "
+                             f"{example.shape[1]} channels like the example {tuple(example.shape)}")
+        batches.append(batch.detach().float().cpu())
+    return batches
+
+
+def quantize(ov_model: Any, batches: List[torch.Tensor]) -> Any:
+    """``ov_model`` quantized to int8 by NNCF from ``batches`` (every batch is read once)."""
+    import nncf
+
+    dataset = nncf.Dataset(batches, lambda batch: batch.numpy())
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+        return nncf.quantize(ov_model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE,
+                             subset_size=len(batches))
+
+
+def layer_precisions(compiled: Any) -> Counter:
+    """How many compute layers of the compiled model's runtime graph ran in each precision."""
+    counts: Counter = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if str(info["layerType"].astype(str)) in COMPUTE_LAYERS:
+            runtime = str(info["runtimePrecision"].astype(str))
+            counts[RUNTIME_PRECISIONS.get(runtime, runtime)] += 1
+    return counts
+
+
+def describe_ran(counts: Counter, hint: str) -> str:
+    """What ran, from the compute layers' precisions: the most common one, naming any others
+    ("int8 (with bf16: 1 of 21 compute layers)"); ``hint`` when there are no compute layers."""
+    if not counts:
+        return hint
+    total = sum(counts.values())
+    (main, _), *others = counts.most_common()
+    if not others:
+        return main
+    rest = ", ".join(f"{name}: {count}" for name, count in others)
+    return f"{main} (with {rest} of {total} compute layers)"
+
+
+def _hint_name(compiled: Any) -> str:
+    """The compiled model's inference precision in leanconv's words (``bf16``, ``fp32``)."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = getattr(hint, "get_type_name", lambda: str(hint))()
+    return RUNTIME_PRECISIONS.get(name, name)
+
+
+def _runner(compiled: Any, shape: Tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``run(x)``: one InferRequest, the input copied in, output 0 back as a float32 tensor."""
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}: this openvino deployment is compiled for the "
+                             f"example's shape {shape}")
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        result = request.infer({0: array})  # copies the input in and the outputs out
+        return torch.from_numpy(np.asarray(result[output], dtype=np.float32))
+
+    return run
+
+
+class OpenVinoTarget(Target):
+    """OpenVINO's CPU plugin: fp32 and bf16 by the precision hint, int8 by NNCF quantization."""
+
+    def unsupported(self, precision: str, device: str) -> Optional[str]:
+        """The base checks, and int8's own need: nncf."""
+        why = super().unsupported(precision, device)
+        if why is None and precision == "int8" and importlib.util.find_spec("nncf") is None:
+            return f"int8 needs nncf, not installed (pip install 'leanconv[{self.extra}]')"
+        return why
+
+    def build(self, model: nn.Module, example: torch.Tensor, precision: str,
+              calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
+        import openvino as ov
+
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be a positive integer")
+        ov_model = convert(model, example)
+        note = ""
+        if precision == "int8":
+            batches = check_calib(calib, example)
+            ov_model = quantize(ov_model, batches)  # on the dynamic model: calib batches may differ in size
+            note = f"NNCF PTQ (performance preset) on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
+        shape = tuple(example.shape)
+        ov_model.reshape(list(shape))
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if precision in HINTS:
+            config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        hint = _hint_name(compiled)
+        ran = describe_ran(layer_precisions(compiled), hint)
+        note += (f"precision hint {HINTS[precision]}" if precision in HINTS else f"float parts {hint} (OpenVINO's default)")
+        note += f", {compiled.get_property('INFERENCE_NUM_THREADS')} thread(s), static shape {list(shape)}"
+        return Deployed(self.name, precision, ran, "cpu", _runner(compiled, shape), note)
+
+
+register_target(OpenVinoTarget("openvino", "openvino", ("fp32", "bf16", "int8"), ("cpu",), modules=("openvino",),
+                               extra="openvino"))
+
+__all__ = ["COMPUTE_LAYERS", "OpenVinoTarget", "check_calib", "convert", "describe_ran", "layer_precisions",
+           "quantize"]
