@@ -66,13 +66,13 @@ def timed_convert(model: torch.nn.Module, kind: str, mode: str, **kwargs: Any) -
     """One conversion, timed; a refusal is a row with its reason."""
     kwargs.update(every_conv())
     row: Dict[str, Any] = {"kind": kind, "mode": mode, "load_before": load_average()}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         result = leanconv.convert(model, to=kind, **kwargs)
     except ValueError as error:
-        row.update(seconds=time.perf_counter() - start, refused=str(error))
+        row.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu, refused=str(error))
         return row
-    row["seconds"] = time.perf_counter() - start
+    row.update(seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
     row.update(converted=sum(r.converted for r in result.layers), layers=len(result.layers),
                mac_ratio=result.macs_after / max(result.macs_before, 1))
     refits = [r for r in result.layers if r.output_error is not None]
@@ -115,18 +115,19 @@ def markdown(data: Dict[str, Any]) -> str:
     lines = [f"# Conversion time: {meta['model']} at {meta['input_size'][2]}x{meta['input_size'][3]}", "",
              f"{meta['threads']} threads on {meta['cpu']} ({meta['cores']} logical CPUs), torch {meta['torch']}, "
              f"{meta['date']}; random weights; one run per row. Load average (1 min) before each row is shown: "
-             "on a shared machine it says how many other processes competed for the cores.", "",
+             "on a shared machine it says how many other processes competed for the cores; CPU seconds "
+             "(this process, all its threads) are less sensitive to that than wall seconds.", "",
              f"Goal: every row under {meta['goal_s']:.0f} s on 2 cores; the refit row under "
              f"{meta['refit_goal_s']:.0f} s.", "",
-             "| kind | request | seconds | converted / layers | MAC ratio (convertible) | load | note |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| kind | request | seconds | CPU seconds | converted / layers | MAC ratio (convertible) | load | note |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in [*data["rows"], data["refit"]]:
         done = f"{row['converted']} / {row['layers']}" if "converted" in row else "-"
         ratio = f"{row['mac_ratio']:.3f}" if "mac_ratio" in row else "-"
         note = row.get("refused", "")
         if "output_error_after_refit_mean" in row:
             note = f"mean relative output error after refit {row['output_error_after_refit_mean']:.3f}"
-        lines.append(f"| {row['kind']} | {row['mode']} | {row['seconds']:.2f} | {done} | {ratio} | "
+        lines.append(f"| {row['kind']} | {row['mode']} | {row['seconds']:.2f} | {row['cpu_seconds']:.2f} | {done} | {ratio} | "
                      f"{row['load_before']} | {note} |")
     return "\n".join(lines) + "\n"
 
