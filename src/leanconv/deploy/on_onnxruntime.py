@@ -1,0 +1,150 @@
+"""The ``onnxruntime`` target: onnxruntime's CPU execution provider, fp32 and int8.
+
+fp32 runs the exported graph with every graph optimization (``ORT_ENABLE_ALL``: BN and
+activation fusion, NCHWc layouts), ``threads`` intra-op threads, one inter-op thread, sequential
+execution. int8 is onnxruntime's own static quantization (``quantize_static``, QDQ format,
+per-channel int8 weights, uint8 activations: VNNI runs u8 x s8 without saturation) calibrated
+on the ``calib`` batches (the example when none are given). The model is exported through
+:mod:`leanconv.export.onnx` from a fused fp32 CPU copy (the user's model is not changed, and a
+CUDA model is copied to the CPU) with a free batch axis, so calibration batches of any size fit.
+
+What ran is read from the graph onnxruntime actually optimized: int8 only when it holds integer
+kernels (QLinearConv, MatMulInteger...), not QDQ pairs left around float ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from leanconv.deploy.target import Deployed, Target, register_target
+
+INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd",
+                         "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid",
+                         "QLinearLeakyRelu", "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+"""Operators of an optimized onnxruntime graph that compute in integers (standard and com.microsoft)."""
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A fused fp32 eval copy on the CPU (the target runs there; the user's model is untouched)."""
+    from leanconv.fusion import fuse
+
+    return fuse(copy.deepcopy(model).float().eval().cpu())
+
+
+def _export(model: nn.Module, example: torch.Tensor) -> Tuple[bytes, bool]:
+    """The ONNX bytes of ``model`` and whether its batch axis is free (tried first; a model whose
+    code fixes the batch is exported at the example's batch)."""
+    from leanconv.export.onnx import export_onnx_bytes
+
+    try:
+        return export_onnx_bytes(model, (example,), check=False, dynamic=("batch",))[0], True
+    except ValueError:
+        pass  # the static export below raises its own error if the model does not export at all
+    return export_onnx_bytes(model, (example,), check=False)[0], False
+
+
+def _batches(calib: List[torch.Tensor], batch: Optional[int]) -> List[torch.Tensor]:
+    """Calibration batches as float32 CPU tensors; re-cut to ``batch`` rows when the graph fixes it."""
+    tensors = [t.detach().float().cpu() for t in calib]
+    if batch is None or all(t.shape[0] == batch for t in tensors):
+        return tensors
+    rows = torch.cat(tensors)
+    if rows.shape[0] < batch:
+        raise ValueError(f"calib: {rows.shape[0]} samples in all, the exported model needs batches of {batch}")
+    return list(rows[: rows.shape[0] // batch * batch].split(batch))
+
+
+def _quantize(data: bytes, batches: List[torch.Tensor], folder: Path) -> bytes:
+    """onnxruntime's static QDQ quantization of the fp32 model ``data`` calibrated on ``batches``."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    proto = onnx.load_from_string(data)
+    name = proto.graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {name: item.numpy()}
+
+        def rewind(self) -> None:
+            self.items = iter(batches)
+
+    source, prepared, output = folder / "fp32.onnx", folder / "prepared.onnx", folder / "int8.onnx"
+    source.write_bytes(data)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return output.read_bytes()
+
+
+def _session(data: bytes, threads: int, folder: Path):
+    """A CPU session with full optimization, and the op types of the graph it optimized."""
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: no per-node notices on stderr
+    optimized = folder / "optimized.onnx"
+    options.optimized_model_filepath = str(optimized)
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node]
+    return session, ops
+
+
+def _runner(session) -> Callable[[torch.Tensor], torch.Tensor]:
+    name, first = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().float().cpu().contiguous().numpy()
+        return torch.from_numpy(session.run([first], {name: array})[0]).float()
+
+    return run
+
+
+class OnnxRuntime(Target):
+    def build(self, model: nn.Module, example: torch.Tensor, precision: str,
+              calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be an integer >= 1")
+        example = example.detach().float().cpu()
+        data, free_batch = _export(_cpu_copy(model), example)
+        with tempfile.TemporaryDirectory(prefix="leanconv-ort-") as folder:
+            if precision == "int8":
+                batches = _batches(list(calib) if calib else [example], None if free_batch else example.shape[0])
+                data = _quantize(data, batches, Path(folder))
+            session, ops = _session(data, threads, Path(folder))
+        integer = sum(op in INTEGER_OPS for op in ops)
+        ran = "int8" if integer else "fp32"
+        set_threads = session.get_session_options().intra_op_num_threads
+        note = f"{session.get_providers()[0]}, ORT_ENABLE_ALL, {set_threads} thread{'s' * (set_threads != 1)}"
+        if precision == "int8":
+            calibrated = f"calibrated on {len(calib)} batch{'es' * (len(calib) != 1)}" if calib else "calibrated on the example"
+            note += f", QDQ static, {calibrated}, {integer} integer kernels"
+            if not integer:
+                note += " (onnxruntime fused no QDQ pair: int8 rounding simulated in fp32)"
+        if not free_batch:
+            note += f", batch fixed at {example.shape[0]}"
+        return Deployed(self.name, precision, ran, "cpu", _runner(session), note)
+
+
+register_target(OnnxRuntime("onnxruntime", "onnxruntime", ("fp32", "int8"), ("cpu",),
+                            modules=("onnxruntime", "onnx", "onnxscript"), extra="onnx"))
+
+__all__ = ["INTEGER_OPS", "OnnxRuntime"]
