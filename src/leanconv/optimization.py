@@ -114,11 +114,9 @@ class OptimizeResult:
             ("MACs", f"{o.macs:,}", f"{c.macs:,} ({o.macs / c.macs:.2f}x fewer)"),
         ]
         for batch, report in sorted(self.efficiency.items()):
-            rows.append((f"latency, batch {batch}",
-                         f"{report.original.best.latency_ms:.3f} ms ({report.original.best.setting})",
-                         f"{report.converted.best.latency_ms:.3f} ms ({report.converted.best.setting})"))
+            rows.append((f"latency, batch {batch}", report.latency_text("original"), report.latency_text("converted")))
             rows.append((f"speedup / realized efficiency, batch {batch}", "",
-                         f"{report.speedup:.2f}x / {report.efficiency:.2f}"))
+                         f"{report.speedup_text} / {report.efficiency_text}"))
         return rows
 
     def to_dict(self) -> Dict[str, Any]:
