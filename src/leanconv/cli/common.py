@@ -162,12 +162,13 @@ def state_mismatch(model: Any, state: Any) -> Optional[str]:
     """What keeps ``state`` from loading into ``model`` (missing/unexpected keys, shapes), or None."""
     import torch
 
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         return "it holds no state_dict (a dict of tensors)"
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    shapes = [k for k in own if isinstance(own[k], torch.Tensor) and isinstance(state.get(k), torch.Tensor)
+              and tuple(own[k].shape) != tuple(state[k].shape)]
     problems = []
     if missing:
         problems.append(f"{len(missing)} of the model's keys missing (e.g. {missing[0]!r})")
