@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import re
+import string
 import tokenize
 from pathlib import Path
 
@@ -206,3 +208,303 @@ def test_runner_stops_a_page_at_its_time_limit_and_survives_a_crash(tmp_path):
     assert crash.failure == "page.md: the page's process ended (crashed) with no report"
     fine = run_page(_page(tmp_path, "```python\nprint(2 + 2)  # 4\n```\n"), timeout=60)
     assert fine.failure is None and fine.ran == 1
+
+
+# ------------------------------------------------------------------ measured figures quoted from results files
+#
+# A figure measured by a benchmark is quoted in the docs only with its results file linked; each
+# quote is listed here with the file and the rule that picks the number, so that a regenerated
+# file and a stale page cannot disagree unnoticed. The English page must contain the quote as
+# written (whitespace runs compare equal); its Chinese twin must contain each number.
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@functools.lru_cache(maxsize=None)
+def _results(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _layer_rows(kind: str, batch: int) -> list:
+    rows = [r for r in _results("layers")["rows"] if r["kind"] == kind and r["batch"] == batch]
+    assert rows, f"benchmarks/results/layers.json has no {kind} rows at batch {batch}"
+    return rows
+
+
+def _layer(kind: str, channels: int, batch: int) -> dict:
+    (row,) = [r for r in _layer_rows(kind, batch) if r["channels"] == channels]
+    return row
+
+
+def _speedups(kind: str, batch: int, formats=("nchw", "channels_last")) -> list:
+    return [r[f"speedup_{f}"] for r in _layer_rows(kind, batch) for f in formats]
+
+
+def _convert_accuracy(target: str, budget: float, refit: bool) -> float:
+    (row,) = [r for r in _results("convert") if r["model"] == "digits_cnn" and r["target"] == target
+              and r["budget"] == budget and r["refit"] is refit]
+    return row["value"]
+
+
+def _quote(page: str, template: str, *values) -> tuple:
+    """(page, the quote with ``values`` filled in, each filled-in number as written)."""
+    numbers = [format(values[int(name)], spec) for _, name, spec, _ in string.Formatter().parse(template)
+               if name is not None]
+    return page, template.format(*values), numbers
+
+
+def _distill_alpha_quotes() -> list:
+    """docs/train.md's table of benchmarks/results/distill_alpha.json (one row per lr and alpha)."""
+    rows = _results("distill_alpha")["rows"]
+    seeds = sorted({r["seed"] for r in rows})
+    quotes, better = [], []
+    for lr in sorted({r["lr"] for r in rows}, reverse=True):
+        by = {(r["alpha"], r["seed"]): r["distilled"] for r in rows if r["lr"] == lr}
+        for alpha in sorted({a for a, _ in by}):
+            values = [by[alpha, seed] for seed in seeds]
+            quotes.append(_quote("docs/train.md", "| {0} | {1:.2%} | {2:.2%} | {3:.2%} | {4:.2%} |", alpha, *values,
+                                 sum(values) / len(values)))
+        better += [round((by[0.5, seed] - by[0.9, seed]) * 359) for seed in seeds]
+    first = {r["seed"]: r for r in rows}
+    quotes.append(_quote("docs/train.md", "(teachers {0:.2%}, {1:.2%}, {2:.2%}; refit students {3:.2%}, {4:.2%}, "
+                         "{5:.2%})", *[first[s]["teacher"] for s in seeds], *[first[s]["refit"] for s in seeds]))
+    gains = [b for b in better if b > 0]
+    assert all(b >= 0 for b in better), "alpha 0.5 lost to 0.9 somewhere: docs/train.md says it never did"
+    quotes.append(_quote("docs/train.md", "0.5 was at least as good as 0.9 in all {0} runs, better by {1} to {2} test "
+                         "images in {3} of them", len(better), min(gains), max(gains), len(gains)))
+    return quotes
+
+
+def _demo_quotes() -> list:
+    """The demo's figures (benchmarks/results/deploy.json, written by benchmarks/deploy.py): the
+    README's table, and the accuracies the conversion pages quote."""
+    demo, meta = _results("deploy")["demo"], _results("deploy")["meta"]
+    assert demo is not None, "benchmarks/results/deploy.json is from a --quick run: it has no demo"
+    quotes = [
+        _quote("README.md", "| test accuracy ({0} images) | {1:.2%} | {2:.2%} after the refit (no training), {3:.2%} "
+               "after {4} epochs of distillation |", demo["test_images"], demo["accuracy_original"],
+               demo["accuracy_refit"], demo["accuracy_distilled"], demo["epochs"]),
+        _quote("README.md", "| params | {0:,} | {1:,} |", demo["params_original"], demo["params_converted"]),
+        _quote("README.md", "| MACs per image | {0:,} | {1:,} ({2:.2f}x fewer) |", demo["macs_original"],
+               demo["macs_converted"], demo["macs_original"] / demo["macs_converted"]),
+        _quote("README.md", "One run of `leanconv demo` on this project's {2}-core CPU (torch {0}, {1} threads",
+               meta["torch"].split("+")[0], demo["threads"], meta["cpu_count"]),
+        _quote("README.md", "With the optimal weights alone (no refit) the converted model scores {0:.2%}",
+               demo["accuracy_rank1_no_refit"]),
+    ]
+    if meta["overloaded"]:  # timings taken on an overloaded machine are not quoted, and the README says why
+        quotes.append(_quote("README.md", "The recorded run shared its {0} cores with other jobs (its load average, "
+                             "in the file, was above the CPU count), so its timings are not quoted here",
+                             meta["cpu_count"]))
+        return quotes + _sentence_quotes(demo)
+    for batch, report in sorted(demo["efficiency"].items(), key=lambda item: -int(item[0])):
+        o, c = report["original"], report["converted"]
+        best = [next(r["latency_ms"] for r in side["results"] if r["setting"] == side["best"]) for side in (o, c)]
+        if report.get("efficiency") is None:  # within the noise: only the range of the speedup
+            quotes.append(_quote("README.md", "| batch {0}, fastest setting | {1:.2f} ms ({2}) | {3:.2f} ms ({4}): "
+                                 "{5:.2f}x to {6:.2f}x over the rounds", batch, best[0], o["best"], best[1], c["best"],
+                                 *report["speedup_range"]))
+            continue
+        quotes.append(_quote("README.md", "| batch {0}, fastest setting | {1:.2f} ms ({2}) | {3:.2f} ms ({4}): "
+                             "{5:.2f}x, realized efficiency {6:.2f} |", batch, best[0], o["best"], best[1], c["best"],
+                             report["speedup"], report["efficiency"]))
+    return quotes + _sentence_quotes(demo)
+
+
+def _sentence_quotes(demo: dict) -> list:
+    """The demo's accuracies as the conversion pages quote them."""
+    quotes = []
+    sentence = ("on the demo's digits CNN ({0:.1%} test accuracy) the rank-1 conversion (stem dense) scored {1:.1%} "
+                "with the optimal weights alone and {2:.1%} after a least-squares refit on 256 images, with no training")
+    for page in ("docs/concepts/dsconv.md", "docs/howto/convert-trained-model.md"):
+        quotes.append(_quote(page, sentence, demo["accuracy_original"], demo["accuracy_rank1_no_refit"],
+                             demo["accuracy_refit"]))
+    quotes.append(_quote("docs/train.md", "after `leanconv.fuse` the demo's converted model has {0} BatchNorm left",
+                         _results("deploy")["meta"]["batchnorms_left_after_fuse_converted"]))
+    return quotes
+
+
+def _quotes() -> list:
+    """Every benchmark figure the docs quote: (page, quote, numbers)."""
+    asym1 = [r["speedup_nchw"] for r in _layer_rows("asymmetric", 1)]
+    grouped1, grouped16 = _speedups("grouped", 1, ("nchw",)), _speedups("grouped", 16, ("nchw",))
+    dw64, dw512 = _layer("depthwise", 64, 1), _layer("depthwise", 512, 1)
+    ds64_16 = _layer("dsconv", 64, 16)
+    parallel1, parallel16 = _speedups("asym_parallel", 1), _speedups("asym_parallel", 16)
+    acblock = _speedups("acblock", 1) + _speedups("acblock", 16)
+    fused = _speedups("acblock_fused", 1) + _speedups("acblock_fused", 16)
+    tucker1 = _layer_rows("tucker2", 1)
+    ds_eff = [r["efficiency_best"] for r in _layer_rows("dsconv", 1)]
+    acc = _convert_accuracy
+    quotes = [
+        _quote("docs/concepts/asymmetric.md", "ran at **{0:.2f}x to {1:.2f}x** its speed at batch 1 in NCHW "
+               "({2:.2f}x, i.e. slower, at 64 channels and 112x112), and at best {3:.2f}x in channels_last",
+               min(asym1), max(asym1), _layer("asymmetric", 64, 1)["speedup_nchw"],
+               max(_speedups("asymmetric", 1, ("channels_last",)) + _speedups("asymmetric", 16, ("channels_last",)))),
+        _quote("docs/concepts/asymmetric.md", "accuracy was {0:.1%} without and {1:.1%} with a least-squares refit",
+               acc("asymmetric", 0.3, False), acc("asymmetric", 0.3, True)),
+        _quote("docs/concepts/dense-grouped.md", "ran **{0:.2f}x to {1:.2f}x** faster than the dense 3x3 at batch 1 "
+               "(NCHW) for every shape tried; at batch 16 the gain ranged from **{2:.2f}x** (64 channels at 112x112) "
+               "to {3:.2f}x", min(grouped1), max(grouped1), _layer("grouped", 64, 16)["speedup_nchw"], max(grouped16)),
+        _quote("docs/concepts/depthwise.md", "runs only **{0:.0f}x** faster (NCHW); at 512 channels and 14x14, 1/512 "
+               "of the MACs and **{1:.0f}x** faster. channels_last memory format helps it most ({2:.0f}x and {3:.0f}x "
+               "in the same runs)", dw64["speedup_nchw"], dw512["speedup_nchw"], dw64["speedup_channels_last"],
+               dw512["speedup_channels_last"]),
+        _quote("docs/concepts/dsconv.md", "only {0:.2f}x faster in NCHW and {1:.2f}x in channels_last",
+               ds64_16["speedup_nchw"], ds64_16["speedup_channels_last"]),
+        _quote("docs/concepts/parallel-asymmetric.md", "ran {0:.2f}x to {1:.2f}x faster than the dense 3x3 at batch 1, "
+               "but at batch 16 it ranged from {2:.2f}x (slower, 64 channels at 112x112 in NCHW) to {3:.2f}x",
+               min(parallel1), max(parallel1), _layer("asym_parallel", 64, 16)["speedup_nchw"], max(parallel16)),
+        _quote("docs/concepts/parallel-asymmetric.md", "measured {0:.2f}x to {1:.2f}x the dense speed) and exactly a "
+               "3x3 conv after fusion (measured {2:.2f}x to {3:.2f}x the dense speed", min(acblock), max(acblock),
+               min(fused), max(fused)),
+        _quote("docs/concepts/tucker2.md", "does {0:.3f} of a dense 3x3's MACs and ran **{1:.1f}x to {2:.1f}x** "
+               "faster, a realized efficiency of {3:.2f} to {4:.2f}, where the depthwise separable conv reached "
+               "{5:.2f} to {6:.2f}", tucker1[0]["mac_ratio"], min(r["speedup_nchw"] for r in tucker1),
+               max(r["speedup_nchw"] for r in tucker1), min(r["efficiency_best"] for r in tucker1),
+               max(r["efficiency_best"] for r in tucker1), min(ds_eff), max(ds_eff)),
+        _quote("docs/concepts/tucker2.md", "at half the MACs Tucker-2 kept {0:.1%} accuracy against {1:.1%} for "
+               "depthwise separable and {2:.1%} for 3x1 + 1x3; at 30% of the MACs {3:.1%} against {4:.1%} and {5:.1%}",
+               acc("tucker2", 0.5, True), acc("dsconv", 0.5, True), acc("asymmetric", 0.5, True),
+               acc("tucker2", 0.3, True), acc("dsconv", 0.3, True), acc("asymmetric", 0.3, True)),
+        _quote("docs/howto/replace-3x3-with-1x3-3x1.md", "pair ran at {0:.2f}x the speed of the dense 3x3 in NCHW and "
+               "{1:.2f}x in channels_last, for {2:.3f}x the MACs", _layer("asymmetric", 64, 1)["speedup_nchw"],
+               _layer("asymmetric", 64, 1)["speedup_channels_last"], _layer("asymmetric", 64, 1)["mac_ratio"]),
+        _quote("docs/howto/separable-aspp.md", "ran {0:.2f}x faster for {1:.1%} of the MACs",
+               _layer("dsconv", 64, 1)["speedup_nchw"], _layer("dsconv", 64, 1)["mac_ratio"]),
+        _quote("docs/howto/convert-trained-model.md", "({0:.1f}x faster at `g = 4` in the benchmark below)",
+               _layer("grouped", 64, 1)["speedup_nchw"]),
+    ]
+    for row in _layer_rows("dsconv", 1):
+        quotes.append(_quote("docs/concepts/dsconv.md", "| {0} @ {1}x{1} | {2:.3f} | {3:.2f}x |", row["channels"],
+                             row["size"], row["mac_ratio"], row["speedup_nchw"]))
+    return quotes + _demo_quotes() + _distill_alpha_quotes()
+
+
+
+
+def _twin(page: str) -> Path | None:
+    """The Chinese page of an English one, if there is one."""
+    path = ROOT / page
+    twin = ROOT / "README.zh-CN.md" if page == "README.md" else ROOT / "docs" / "zh" / path.relative_to(ROOT / "docs")
+    return twin if twin.exists() and twin != path else None
+
+
+QUOTING_PAGES = ["README.md", "docs/train.md", "docs/concepts/asymmetric.md", "docs/concepts/dense-grouped.md",
+                 "docs/concepts/depthwise.md", "docs/concepts/dsconv.md", "docs/concepts/parallel-asymmetric.md",
+                 "docs/concepts/tucker2.md", "docs/howto/replace-3x3-with-1x3-3x1.md", "docs/howto/separable-aspp.md",
+                 "docs/howto/convert-trained-model.md"]
+
+
+def test_every_quoting_page_is_listed():
+    assert sorted({page for page, _, _ in _quotes()}) == sorted(QUOTING_PAGES)
+
+
+@pytest.mark.parametrize("page", QUOTING_PAGES)
+def test_quoted_benchmark_figures_match_their_results_file(page):
+    text = " ".join((ROOT / page).read_text(encoding="utf-8").split())
+    twin = _twin(page)
+    translated = twin.read_text(encoding="utf-8") if twin is not None else None
+    problems = []
+    for _, quote, numbers in (q for q in _quotes() if q[0] == page):
+        if " ".join(quote.split()) not in text:
+            problems.append(f"{page} should say (from benchmarks/results/): {quote!r}")
+        missing = [n for n in numbers if translated is not None and n not in translated]
+        if missing:
+            problems.append(f"{_rel(twin)} lacks {missing}, quoted in {page}: {quote!r}")
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------ figures the README computes, recomputed
+
+
+def _normal_page(page: str) -> str:
+    return " ".join((ROOT / page).read_text(encoding="utf-8").split())
+
+
+def test_readme_reference_counts_are_what_profile_counts():
+    """README's MobileNetV1 and ResNet-50 figures, recomputed with leanconv.profile (meta device);
+    the closed forms are in tests/test_models.py."""
+    import torch
+
+    import leanconv
+
+    counts = []
+    for name in ("mobilenet_v1", "resnet50"):
+        with torch.device("meta"):
+            model = leanconv.models.create(name)
+        report = leanconv.profile(model, (1, 3, 224, 224))
+        counts += [report.total_macs, report.total_params]
+    quote = "MobileNetV1 gives exactly {:,} MACs and {:,} params; ResNet-50 v1.5 {:,} and {:,}".format(*counts)
+    assert quote in _normal_page("README.md")
+    zh = _normal_page("README.zh-CN.md")
+    assert all(f"{n:,}" in zh for n in counts), counts
+
+
+def test_readme_per_op_overhead_figures():
+    """The depthwise conv of the demo's features.conv3 against the dense 3x3 it replaced, by the
+    closed forms C*k*k*H*W and C*O*k*k*H*W (32 -> 64 channels on 16x16)."""
+    depthwise, dense = 32 * 3 * 3 * 16 * 16, 32 * 64 * 3 * 3 * 16 * 16
+    demo = _results("deploy")["demo"]
+    quote = (f"this {demo['macs_converted'] / 1e6:.1f} M-MAC model is all per-op overhead: the 3x3 depthwise conv of "
+             f"`features.conv3` does {depthwise:,} MACs on 32x16x16, the dense 3x3 it replaced {dense:,} "
+             f"({dense // depthwise} times the work)")
+    assert quote in _normal_page("README.md")
+    zh = _normal_page("README.zh-CN.md")
+    assert all(n in zh for n in (f"{depthwise:,}", f"{dense:,}", str(dense // depthwise))), quote
+
+
+def test_readme_states_the_pinned_torch():
+    pins = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch==")]
+    assert len(pins) == 1
+    for page in ("README.md", "README.zh-CN.md"):
+        assert f"`{pins[0]}`" in _normal_page(page), page
+
+
+def _closed_form_quotes() -> list:
+    """Ratios the concept pages derive in prose, from the closed forms (MACs = C*O*kh*kw*H*W)."""
+    hw, c, out = 32 * 32, 2048, 256
+    atrous = out * c * 9 * hw  # one dense atrous branch of the seed's ASPP
+    one_by_one = out * c * hw  # the 1x1 branch; the projection (8 * 256 -> 256) costs the same
+    pooling = out * c  # on the 1x1 pooled map
+    dense_macs = 6 * atrous + one_by_one + pooling + 8 * out * out * hw
+    separable_macs = 6 * (c * 9 + c * out) * hw + one_by_one + pooling + 8 * out * out * hw
+    bottleneck, dense256 = 256 * 64 + 64 * 64 * 9 + 64 * 256, 256 * 256 * 9
+    expand = 32 * 6 * 32  # InvertedResidual(32, 32): expand x6, depthwise 3x3, project
+    sbb, dense_sbb = 64 * 64 + 64 * 64 * 3 + 64 * 64 * 3 + 64 * 256, 64 * 256 * 9  # per pixel, LPRNet block
+    return [
+        _quote("docs/concepts/aspp.md", "The six dense atrous branches are {0:.0%} of the seed module's MACs; made "
+               "separable, the whole ASPP needs {1:.0%} of the params and {2:.0%} of the MACs. The 1x1 branch and the "
+               "projection ({3:,} MACs each)", 6 * atrous / dense_macs, 4_836_096 / 29_891_328,
+               separable_macs / dense_macs, one_by_one),
+        _quote("docs/concepts/aspp.md", "| seed's ASPP (dense 3x3) | **29,891,328** | **{0:,}** | `out*C*9*H*W` = {1:,} |",
+               dense_macs, atrous),
+        _quote("docs/concepts/residual-blocks.md", "cost `256*64 + 64*64*9 + 64*256` = {0:,} MACs against {1:,} for a "
+               "3x3 on 256 channels: {2:.1f}x less", bottleneck, dense256, dense256 / bottleneck),
+        _quote("docs/concepts/residual-blocks.md", "(here 2 x {0:,} of {1:,} MACs per pixel)", expand,
+               2 * expand + 32 * 6 * 9),
+        _quote("docs/concepts/residual-blocks.md", "a stand-in for a 3x3 conv at {0:.0%} of its MACs here",
+               sbb / dense_sbb),
+        _quote("docs/concepts/pointwise.md", "{0:,} + {1:,} + {2:,} = {3:,} MACs per pixel instead of {4:,} for a 3x3 "
+               "on 256 channels, {5:.1f}x less", 256 * 64, 64 * 64 * 9, 64 * 256, bottleneck, dense256,
+               dense256 / bottleneck),
+        _quote("docs/train.md", "the 3x3 depthwise conv of `features.conv3` does {0:,} MACs on 32x16x16",
+               32 * 3 * 3 * 16 * 16),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_closed_form_quotes())))
+def test_ratios_derived_in_prose_follow_from_the_closed_forms(index):
+    page, quote, numbers = _closed_form_quotes()[index]
+    assert " ".join(quote.split()) in _normal_page(page), f"{page} should say: {quote!r}"
+    twin = _twin(page)
+    if twin is not None:
+        missing = [n for n in numbers if n not in twin.read_text(encoding="utf-8")]
+        assert not missing, f"{_rel(twin)} lacks {missing}: {quote!r}"
+
+
+def test_readme_quotes_no_timing_from_an_overloaded_run():
+    """Latency rows are quoted only from a run whose load average stayed within the CPU count."""
+    if _results("deploy")["meta"]["overloaded"]:
+        for page in ("README.md", "README.zh-CN.md"):
+            assert "fastest setting |" not in _normal_page(page) and "最快的部署形式 |" not in _normal_page(page), page
