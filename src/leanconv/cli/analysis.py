@@ -143,7 +143,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _add_profile(sub: Any) -> None:
     prof = sub.add_parser("profile", help="profile a model: shapes, params, MACs per layer, totals, by kind")
     add_model(prof)
-    prof.add_argument("--input", type=parse_shape, action="append", help="input shape N,C,H,W (repeat for several inputs)")
+    prof.add_argument("--input", type=parse_shape, action="append",
+                      help="input shape N,C,H,W (repeat for several inputs)")
     prof.add_argument("--batch-size", type=int, default=None)
     prof.add_argument("--include-other", action="store_true", help="also count bias/norm/activation/pooling ops")
     prof.add_argument("--measure", action="store_true", help="also measure per-layer latency on the CPU")

@@ -313,6 +313,7 @@ def given(**options: Any) -> Dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-__all__ = ["check_fits", "state_mismatch", "non_negative_int", "positive_float", "positive_int", "unit_float", "add_model", "add_out", "given", "warn_untrained", "calibration_batches", "check_choice", "check_converted", "check_out_folder", "console",
-           "input_shape", "load_converted", "load_model", "load_tensors", "load_weights", "parse_shape", "rows_csv",
-           "write_text"]
+__all__ = ["add_model", "add_out", "calibration_batches", "check_choice", "check_converted", "check_fits",
+           "check_out_folder", "console", "given", "input_shape", "load_converted", "load_model", "load_tensors",
+           "load_weights", "non_negative_int", "parse_shape", "positive_float", "positive_int", "rows_csv",
+           "state_mismatch", "unit_float", "warn_untrained", "write_text"]

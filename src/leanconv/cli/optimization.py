@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from leanconv.cli.common import add_model, add_out, check_choice, check_fits, check_out_folder, console, given, load_model, \
-    load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
+from leanconv.cli.common import add_model, add_out, check_choice, check_fits, check_out_folder, console, given, \
+    load_model, load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
 
 
 def _print_summary(result: Any, out: Optional[str]) -> None:
