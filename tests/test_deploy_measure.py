@@ -110,3 +110,21 @@ def test_reference_is_fp32_eager_and_leaves_the_model():
     x = torch.randn(1, 3, 8, 8)
     out = reference_output(model, x)
     assert out.dtype == torch.float32 and model.training and next(model.parameters()).dtype == torch.float64
+
+
+def test_accuracy_per_deployment_on_labelled_validation_data():
+    """Labels chosen so the fp32 model's accuracy is known: half the labels are its own argmax."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    torch.manual_seed(1)
+    x = torch.randn(10, 3, 8, 8)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    labels = torch.where(torch.arange(10) < 6, predicted, (predicted + 1) % 4)  # 6 right, 4 wrong
+    val = [(x[:5], labels[:5]), (x[5:], labels[5:])]
+    report = measure_targets({"net": model}, (4, 3, 8, 8), targets=["torch"], precisions=["fp32"], rounds=1,
+                             warmup=0, measure=lambda fn: 1.0, val=val, eager=False)
+    # batches of 4: the first 8 images (6 right among them: the first six), the remainder dropped
+    assert report.rows[0].accuracy == pytest.approx(6 / 8)
+    with pytest.raises(ValueError, match="val holds no labels"):
+        measure_targets({"net": model}, (4, 3, 8, 8), targets=["torch"], precisions=["fp32"], val=[x], rounds=1,
+                        measure=lambda fn: 1.0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ class TargetRow:
     status: str = "skipped"  # 'ok', 'wrong' (output beyond tolerance), 'failed' (could not build), 'skipped'
     reason: str = ""
     difference: Optional[float] = None  # relative, against fp32 PyTorch eager
+    accuracy: Optional[float] = None  # top-1 on the validation data given (``val``), in this precision
     samples: List[float] = field(default_factory=list)  # ms per round
     note: str = ""
 
@@ -88,14 +89,16 @@ class TargetsReport:
     def to_markdown(self) -> str:
         lines = [f"input {tuple(self.input_size)}, {self.threads} thread(s), {self.device}; "
                  "latency in ms: median (range over rounds); difference: relative to fp32 PyTorch eager", "",
-                 "| model | target | precision (ran) | latency ms | difference | note |", "|---|---|---|---:|---:|---|"]
+                 "| model | target | precision (ran) | latency ms | difference | accuracy | note |",
+                 "|---|---|---|---:|---:|---:|---|"]
         fastest = {m: self.best(m) for m in dict.fromkeys(r.model for r in self.rows) if self.measured(m)}
         for r in self.rows:
             mark = " **fastest**" if fastest.get(r.model) is r else ""
             latency = format_ms(r.latency) if r.latency else r.status
             diff = "-" if r.difference is None else f"{r.difference:.2e}"
             ran = r.precision if r.ran in ("", r.precision) else f"{r.precision} ({r.ran})"
-            lines.append(f"| {r.model} | {r.target} | {ran} | {latency}{mark} | {diff} | {r.reason or r.note} |")
+            accuracy = "-" if r.accuracy is None else f"{r.accuracy:.2%}"
+            lines.append(f"| {r.model} | {r.target} | {ran} | {latency}{mark} | {diff} | {accuracy} | {r.reason or r.note} |")
         return "\n".join(lines) + "\n"
 
     def summary(self, original: str, converted: str) -> str:
@@ -170,14 +173,17 @@ def _first_line(error: BaseException) -> str:
 def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], *,
                     targets: Optional[Sequence[str]] = None, precisions: Optional[Sequence[str]] = None,
                     calib: Optional[List[torch.Tensor]] = None, device: Optional[str] = None, threads: int = 1,
-                    rounds: int = 3, warmup: int = 3, min_run_time: float = 0.2, eager: bool = True,
+                    rounds: int = 3, warmup: int = 3, min_run_time: float = 0.2, eager: bool = True, val: Any = None,
                     measure: Optional[Measure] = None, progress: Optional[Callable[[str], None]] = None) -> TargetsReport:
     """Every model in ``models`` (label -> module) on every target and precision, timed interleaved.
 
     ``targets``/``precisions``: None = every registered default target and every precision,
     skipping (with the reason) what cannot run here; named explicitly, one that cannot run is
     an error. ``calib``: batches for int8 (the example input otherwise). ``eager`` adds each
-    model as written in fp32 eager, the labelled baseline. Models are not changed.
+    model as written in fp32 eager, the labelled baseline. ``val``: labelled data (any form of
+    :mod:`leanconv.data.batches`) for top-1 accuracy per deployment, since bf16 and int8 change
+    it; it is fed in batches of ``input_size[0]`` (the shape each runtime was built for). Models
+    are not changed.
     """
     from leanconv.analysis import profile
 
@@ -188,6 +194,7 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     precisions = [check_precision(p) for p in _names(precisions, native, "precisions")]
     example = example_input(input_size, device)
     rows = _plan_rows(list(models), targets, precisions, device, explicit)
+    val_batches = _val_batches(val, input_size) if val is not None else []
     calls, timed = [], []
     for label, model in models.items():
         reference = reference_output(model, example)
@@ -199,6 +206,8 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
             if progress:
                 progress(f"deploy {label} on {row.target} {row.precision}")
             deployed = _build(row, model, example, reference, calib, threads)
+            if deployed is not None and val_batches:
+                row.accuracy = accuracy(deployed, val_batches)
             if deployed is not None:
                 calls.append(synchronized(lambda d=deployed: d(example), torch.device(device)))
                 timed.append(row)
@@ -209,6 +218,33 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     macs = {label: profile(m, tuple(input_size)).total_macs for label, m in models.items()}
     machine = {"torch": torch.__version__, "cpu_flags": cpu_flags()}
     return TargetsReport(rows, list(input_size), threads, device, macs, machine)
+
+
+def _val_batches(val: Any, input_size: Sequence[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Labelled batches of exactly ``input_size[0]`` images (the remainder dropped)."""
+    from leanconv.data.batches import labelled_batches
+
+    pairs = [(x, y) for x, y in labelled_batches(val, "val") if y is not None]
+    if not pairs:
+        raise ValueError("val holds no labels: give (images, labels) pairs, a labelled DataLoader or dataset")
+    images, labels = torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
+    batch = input_size[0]
+    if images.shape[1:] != tuple(input_size[1:]):
+        raise ValueError(f"val images have shape {tuple(images.shape[1:])}, input_size needs {tuple(input_size[1:])}")
+    count = len(images) // batch * batch
+    if count == 0:
+        raise ValueError(f"val holds {len(images)} images, fewer than one batch of {batch}")
+    return list(zip(images[:count].split(batch), labels[:count].split(batch)))
+
+
+def accuracy(deployed: Deployed, batches: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy of ``deployed`` on labelled batches (its output's argmax over dim 1)."""
+    correct = total = 0
+    for x, y in batches:
+        predicted = deployed(x).argmax(1).cpu()
+        correct += int((predicted == y.cpu()).sum())
+        total += len(y)
+    return correct / total
 
 
 def _registered():
@@ -226,4 +262,4 @@ def _eager_call(model: nn.Module, example: torch.Tensor) -> Callable[[], Any]:
     return synchronized(call, example.device)
 
 
-__all__ = ["EAGER", "TargetRow", "TargetsReport", "measure_targets"]
+__all__ = ["DEVICE_PRECISIONS", "EAGER", "TargetRow", "TargetsReport", "accuracy", "measure_targets"]
