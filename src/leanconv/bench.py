@@ -53,8 +53,7 @@ def _channels_last(module: nn.Module, x: torch.Tensor) -> Tuple[nn.Module, torch
 def _frozen(module: nn.Module, x: torch.Tensor) -> Tuple[nn.Module, torch.Tensor]:
     """TorchScript trace, freeze and ``optimize_for_inference``: weights prepacked for oneDNN
     once instead of on every call, which is what small depthwise and 1x1 convs need on a CPU
-    (measured on the rank-1 separable digits CNN at batch 16, 1 thread: 6.9 ms fused and
-    channels_last -> 1.6 ms frozen).
+    (the per-setting figures of the demo's models: ``benchmarks/results/deploy.md``).
 
     ``check_trace=False``: TorchScript's own check traces the module a second time and raises
     'Tracing failed sanity checks!' when the two graphs differ, which is a statement about the

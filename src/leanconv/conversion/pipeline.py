@@ -31,8 +31,8 @@ from leanconv.kinds import Options, convertible_kinds, get_kind
 
 
 NO_REFIT = ("no refit: without calib the converted layers were not fitted to any data, and a low-rank "
-            "conversion can fall to chance accuracy (the digits CNN at rank 1: 24.8% without a refit, 90.3% "
-            "with one on 256 images; docs/convert.md). Pass calib=... (--calib) to refit.")
+            "conversion can fall close to chance accuracy (the digits demo at rank 1 does; with a refit on 256 "
+            "images most of its accuracy comes back: benchmarks/results/deploy.md). Pass calib=... (--calib) to refit.")
 
 
 @dataclass
