@@ -146,7 +146,7 @@ class OpenVinoTarget(Target):
         if precision == "int8":
             batches = check_calib(calib, example)
             ov_model = quantize(ov_model, batches)  # on the dynamic model: calib batches may differ in size
-            note = f"NNCF PTQ (performance preset) on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
+            note = f"NNCF PTQ on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
         shape = tuple(example.shape)
         ov_model.reshape(list(shape))
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
@@ -155,8 +155,9 @@ class OpenVinoTarget(Target):
         compiled = ov.Core().compile_model(ov_model, "CPU", config)
         hint = _hint_name(compiled)
         ran = describe_ran(layer_precisions(compiled), hint)
-        note += (f"precision hint {HINTS[precision]}" if precision in HINTS else f"float parts {hint} (OpenVINO's default)")
-        note += f", {compiled.get_property('INFERENCE_NUM_THREADS')} thread(s), static shape {list(shape)}"
+        used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        note += f"hint {HINTS[precision]}" if precision in HINTS else f"float parts {hint}"
+        note += f", {used} thread{'s' if used != 1 else ''}"
         return Deployed(self.name, precision, ran, "cpu", _runner(compiled, shape), note)
 
 
