@@ -33,6 +33,7 @@ from leanconv._modes import evaluating
 from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int
 from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
+from leanconv.timing import format_ratio
 from leanconv.conversion.latency import LatencyCache, describe
 from leanconv.conversion.pipeline import convert, input_sizes, stem_path
 from leanconv.conversion.plan import Plan, save_plan
@@ -98,6 +99,7 @@ class OptimizeResult:
     notes: List[str] = field(default_factory=list)
     layer_latency: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # path -> (dense ms, converted ms)
     out: Optional[Path] = None
+    targets: Dict[int, Any] = field(default_factory=dict)  # batch size -> leanconv.deploy.measure.TargetsReport
 
     @property
     def converted(self) -> ModelStats:
@@ -117,6 +119,11 @@ class OptimizeResult:
             rows.append((f"latency, batch {batch}", report.latency_text("original"), report.latency_text("converted")))
             rows.append((f"speedup / realized efficiency, batch {batch}", "",
                          f"{report.speedup_text} / {report.efficiency_text}"))
+        for batch, report in sorted(self.targets.items()):
+            rows.append((f"fastest deployment, batch {batch}", _fastest(report, "original"),
+                         _fastest(report, "converted")))
+            rows.append((f"speedup vs the original at its best, batch {batch}", "",
+                         format_ratio(report.speedup("original", "converted"))))
         return rows
 
     def to_dict(self) -> Dict[str, Any]:
@@ -128,6 +135,7 @@ class OptimizeResult:
             "distill": self.distill_history.to_dict() if self.distill_history is not None else None,
             "notes": self.notes,
             "layer_latency_ms": {p: {"dense": d, "converted": c} for p, (d, c) in self.layer_latency.items()},
+            "targets": {str(b): r.to_dict() for b, r in self.targets.items()},
         }
 
     def to_markdown(self, title: str = "leanconv optimize") -> str:
@@ -148,6 +156,9 @@ class OptimizeResult:
             lines += ["## Distillation", "", self.distill_history.to_markdown()]
         for batch, report in sorted(self.efficiency.items()):
             lines += [f"## Deployment, batch {batch}", "", report.to_markdown()]
+        for batch, report in sorted(self.targets.items()):
+            lines += [f"## Where each model is fastest, batch {batch}", "", report.summary("original", "converted"),
+                      "", report.to_markdown()]
         lines += ["## Files", "", "- `model.pt`: the converted, distilled weights (state_dict); rebuild with "
                   "`leanconv.apply_plan(build_model(), 'plan.json')` then `load_state_dict`",
                   "- `plan.json`: which layers became which kind, with which ranks",
@@ -290,6 +301,8 @@ def optimize(
     progress: bool = True,
     seed: int = 0,
     device: Optional[Union[str, torch.device]] = None,
+    targets: Union[None, str, Sequence[str]] = None,
+    precisions: Optional[Sequence[str]] = None,
 ) -> OptimizeResult:
     """Convert ``model`` to kind ``to``, recover its accuracy, deploy and measure it (see the module doc).
 
@@ -307,7 +320,11 @@ def optimize(
     the demo does; ``out`` and ``result.converted`` need one). ``keep_stem`` leaves the first
     conv on the image dense. ``lr``/``alpha``: distillation's Adam learning rate and weight of
     the teacher's soft targets (:data:`leanconv.train.DEFAULT_ALPHA`, as for ``distill``). ``out``:
-    a folder to write (must not exist unless ``force``), written all at once.
+    a folder to write (must not exist unless ``force``), written all at once. ``targets``
+    (``'all'``, or names from :data:`leanconv.deploy.TARGETS`) and ``precisions``: measure both
+    models on those deployment targets at each batch size too, with accuracy per precision, and
+    report where each is fastest and the speedup against the original at its best
+    (:func:`leanconv.deploy.measure.measure_targets`; None, the default: not measured).
     """
     _check_choice(rank, mac_fraction, target_speedup)
     _check_run(epochs, batch_sizes, lr, alpha, calib_images, to)
@@ -334,7 +351,8 @@ def optimize(
     efficiency = _measure_efficiency(student, setup, batch_sizes, say)
     say("timing each converted layer against its dense original")
     result = OptimizeResult(student, chosen.plan, original, candidates, chosen, distilled_accuracy, efficiency,
-                            history, notes, layer_latency(setup.original, chosen, setup.input_size))
+                            history, notes, layer_latency(setup.original, chosen, setup.input_size),
+                            targets=_on_targets(student, setup, batch_sizes, targets, precisions, say))
     if out is not None:
         write_outputs(result, out, force, title)
         result.out = Path(out)
@@ -489,6 +507,30 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
         efficiency[batch] = realized_efficiency(setup.original, student.eval(), setup.data.input_size(batch),
                                                 min_run_time=setup.min_run_time)
     return efficiency
+
+
+def _on_targets(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], targets: Union[None, str, Sequence[str]],
+                precisions: Optional[Sequence[str]], say: _Say) -> Dict[int, Any]:
+    """Batch size -> both models measured on the deployment ``targets`` (none when None)."""
+    if targets is None:
+        return {}
+    from leanconv.deploy.measure import measure_targets
+
+    reports = {}
+    for batch in batch_sizes:
+        say(f"measuring both models on every deployment target at batch {batch}")
+        calib = calibration_batches(setup.data.train, 4 * batch, batch_size=batch)
+        reports[batch] = measure_targets({"original": setup.original, "converted": student.eval()},
+                                         setup.data.input_size(batch), targets=None if targets == "all" else targets,
+                                         precisions=precisions, calib=calib, val=setup.data.test,
+                                         device=str(setup.device), min_run_time=setup.min_run_time)
+    return reports
+
+
+def _fastest(report: Any, model: str) -> str:
+    best = report.best(model)
+    accuracy = "" if best.accuracy is None else f", {best.accuracy:.2%}"
+    return f"{best.latency.median:.3f} ms ({best.target} {best.ran or best.precision}{accuracy})"
 
 
 def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int]) -> Dict[str, Tuple[float, float]]:
