@@ -335,13 +335,19 @@ def test_demo_measures_deployment_on_the_device_asked(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "trained_digits_cnn", lambda progress: _model())
     monkeypatch.setattr(demo, "optimize", lambda model, data, **kw: asked.append(("optimize", kw["batch_sizes"],
                                                                                    kw["out"], kw["device"]))
-                        or SimpleNamespace(model=_model(), efficiency={}, notes=[], out=None))
+                        or SimpleNamespace(model=_model(), efficiency={}, notes=[], out=None, targets={}))
     monkeypatch.setattr(demo, "realized_efficiency", lambda o, c, size, **kw: asked.append((size, kw["device"],
                                                                                              kw["rounds"])) or size)
+    on_targets = []
+    monkeypatch.setattr(demo, "_on_targets", lambda o, c, data, batch, targets, rounds, min_run_time, device:
+                        on_targets.append((batch, targets, rounds, device)) or batch)
     monkeypatch.setattr(demo, "write_outputs", lambda result, out, force, title: written.append(out))
     result = demo.run_demo(tmp_path / "out", batch_sizes=(1, 4), progress=False, device="cuda:1", rounds=4)
     assert asked == [("optimize", (), None, torch.device("cuda", 1)), ((1, 1, 32, 32), torch.device("cuda", 1), 4),
                      ((4, 1, 32, 32), torch.device("cuda", 1), 4)]
+    # and both models on every deployment target at each batch size, on the same device and rounds
+    assert on_targets == [(1, "all", 4, torch.device("cuda", 1)), (4, "all", 4, torch.device("cuda", 1))]
+    assert result.targets == {1: 1, 4: 4}
     assert result.efficiency == {1: (1, 1, 32, 32), 4: (4, 1, 32, 32)} and written == [tmp_path / "out"]
     for bad, message in (({"device": "meta"}, r"device='meta' cannot run the demo"),
                          ({"batch_sizes": ()}, r"batch_sizes=\(\) must be a non-empty sequence of ints >= 1"),

@@ -25,7 +25,7 @@ from leanconv._validate import check_positive_int
 from leanconv.bench import realized_efficiency
 from leanconv.data import load_data, load_digits
 from leanconv.models.digits import digits_cnn, train_digits_cnn
-from leanconv.optimization import OptimizeResult, optimize, write_outputs
+from leanconv.optimization import OptimizeResult, calibration_batches, optimize, write_outputs
 
 TRAIN_EPOCHS = 8
 SEED = 0
@@ -69,12 +69,15 @@ def _check_device(device: Optional[Union[str, torch.device]]) -> torch.device:
 
 def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = 3,
              batch_sizes: Sequence[int] = (1, 16), progress: bool = True, min_run_time: float = 0.2,
-             device: Optional[Union[str, torch.device]] = None, rounds: int = ROUNDS) -> OptimizeResult:
+             device: Optional[Union[str, torch.device]] = None, rounds: int = ROUNDS,
+             targets: Union[None, str, Sequence[str]] = "all") -> OptimizeResult:
     """Run the demo; returns the :class:`leanconv.optimization.OptimizeResult` (written to ``out``).
 
     ``device``: where conversion, distillation and every measurement run (default the CPU; the
     cached original is moved as a copy); ``rounds``: interleaved rounds per deployment
-    measurement, whose range each figure is reported with.
+    measurement, whose range each figure is reported with. ``targets``: the deployment targets
+    both models are measured on too (``'all'``: every one available here; None: none), each
+    model at its best, with accuracy per precision (:func:`leanconv.deploy.measure.measure_targets`).
     """
     target = _check_device(device)
     if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
@@ -96,10 +99,24 @@ def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = Fa
                                        f"{batch} on {target} ({rounds} interleaved rounds)")
         result.efficiency[batch] = realized_efficiency(model, result.model.eval(), data.input_size(batch),
                                                        min_run_time=min_run_time, rounds=rounds, device=target)
+        if targets is not None:
+            result.targets[batch] = _on_targets(model, result.model.eval(), data, batch, targets, rounds,
+                                                min_run_time, target)
     if out is not None:
         write_outputs(result, out, force, TITLE)
         result.out = Path(out)
     return result
+
+
+def _on_targets(original: torch.nn.Module, converted: torch.nn.Module, data, batch: int,
+                targets: Union[str, Sequence[str]], rounds: int, min_run_time: float, device: torch.device):
+    """Both models on every deployment target at ``batch`` (int8 calibrated on training images)."""
+    from leanconv.deploy.measure import measure_targets
+
+    calib = calibration_batches(data.train, 4 * batch, batch_size=batch)
+    return measure_targets({"original": original, "converted": converted}, data.input_size(batch),
+                           targets=None if targets == "all" else targets, calib=calib, val=data.test,
+                           device=str(device), rounds=rounds, min_run_time=min_run_time)
 
 
 __all__ = ["run_demo", "trained_digits_cnn"]

@@ -5,6 +5,7 @@ never fails for a runtime that is not installed.
 """
 
 import importlib
+import importlib.util
 
 MODULES = ("leanconv.deploy.on_torch", "leanconv.deploy.on_onnxruntime", "leanconv.deploy.on_openvino")
 
