@@ -174,3 +174,47 @@ def test_cuda_model_is_exported_from_a_cpu_copy():
     deployed = deploy(model, "onnxruntime", "fp32", example=x, device="cpu")
     assert next(model.parameters()).is_cuda
     assert output_difference(deployed(x), reference_output(model.cpu(), x)) < TOLERANCES["fp32"]
+
+
+class NothingToQuantize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
+
+
+def test_ran_is_what_onnxruntime_runs_not_what_was_asked():
+    deployed = deploy(NothingToQuantize(), "onnxruntime", "int8", example=torch.randn(2, 3, 8, 8))
+    assert (deployed.precision, deployed.ran) == ("int8", "fp32")
+    assert "0 integer kernels (no operator onnxruntime quantizes: all fp32)" in deployed.note
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(deployed(x), torch.exp(x), rtol=1e-5, atol=1e-6)
+
+
+@torch.library.custom_op("leanconv_test::ort_doubled", mutates_args=())
+def _doubled(x: torch.Tensor) -> torch.Tensor:
+    return 2 * x
+
+
+@_doubled.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class WithCustomOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _doubled(self.conv(x))
+
+
+def test_bad_models_and_calibration_are_one_line():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"^model cannot be exported to ONNX: operator leanconv_test\.ort_doubled"
+                                         r"\.default has no ONNX translation[^\n]*$"):
+        deploy(WithCustomOp().eval(), "onnxruntime", "fp32", example=x)
+    conv = nn.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match=r"calib\[1\] has shape \(2, 4, 8, 8\): the example's is \(2, 3, 8, 8\)"):
+        deploy(conv, "onnxruntime", "int8", example=x, calib=[x, torch.randn(2, 4, 8, 8)])
+    with pytest.raises(TypeError, match=r"calib\[0\] must be a tensor, not ndarray"):
+        deploy(conv, "onnxruntime", "int8", example=x, calib=[x.numpy()])

@@ -49,12 +49,28 @@ def _export(model: nn.Module, example: torch.Tensor) -> Tuple[bytes, bool]:
     return export_onnx_bytes(model, (example,), check=False)[0], False
 
 
-def _batches(calib: List[torch.Tensor], batch: Optional[int]) -> List[torch.Tensor]:
-    """Calibration batches as float32 CPU tensors; re-cut to ``batch`` rows when the graph fixes it."""
-    tensors = [t.detach().float().cpu() for t in calib]
-    if batch is None or all(t.shape[0] == batch for t in tensors):
-        return tensors
-    rows = torch.cat(tensors)
+def _calibration(calib, example: torch.Tensor) -> List[torch.Tensor]:
+    """The calibration batches (the example when none) as float32 CPU tensors, each shaped like
+    the example but for the batch (checked before anything is exported)."""
+    if calib is None or (isinstance(calib, (list, tuple)) and not calib):
+        return [example]
+    items = [calib] if isinstance(calib, torch.Tensor) else calib
+    if not isinstance(items, (list, tuple)):
+        raise TypeError(f"calib must be a list of input tensors, not {type(calib).__name__}")
+    for index, item in enumerate(items):
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"calib[{index}] must be a tensor, not {type(item).__name__}")
+        if item.dim() != example.dim() or item.shape[1:] != example.shape[1:]:
+            raise ValueError(f"calib[{index}] has shape {tuple(item.shape)}: the example's is "
+                             f"{tuple(example.shape)} (only the batch may differ)")
+    return [t.detach().float().cpu() for t in items]
+
+
+def _recut(batches: List[torch.Tensor], batch: Optional[int]) -> List[torch.Tensor]:
+    """``batches`` as they are, or re-cut to ``batch`` rows when the exported graph fixes the batch."""
+    if batch is None or all(t.shape[0] == batch for t in batches):
+        return batches
+    rows = torch.cat(batches)
     if rows.shape[0] < batch:
         raise ValueError(f"calib: {rows.shape[0]} samples in all, the exported model needs batches of {batch}")
     return list(rows[: rows.shape[0] // batch * batch].split(batch))
@@ -124,24 +140,27 @@ class OnnxRuntime(Target):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r} must be an integer >= 1")
         example = example.detach().float().cpu()
+        batches = _calibration(calib, example) if precision == "int8" else []
         data, free_batch = _export(_cpu_copy(model), example)
         with tempfile.TemporaryDirectory(prefix="leanconv-ort-") as folder:
             if precision == "int8":
-                batches = _batches(list(calib) if calib else [example], None if free_batch else example.shape[0])
+                batches = _recut(batches, None if free_batch else example.shape[0])
                 data = _quantize(data, batches, Path(folder))
             session, ops = _session(data, threads, Path(folder))
         integer = sum(op in INTEGER_OPS for op in ops)
-        ran = "int8" if integer else "fp32"
         set_threads = session.get_session_options().intra_op_num_threads
         note = f"{session.get_providers()[0]}, ORT_ENABLE_ALL, {set_threads} thread{'s' * (set_threads != 1)}"
         if precision == "int8":
-            calibrated = f"calibrated on {len(calib)} batch{'es' * (len(calib) != 1)}" if calib else "calibrated on the example"
-            note += f", QDQ static, {calibrated}, {integer} integer kernels"
+            given = calib is not None and not (isinstance(calib, (list, tuple)) and not calib)
+            source = f"{len(batches)} batch{'es' * (len(batches) != 1)}" if given else "the example"
+            note += f", QDQ static, calibrated on {source}, {integer} integer kernels"
             if not integer:
-                note += " (onnxruntime fused no QDQ pair: int8 rounding simulated in fp32)"
+                simulated = any(op in ("QuantizeLinear", "DequantizeLinear") for op in ops)
+                note += (" (onnxruntime fused no QDQ pair: int8 rounding simulated in fp32)" if simulated
+                         else " (no operator onnxruntime quantizes: all fp32)")
         if not free_batch:
             note += f", batch fixed at {example.shape[0]}"
-        return Deployed(self.name, precision, ran, "cpu", _runner(session), note)
+        return Deployed(self.name, precision, "int8" if integer else "fp32", "cpu", _runner(session), note)
 
 
 register_target(OnnxRuntime("onnxruntime", "onnxruntime", ("fp32", "int8"), ("cpu",),
