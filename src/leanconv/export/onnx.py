@@ -66,7 +66,9 @@ def export_onnx_bytes(model: nn.Module, example_inputs: Sequence[torch.Tensor], 
             return data, 0.0
         with torch.no_grad():
             reference = output_tensors(model(*inputs))
-    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: onnxruntime's graph notices would go to stderr
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     feeds = {arg.name: t.detach().cpu().numpy() for arg, t in zip(session.get_inputs(), inputs)}
     ours = session.run(None, feeds)
     if len(ours) != len(reference):
