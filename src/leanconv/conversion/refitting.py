@@ -248,13 +248,18 @@ def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Any,
     ``plan`` is :func:`leanconv.convert`'s plan (a :class:`~leanconv.conversion.plan.Plan`, its
     dict form or a plan file); ``calib`` any data form (:mod:`leanconv.data.batches`). The last
     ``holdout`` share of the images (0 <= holdout < 1) is not fitted on but decides whether
-    each layer keeps its refit (see the module docstring). Both models are used in eval mode;
-    their training flags are restored afterwards.
+    each layer keeps its refit (see the module docstring). The batches move to the device of
+    ``original``'s parameters. Both models are used in eval mode; their training flags are
+    restored afterwards.
     """
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
         raise ValueError(f"holdout={holdout!r} must be a share of the calibration images in [0, 1)")
     layers = as_plan(plan).layers
-    fit, held = split_held_out(finite_batches(calib), float(holdout))
+    parameter = next(original.parameters(), None)
+    batches = finite_batches(calib)
+    if parameter is not None:  # the data follows the model's device
+        batches = [x.to(parameter.device) for x in batches]
+    fit, held = split_held_out(batches, float(holdout))
     paths = [name for name, _ in original.named_modules() if name in layers]  # network order
     with evaluating(converted, original):
         targets = capture_all(original, paths, fit + held, "output")
