@@ -75,6 +75,28 @@ def add_out(parser: argparse.ArgumentParser, help: str, required: bool = True, d
     parser.add_argument("--force", action="store_true", help=force_help)
 
 
+def add_device(parser: argparse.ArgumentParser, what: str = "runs the model") -> None:
+    """``--device``: where the command runs the model (default: the CPU)."""
+    parser.add_argument("--device", default=None, help=f"where it {what}: cpu (default), cuda, cuda:1, ...")
+
+
+def check_device(text: Optional[str]) -> Optional[str]:
+    """``--device`` as a torch device name; CUDA asked on a machine without it is one line."""
+    if text is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {text!r} is not a device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text!r} must be cpu or cuda")
+    return str(device)
+
+
 def check_choice(value: str, flag: str, choices: Sequence[str], hint: str = "") -> str:
     """``value`` if it is one of ``choices``, else ValueError ``--to='x' must be one of [...]``."""
     if value not in choices:
@@ -313,7 +335,7 @@ def given(**options: Any) -> Dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-__all__ = ["add_model", "add_out", "calibration_batches", "check_choice", "check_converted", "check_fits",
+__all__ = ["add_device", "check_device", "add_model", "add_out", "calibration_batches", "check_choice", "check_converted", "check_fits",
            "check_out_folder", "console", "given", "input_shape", "load_converted", "load_model", "load_tensors",
            "load_weights", "non_negative_int", "parse_shape", "positive_float", "positive_int", "rows_csv",
            "state_mismatch", "unit_float", "warn_untrained", "write_text"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_choice, check_fits, \
-    check_out_folder, input_shape, load_model, load_weights, parse_shape, warn_untrained
+from leanconv.cli.common import CALIB_HELP, add_device, add_model, add_out, calibration_batches, check_choice, check_fits, \
+    check_device, check_out_folder, input_shape, load_model, load_weights, parse_shape, warn_untrained
 
 
 def check_to(value: str) -> str:
@@ -24,6 +24,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from leanconv._files import staged_folder
 
     check_to(args.to)
+    device = check_device(args.device)
     out = check_out_folder(args)
     model = load_weights(load_model(args.model).eval(), args.weights)
     needs_input = bool(args.mac_budget or args.latency_budget or args.calib)
@@ -40,9 +41,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                      latency_budget=args.latency_budget,
                      input_size=shape, calib=calib,
                      exclude=args.exclude, order=args.order, core=args.core,
-                     permute=args.permute)
+                     permute=args.permute, keep_stem=not args.convert_stem, device=device)
     with staged_folder(out, args.force) as staging:
-        torch.save(result.model.state_dict(), staging / "model.pt")
+        torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, staging / "model.pt")
         save_plan(result.plan, staging / "plan.json")
         (staging / "report.md").write_text(f"# leanconv convert {args.model} --to {args.to}\n\n" + result.to_markdown())
     print(result.to_markdown())
@@ -65,6 +66,9 @@ def add_commands(sub: Any) -> None:
     conv.add_argument("--input", type=parse_shape, default=None, help="input shape N,C,H,W")
     conv.add_argument("--calib", default=None, help=f"refit on: {CALIB_HELP}")
     conv.add_argument("--exclude", action="append", default=None, help="glob of module paths to keep as they are")
+    conv.add_argument("--convert-stem", action="store_true",
+                      help="also convert the first conv on the image (kept dense by default, as MobileNet does)")
+    add_device(conv, "converts and refits")
     # --order and --core are checked against the --to kind's registry entry when the command runs
     conv.add_argument("--order", default=None,
                       help="stage order of the --to kind (see `leanconv kinds`); auto: per layer, least damage per MAC")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
-from leanconv.cli.common import CALIB_HELP, add_model, add_out, calibration_batches, check_converted, check_fits, \
-    check_out_folder, console, input_shape, load_converted, load_model, load_tensors, load_weights, non_negative_int, \
+from leanconv.cli.common import CALIB_HELP, add_device, add_model, add_out, calibration_batches, check_converted, check_fits, \
+    check_device, check_out_folder, console, input_shape, load_converted, load_model, load_tensors, load_weights, non_negative_int, \
     parse_shape, positive_float, positive_int, rows_csv
 
 
@@ -41,6 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from leanconv.bench import benchmark_settings, realized_efficiency
 
     settings = _settings(args.settings)
+    device = check_device(args.device)
     shape = input_shape(args.input, args.model)
     if args.batch_size is not None:
         if args.batch_size < 1:
@@ -50,14 +51,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_converted(args.converted)  # before any measurement
     model = load_weights(load_model(args.model).eval(), args.weights)
     check_fits(model, shape, f"--input={','.join(map(str, shape))}")  # before any measurement starts
+    if args.targets is not None:
+        return _bench_targets(args, model, shape, device)
     options = dict(settings=settings, compile=args.compile, threads=args.threads, min_run_time=args.min_run_time,
-                   rounds=args.rounds, progress=True)
+                   rounds=args.rounds, progress=True, device=device)
     if args.converted:
         converted = load_converted(args.model, args.converted)[0].eval()
         report = realized_efficiency(model, converted, shape, **options)
     else:
         report = benchmark_settings(model, shape, **options)
     _print_bench(report, args.format)
+    return 0
+
+
+def _bench_targets(args: argparse.Namespace, model: Any, shape: Tuple[int, ...], device: Optional[str]) -> int:
+    """``--targets``: MODEL (and --converted) on every target x precision; the fastest marked."""
+    from leanconv.cli.optimization import target_lists
+    from leanconv.deploy.measure import measure_targets
+
+    targets, precisions = target_lists(args.targets, args.precisions)
+    models = {"original": model}
+    if args.converted:
+        models["converted"] = load_converted(args.model, args.converted)[0].eval()
+    calib = calibration_batches(args.calib, shape, batch=shape[0]) if args.calib else None
+    report = measure_targets(models, shape, targets=None if targets == "all" else targets, precisions=precisions,
+                             calib=calib, device=device, threads=args.threads or 1, rounds=args.rounds,
+                             min_run_time=args.min_run_time, progress=lambda text: console(stderr=True).print(text))
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    elif args.format == "csv":
+        print(rows_csv([{k: v for k, v in r.items() if k != "samples"} for r in report.to_dict()["rows"]]), end="")
+    else:
+        print(report.to_markdown(), end="")
+        if args.converted:
+            print("\n" + report.summary("original", "converted"))
     return 0
 
 
@@ -137,7 +164,14 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--settings", default=None, help="comma-separated subset of the settings to measure")
     bench.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     bench.add_argument("--min-run-time", type=positive_float, default=0.2, help="seconds per measurement")
-    bench.add_argument("--rounds", type=positive_int, default=1, help="repeat the measurements, interleaved; median")
+    bench.add_argument("--rounds", type=positive_int, default=3,
+                       help="interleaved rounds; each figure is the median with its range over rounds")
+    bench.add_argument("--targets", default=None,
+                       help="measure on deployment targets instead of PyTorch settings: all, or comma-separated "
+                            "names (torch, torch-frozen, torch-compile, onnxruntime, openvino)")
+    bench.add_argument("--precisions", default=None, help="with --targets: comma-separated fp32, bf16, int8, ...")
+    bench.add_argument("--calib", default=None, help=f"with --targets, int8 calibration: {CALIB_HELP}")
+    add_device(bench, "measures")
     bench.add_argument("--format", choices=("table", "md", "csv", "json"), default="table")
     bench.set_defaults(func=cmd_bench)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
-from leanconv.cli.common import add_model, add_out, check_choice, check_fits, check_out_folder, console, given, \
-    load_model, load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
+from leanconv.cli.common import add_device, add_model, add_out, check_choice, check_fits, check_out_folder, console, given, \
+    check_device, load_model, load_weights, non_negative_int, positive_float, positive_int, unit_float, warn_untrained
 
 
 def _print_summary(result: Any, out: Optional[str]) -> None:
@@ -32,6 +32,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from leanconv.optimization import optimize
 
     check_choice(args.to, "--to", convertible_kinds())
+    device = check_device(args.device)
+    targets, precisions = target_lists(args.targets, args.precisions)
     check_out_folder(args)
     model = load_weights(load_model(args.model).eval(), args.weights)
     warn_untrained(args.model, args.weights, "optimize")  # before the long run, as before
@@ -42,7 +44,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
                       batch_sizes=tuple(args.batch_size), sweep=not args.no_sweep, out=args.out, force=args.force,
                       min_run_time=args.measure_time, title=f"leanconv optimize {args.model} --data {args.data}",
-                      **given(alpha=args.alpha))
+                      device=device, targets=targets, precisions=precisions, **given(alpha=args.alpha))
     _print_summary(result, args.out)
     return 0
 
@@ -51,10 +53,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The digits CNN, converted to rank-1 separable convs, refit, distilled, deployed, measured."""
     from leanconv.demo import run_demo
 
+    device = check_device(args.device)
+    targets, _ = target_lists(args.targets, None)
     check_out_folder(args)
-    result = run_demo(args.out, args.force, epochs=args.epochs, batch_sizes=tuple(args.batch_size))
+    result = run_demo(args.out, args.force, epochs=args.epochs, batch_sizes=tuple(args.batch_size), device=device,
+                      targets=targets)
     _print_summary(result, args.out)
     return 0
+
+
+def target_lists(targets: str, precisions: Optional[str]) -> Tuple[Any, Optional[List[str]]]:
+    """``--targets`` ('all', 'none' or comma-separated names) and ``--precisions``, each name checked."""
+    from leanconv.deploy.target import PRECISIONS, TARGETS, get_target
+
+    if targets in ("none", ""):
+        return None, None
+    names = "all" if targets == "all" else [t.strip() for t in targets.split(",")]
+    get_target("torch")  # loads the built-in targets
+    for name in names if names != "all" else []:
+        check_choice(name, "--targets", sorted(TARGETS))
+    chosen = None if precisions is None else [p.strip() for p in precisions.split(",")]
+    for name in chosen or []:
+        check_choice(name, "--precisions", PRECISIONS)
+    return names, chosen
+
+
+TARGETS_HELP = ("deployment targets to measure both models on: all (every one available here), none, or names "
+                "(torch, torch-frozen, torch-compile, onnxruntime, openvino)")
 
 
 def _add_optimize(sub: Any) -> None:
@@ -76,6 +101,9 @@ def _add_optimize(sub: Any) -> None:
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")
     opt.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
+    opt.add_argument("--targets", default="all", help=TARGETS_HELP)
+    opt.add_argument("--precisions", default=None, help="comma-separated: fp32, bf16, int8 ... (default: the device's)")
+    add_device(opt, "converts, distills and measures")
     opt.add_argument("--measure-time", type=positive_float, default=0.2,
                      help="seconds of timing per measurement (more: steadier numbers)")
     add_out(opt, "output folder (must not exist unless --force)")
@@ -89,6 +117,8 @@ def add_commands(sub: Any) -> None:
     add_out(demo, "output folder (default: ./leanconv-demo)", required=False, default="leanconv-demo")
     demo.add_argument("--epochs", type=non_negative_int, default=3, help="distillation epochs")
     demo.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
+    demo.add_argument("--targets", default="all", help=TARGETS_HELP)
+    add_device(demo, "trains, converts and measures")
     demo.set_defaults(func=cmd_demo)
 
 

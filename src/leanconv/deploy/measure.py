@@ -138,6 +138,8 @@ def _plan_rows(labels: Sequence[str], targets: List[str], precisions: List[str],
     rows = []
     for target in targets:
         entry = get_target(target)
+        if explicit and not set(precisions) & set(entry.precisions):
+            raise ValueError(f"target {target!r} has none of precisions={precisions} (it runs {', '.join(entry.precisions)})")
         for precision in [p for p in precisions if p in entry.precisions]:
             why = entry.missing() or entry.unsupported(precision, device)
             if why is not None and explicit:
