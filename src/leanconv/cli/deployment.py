@@ -124,7 +124,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_export_hls(args: argparse.Namespace) -> int:
     """Write HLS C++, golden data, testbench and Makefile for a quantized model; --check runs it."""
-    from leanconv.export.hls import check_hls, export_hls
+    from leanconv.export.hls import export_hls
     from leanconv.quant import QuantizedModel
 
     check_out_folder(args)
@@ -134,19 +134,20 @@ def cmd_export_hls(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"QMODEL={args.qmodel!r} must be a folder from `leanconv quantize` or its qmodel.pt")
     qmodel = QuantizedModel.from_dict(load_tensors(str(path), "QMODEL"))  # a corrupt or pickled file: one line
     names = args.names.split(",") if args.names else None
-    project = export_hls(qmodel, args.out, vectors=args.vectors, seed=args.seed, names=names, top=args.top,
-                         weights=args.weights, pragmas=args.pragmas, margin=args.margin, force=args.force)
+    try:  # --check compiles and runs the testbench in the staging folder, before the output appears
+        project = export_hls(qmodel, args.out, vectors=args.vectors, seed=args.seed, names=names, top=args.top,
+                             weights=args.weights, pragmas=args.pragmas, margin=args.margin, force=args.force,
+                             check=args.check)
+    except RuntimeError as error:
+        print(f"leanconv export-hls: --check cannot run: {error}")
+        return 1
     print(project.hazards)
     print(f"wrote {project.directory}/: {', '.join(project.files)}")
     if project.ap_types is None:
         print("note: the ap_types headers were not found (pip install hls4ml); pass AP_TYPES=... to make")
     if not args.check:
         return 0
-    try:
-        result = check_hls(project.directory)
-    except RuntimeError as error:
-        print(f"leanconv export-hls: --check cannot run: {error}")
-        return 1
+    result = project.check
     print(result.output.strip())
     print("check: PASS (bit-exact)" if result.passed else f"check: FAIL ({result.mismatches} mismatches)")
     return 0 if result.passed else 1
