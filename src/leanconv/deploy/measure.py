@@ -161,7 +161,7 @@ def _build(row: TargetRow, model: nn.Module, example: torch.Tensor, reference: t
         return None
     if not row.difference <= TOLERANCES[row.precision]:
         row.status = "wrong"
-        row.reason = f"output differs by {row.difference:.2e} > {TOLERANCES[row.precision]:.0e} allowed for {row.precision}"
+        row.reason = f"output differs by {row.difference:.2e} > {TOLERANCES[row.precision]:.2g} allowed for {row.precision}"
         return None
     row.status = "ok"
     return deployed
@@ -181,7 +181,9 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
 
     ``targets``/``precisions``: None = every registered default target and every precision,
     skipping (with the reason) what cannot run here; named explicitly, one that cannot run is
-    an error. ``calib``: batches for int8 (the example input otherwise). ``eager`` adds each
+    an error. ``calib``: batches for int8 (the example input otherwise). Outputs are checked, and
+    latency timed, on the first validation batch, else a calibration batch of ``input_size``,
+    else a seeded random input. ``eager`` adds each
     model as written in fp32 eager, the labelled baseline. ``val``: labelled data (any form of
     :mod:`leanconv.data.batches`) for top-1 accuracy per deployment, since bf16 and int8 change
     it; it is fed in batches of ``input_size[0]`` (the shape each runtime was built for). Models
@@ -194,9 +196,9 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     device = device or "cpu"
     native = DEVICE_PRECISIONS["cuda" if torch.device(device).type == "cuda" else "cpu"]
     precisions = [check_precision(p) for p in _names(precisions, native, "precisions")]
-    example = example_input(input_size, device)
     rows = _plan_rows(list(models), targets, precisions, device, explicit)
     val_batches = _val_batches(val, input_size) if val is not None else []
+    example = _example(input_size, device, calib, val_batches)
     calls, timed = [], []
     for label, model in models.items():
         reference = reference_output(model, example)
@@ -220,6 +222,17 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     macs = {label: profile(m, tuple(input_size)).total_macs for label, m in models.items()}
     machine = {"torch": torch.__version__, "cpu_flags": cpu_flags()}
     return TargetsReport(rows, list(input_size), threads, device, macs, machine)
+
+
+def _example(input_size: Sequence[int], device: str, calib: Optional[List[torch.Tensor]],
+             val_batches: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The input every deployment is checked and timed on: real data where there is some (a
+    validation batch, else a calibration batch of the right shape), since int8 ranges calibrated
+    on real inputs clip a random one; a seeded random input otherwise."""
+    if val_batches:
+        return val_batches[0][0].to(device)
+    fitting = [b for b in calib or [] if tuple(b.shape) == tuple(input_size)]
+    return fitting[0].to(device) if fitting else example_input(input_size, device)
 
 
 def _val_batches(val: Any, input_size: Sequence[int]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
