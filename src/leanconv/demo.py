@@ -113,7 +113,7 @@ def _on_targets(original: torch.nn.Module, converted: torch.nn.Module, data, bat
     """Both models on every deployment target at ``batch`` (int8 calibrated on training images)."""
     from leanconv.deploy.measure import measure_targets
 
-    calib = calibration_batches(data.train, 4 * batch, batch_size=batch)
+    calib = calibration_batches(data.train, max(64, 4 * batch), batch_size=batch)
     return measure_targets({"original": original, "converted": converted}, data.input_size(batch),
                            targets=None if targets == "all" else targets, calib=calib, val=data.test,
                            device=str(device), rounds=rounds, min_run_time=min_run_time)

@@ -519,7 +519,7 @@ def _on_targets(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], t
     reports = {}
     for batch in batch_sizes:
         say(f"measuring both models on every deployment target at batch {batch}")
-        calib = calibration_batches(setup.data.train, 4 * batch, batch_size=batch)
+        calib = calibration_batches(setup.data.train, max(64, 4 * batch), batch_size=batch)
         reports[batch] = measure_targets({"original": setup.original, "converted": student.eval()},
                                          setup.data.input_size(batch), targets=None if targets == "all" else targets,
                                          precisions=precisions, calib=calib, val=setup.data.test,
