@@ -134,13 +134,13 @@ CONVERT: List[Row] = [
     Row("convert energy=1.5", convert(energy=1.5), V, "energy"),
     Row("convert energy=-0.1", convert(energy=-0.1), V, "energy"),
     Row("convert energy=nan", convert(energy=math.nan), V, "energy"),
-    Row("convert energy='high'", convert(energy="high"), V, "energy", owner="conversion/select.py"),
+    Row("convert energy='high'", convert(energy="high"), V, "energy"),
     Row("convert mac_budget=0", convert_tiny(mac_budget=0), V, "mac_budget"),
     Row("convert mac_budget=-5", convert_tiny(mac_budget=-5), V, "mac_budget"),
-    Row("convert mac_budget='x'", convert_tiny(mac_budget="x"), V, "mac_budget", owner="conversion/select.py"),
+    Row("convert mac_budget='x'", convert_tiny(mac_budget="x"), V, "mac_budget"),
     Row("convert mac_budget without input_size", convert(mac_budget=10**6), V, "input_size"),
     Row("convert latency_budget=inf", convert(latency_budget=math.inf, input_size=(1, 1, 32, 32)), V,
-        "latency_budget", owner="conversion/select.py"),
+        "latency_budget"),
     Row("convert latency_budget=0", convert(latency_budget=0.0, input_size=(1, 1, 32, 32)), V, "latency_budget"),
     Row("convert latency_budget=-1", convert(latency_budget=-1.0, input_size=(1, 1, 32, 32)), V, "latency_budget"),
     Row("convert latency_budget=nan", convert(latency_budget=math.nan, input_size=(1, 1, 32, 32)), V,
@@ -177,7 +177,7 @@ CONVERT: List[Row] = [
     Row("convert inf weights", convert_model(lambda: digits_with(conv2_weight(math.inf)), rank=1), V,
         "features.conv2"),
     Row("convert meta-device model", convert_model(lambda: digits().to("meta"), rank=1), V, "meta"),
-    Row("convert inplace='no'", convert(rank=1, inplace="no"), V, "inplace", owner="conversion/pipeline.py"),
+    Row("convert inplace='no'", convert(rank=1, inplace="no"), V, "inplace"),
 ]
 
 PROFILE: List[Row] = [
@@ -189,7 +189,7 @@ PROFILE: List[Row] = [
     Row("profile input_size='abc'", lambda t: leanconv.profile(digits(), "abc"), V, "input_size"),
     Row("profile input_size=(1, 1, 32)", lambda t: leanconv.profile(digits(), (1, 1, 32)), V, "input"),
     Row("profile two inputs for a one-input model",
-        lambda t: leanconv.profile(digits(), [(1, 1, 32, 32), (1, 1, 8, 8)]), V, "input", owner="analysis/counting.py"),
+        lambda t: leanconv.profile(digits(), [(1, 1, 32, 32), (1, 1, 8, 8)]), V, "input"),
     Row("profile no input at all", lambda t: leanconv.profile(digits()), V, "input"),
     Row("profile batch_size=0", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=0), V, "batch_size"),
     Row("profile batch_size=-2", lambda t: leanconv.profile(digits(), (1, 32, 32), batch_size=-2), V,
@@ -317,7 +317,7 @@ PLAN: List[Row] = [
         "nope.json"),
     Row("apply_plan plan=5", lambda t: leanconv.apply_plan(digits(), 5), TV, "plan"),
     Row("apply_plan model a string", lambda t: leanconv.apply_plan("digits_cnn", plan_file(t, good_plan())), T,
-        "model", owner="conversion/plan.py"),
+        "model"),
 ]
 
 TINY = torch.utils.data.TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
@@ -347,7 +347,7 @@ DISTILL: List[Row] = [
         V, "max_steps"),
     Row("distill feature_paths=['nope']", teach(feature_paths=["nope"]), V, "nope"),
     Row("distill feature_weight=-1", teach(feature_weight=-1.0), V, "feature_weight"),
-    Row("distill num_workers=-1", teach(num_workers=-1), V, "num_workers", owner="train/distillation.py"),
+    Row("distill num_workers=-1", teach(num_workers=-1), V, "num_workers"),
 ]
 
 
@@ -392,7 +392,7 @@ OPTIMIZE: List[Row] = [
     Row("optimize batch_sizes=(0,)", opt(batch_sizes=(0,)), V, "batch_sizes"),
     Row("optimize to='bogus'", opt(to="bogus"), V, "to="),
     Row("optimize min_run_time=0", opt(min_run_time=0.0), V, "min_run_time"),
-    Row("optimize 3-channel model on 1-channel data", opt(model=rgb), V, "channels", owner="optimization.py"),
+    Row("optimize 3-channel model on 1-channel data", opt(model=rgb), V, "channels"),
     Row("optimize existing out without force", lambda t: opt(out=_existing(t))(t), FileExistsError, "exists"),
 ]
 
@@ -484,7 +484,7 @@ DATA: List[Row] = [
     Row("load_data digits size=0", lambda t: load_data("digits", size=0), V, "size"),
     Row("load_data digits test_fraction=1.5", lambda t: load_data("digits", test_fraction=1.5), V,
         "test_fraction"),
-    Row("load_data mode='bogus'", lambda t: load_data("digits", mode="bogus"), V, "mode", owner="data/"),
+    Row("load_data mode='bogus'", lambda t: load_data("digits", mode="bogus"), V, "mode"),
 ]
 
 GROUPS = {"convert": CONVERT, "profile": PROFILE, "compare": COMPARE, "explain": EXPLAIN, "fuse": FUSE,
@@ -495,7 +495,7 @@ ROWS: List[Row] = [row for rows in GROUPS.values() for row in rows]
 
 # pending rows that today only fail after a long run (a whole conversion or a measurement): not run
 # until their owner checks the argument up front
-SLOW_PENDING = {"convert latency_budget=inf"}
+SLOW_PENDING: set = set()
 
 
 def params(rows: List[Row]) -> List[Any]:

@@ -112,7 +112,7 @@ def test_a_conv_the_forward_never_runs_stays_with_the_reason_under_a_budget():
 def test_asymmetric_leaves_one_dimensional_kernels_alone_and_says_why(kwargs):
     """A 1x3 conv 'as 1x3 then 3x1 ...' would be a 1x1 bottleneck in front of the same 1x3."""
     net = nn.Sequential(nn.Conv2d(8, 16, (1, 3), padding=(0, 1)), nn.Conv2d(16, 16, 3, padding=1)).eval()
-    result = leanconv.convert(net, to="asymmetric", **kwargs)
+    result = leanconv.convert(net, to="asymmetric", keep_stem=False, **kwargs)
     first = result.layers[0]
     assert not first.converted and "1x3 kernel is already one-dimensional" in first.reason
     assert type(result.model[0]) is nn.Conv2d and "0" not in result.plan.layers
@@ -162,10 +162,10 @@ def test_meta_weights_and_non_finite_calibration_data_are_refused():
     with pytest.raises(ValueError, match="layer '0' is on the meta device"):
         leanconv.convert(model().to("meta"), to="dsconv", rank=1)
     calib = [torch.randn(2, 8, 9, 9), torch.full((2, 8, 9, 9), float("nan"))]
-    with pytest.raises(ValueError, match="calib batch 1 holds NaN or inf values"):
+    with pytest.raises(ValueError, match="calib:? batch 1 holds NaN or inf values"):
         leanconv.convert(model(), to="dsconv", rank=1, calib=calib)
     result = leanconv.convert(model(), to="dsconv", rank=1)
-    with pytest.raises(ValueError, match="calib batch 1 holds NaN or inf values"):
+    with pytest.raises(ValueError, match="calib:? batch 1 holds NaN or inf values"):
         refit(result.model, model(), result.plan, calib)
 
 

@@ -332,6 +332,7 @@ def optimize(
         raise ValueError(f"model={type(model).__name__} must be an nn.Module")
     device = _as_device(device, model)
     data = as_splits(data)
+    _check_channels(model, data)
     if out is not None:
         if not batch_sizes:
             raise ValueError("batch_sizes=() measures no batch size, but out= writes a report that needs one")
@@ -507,6 +508,15 @@ def _measure_efficiency(student: nn.Module, setup: _Setup, batch_sizes: Sequence
         efficiency[batch] = realized_efficiency(setup.original, student.eval(), setup.data.input_size(batch),
                                                 min_run_time=setup.min_run_time)
     return efficiency
+
+
+def _check_channels(model: nn.Module, data: Any) -> None:
+    """The images' channels are what the model's first conv reads (checked before the long run)."""
+    first = next(((path, m) for path, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    channels = data.input_size(1)[1]
+    if first is not None and first[1].in_channels != channels:
+        raise ValueError(f"data: images have {channels} channels, but the model's first conv {first[0]!r} takes "
+                         f"{first[1].in_channels}")
 
 
 def _on_targets(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], targets: Union[None, str, Sequence[str]],

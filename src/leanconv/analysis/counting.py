@@ -261,6 +261,7 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
         handles.append(module.register_forward_hook(post_hook))
     root = ModuleCall("", model)
     counter = _Counter(stack, calls, root)
+    _check_arity(model, inputs, kwargs)
     try:
         with torch.inference_mode(False), torch.no_grad(), counter:
             output = model(*inputs, **(kwargs or {}))
@@ -274,6 +275,21 @@ def trace_calls(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[s
     if calls:
         calls[0].peak_bytes = counter.peak_bytes
     return calls, output
+
+
+def _check_arity(model: nn.Module, inputs: Sequence[Any], kwargs: Optional[Dict[str, Any]]) -> None:
+    """As many inputs as ``model.forward`` takes (else one line, not forward's bare TypeError)."""
+    import inspect
+
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a builtin or C forward: let the call itself say it
+        return
+    try:
+        signature.bind(*inputs, **(kwargs or {}))
+    except TypeError as error:
+        raise ForwardError(f"input: {len(inputs)} input(s) given, but {type(model).__name__}.forward{signature} "
+                           f"takes otherwise ({error})", "the model", str(error)) from None
 
 
 # ---------------------------------------------------------------- one pass, meta first

@@ -20,6 +20,7 @@ from torch import nn
 
 from leanconv._validate import check_choice
 from leanconv.analysis.counting import Trace, layer_macs, normalize_sizes, outside_inference_mode, trace_model, traced_shapes
+from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
 from leanconv.conversion.refitting import refit
@@ -169,6 +170,7 @@ def convert(
     batches, a ``DataLoader`` of ``(x, y)`` ...).
     """
     _check_model(model)
+    _check_flags(inplace=inplace, only_if_cheaper=only_if_cheaper, keep_stem=keep_stem, permute=permute)
     check_choice(to, "to", convertible_kinds())
     kind = get_kind(to)
     extra = check_variant(kind, order=order, core=core, permute=permute)
@@ -184,8 +186,9 @@ def convert(
     eligible, kept = survey(model, to, include, exclude, keep_stem, image_channels)
     for path, conv in eligible:
         _check_weights(path, conv)
-    selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
-    result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
+    with reuse_decompositions():  # choosing and applying read one decomposition per kernel
+        selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
+        result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
     result.kept = kept
     result.convertible_share = trace.mac_share([p for p, _ in eligible]) if trace is not None else None
     if calib is not None and result.plan.layers:
@@ -198,6 +201,13 @@ def _check_model(model: Any) -> None:
         raise TypeError(f"model is a {type(model).__name__}; convert takes a torch.nn.Module")
     if not any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         raise ValueError(f"model ({type(model).__name__}) has no conv layers: nothing to convert")
+
+
+def _check_flags(**flags: Any) -> None:
+    """Each flag a bool: ``inplace='no'`` would otherwise be true and change the user's model."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name}={flag!r} must be True or False")
 
 
 def _on_device(model: nn.Module, device: Optional[Union[str, torch.device]], inplace: bool) -> nn.Module:

@@ -163,6 +163,8 @@ def as_plan(plan: PlanLike) -> Plan:
 def apply_plan(model: nn.Module, plan: PlanLike, inplace: bool = False) -> nn.Module:
     """Rebuild a converted architecture on a freshly constructed ``model`` so a saved
     ``state_dict`` of the converted model loads into it (see :meth:`Plan.apply`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}; apply_plan takes a freshly built torch.nn.Module")
     return as_plan(plan).apply(model, inplace=inplace)
 
 

@@ -16,6 +16,8 @@ faster than every rung above them: a layer whose efficient form is slower stays 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -66,6 +68,10 @@ class RankRequest:
         """One clear ValueError for a request the kind or the arguments cannot meet."""
         if sum(x is not None for x in (self.rank, self.energy, self.mac_budget, self.latency_budget)) > 1:
             raise ValueError("pass at most one of rank, energy, mac_budget and latency_budget")
+        for name, value in (("energy", self.energy), ("mac_budget", self.mac_budget),
+                            ("latency_budget", self.latency_budget)):
+            if value is not None and not _finite_number(value):
+                raise ValueError(f"{name}={value!r} must be a finite number")
         if self.latency_budget is not None and not self.latency_budget > 0:
             raise ValueError(f"latency_budget={self.latency_budget!r} must be a positive number of milliseconds")
         if self.energy is not None and not 0 < self.energy <= 1:
@@ -78,6 +84,11 @@ class RankRequest:
                              "or latency_budget")
         if self.budget is not None and input_size is None:
             raise ValueError(f"{'mac' if self.mac_budget is not None else 'latency'}_budget needs input_size (N, C, H, W)")
+
+
+def _finite_number(value: object) -> bool:
+    """A real number (not a bool, not a string), finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_rank(rank: object, conversion: Conversion) -> None:

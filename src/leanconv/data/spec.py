@@ -119,6 +119,8 @@ def load_data(
         raise ValueError(f"data={spec!r} must be {FORMS}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1)")
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode={mode!r} must be 'RGB' or 'L'")
     kind, sep, rest = spec.partition(":")
     if spec == "digits":
         return _digits(size, normalize)

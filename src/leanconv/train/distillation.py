@@ -316,7 +316,7 @@ def distill(
     statistics are averaged over the ranks at the end so all ranks hold identical weights.
     """
     _check_models(student, teacher)
-    _check_settings(epochs, lr, batch_size, max_steps, feature_weight, weight_decay)
+    _check_settings(epochs, lr, batch_size, max_steps, feature_weight, weight_decay, num_workers)
     _check_loss_args(temperature, alpha)
     paths = _resolve_paths(student, teacher, feature_paths)
     info = setup(_device_for(student, device))
@@ -338,10 +338,12 @@ def distill(
 
 
 def _check_settings(epochs: int, lr: float, batch_size: int, max_steps: Optional[int], feature_weight: float,
-                    weight_decay: float) -> None:
+                    weight_decay: float, num_workers: int = 0) -> None:
     """distill's numeric settings, each with its rule (the loss's own are in :func:`_check_loss_args`)."""
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r} must be an int >= 0")
     if max_steps is not None:
         check_positive_int(max_steps, "max_steps")
     if not (isinstance(lr, (int, float)) and lr > 0):
