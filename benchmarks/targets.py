@@ -16,7 +16,7 @@ MAC reduction; the fp32-eager figure is given beside it, labelled. Pairs:
 Writes ``targets.json`` and ``targets.md`` under ``--out`` (threads, CPU flags, versions
 recorded). ``--device cuda`` runs the same on a GPU (the GPU rows).
 
-    python benchmarks/targets.py [--out benchmarks/results] [--pairs digits,resnet18,mobilenet] [--quick]
+    python benchmarks/targets.py [--force] [--out benchmarks/results] [--pairs digits,resnet18,mobilenet] [--quick]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-run-time", type=float, default=0.2)
+    parser.add_argument("--force", action="store_true", help="replace existing result files")
     parser.add_argument("--quick", action="store_true", help="32x32 inputs, first batch only, 2 rounds (smoke run)")
     args = parser.parse_args()
     args.targets = args.targets.split(",") if args.targets else None
@@ -103,9 +104,12 @@ def main() -> None:
             "threads": args.threads, "device": args.device, "torch": torch.__version__, "cpu_flags": cpu_flags(),
             "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
             "command": " ".join(sys.argv)}
+    suffix = "" if args.device == "cpu" else f".{args.device.split(':')[0]}"
+    for path in (args.out / f"targets{suffix}.json", args.out / f"targets{suffix}.md"):
+        if path.exists() and not args.force:
+            parser.error(f"{path} exists: pass --force to replace it")  # before the long run
     results = [row for name in args.pairs.split(",") for row in run_pair(name, args)]
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.device == "cpu" else f".{args.device.split(':')[0]}"
     write_atomic(args.out / f"targets{suffix}.json", json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     write_atomic(args.out / f"targets{suffix}.md", to_markdown(meta, results))
 
