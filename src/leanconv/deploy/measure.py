@@ -20,6 +20,7 @@ from torch import nn
 
 from leanconv.deploy.target import (TOLERANCES, Deployed, check_precision, cpu_flags, example_input,
                                     first_output, get_target, output_difference, reference_output, TARGETS)
+from leanconv.data.batches import input_batches
 from leanconv.timing import Measure, Spread, format_ms, format_ratio, ratio_spread, synchronized, time_interleaved
 
 EAGER = "fp32 eager (as written)"
@@ -174,14 +175,15 @@ def _first_line(error: BaseException) -> str:
 
 def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], *,
                     targets: Optional[Sequence[str]] = None, precisions: Optional[Sequence[str]] = None,
-                    calib: Optional[List[torch.Tensor]] = None, device: Optional[str] = None, threads: int = 1,
+                    calib: Any = None, device: Optional[str] = None, threads: int = 1,
                     rounds: int = 3, warmup: int = 3, min_run_time: float = 0.2, eager: bool = True, val: Any = None,
                     measure: Optional[Measure] = None, progress: Optional[Callable[[str], None]] = None) -> TargetsReport:
     """Every model in ``models`` (label -> module) on every target and precision, timed interleaved.
 
     ``targets``/``precisions``: None = every registered default target and every precision,
     skipping (with the reason) what cannot run here; named explicitly, one that cannot run is
-    an error. ``calib``: batches for int8 (the example input otherwise). Outputs are checked, and
+    an error. ``calib``: data for int8 (any form of :mod:`leanconv.data.batches`; the example
+    input otherwise). Outputs are checked, and
     latency timed, on the first validation batch, else a calibration batch of ``input_size``,
     else a seeded random input. ``eager`` adds each
     model as written in fp32 eager, the labelled baseline. ``val``: labelled data (any form of
@@ -197,6 +199,7 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     native = DEVICE_PRECISIONS["cuda" if torch.device(device).type == "cuda" else "cpu"]
     precisions = [check_precision(p) for p in _names(precisions, native, "precisions")]
     rows = _plan_rows(list(models), targets, precisions, device, explicit)
+    calib = None if calib is None else input_batches(calib, "calib")
     val_batches = _val_batches(val, input_size) if val is not None else []
     example = _example(input_size, device, calib, val_batches)
     calls, timed = [], []
