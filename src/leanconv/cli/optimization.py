@@ -101,8 +101,9 @@ def _add_optimize(sub: Any) -> None:
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")
     opt.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
-    opt.add_argument("--targets", default="all", help=TARGETS_HELP)
-    opt.add_argument("--precisions", default=None, help="comma-separated: fp32, bf16, int8 ... (default: the device's)")
+    opt.add_argument("--targets", "--target", default="all", help=TARGETS_HELP)
+    opt.add_argument("--precisions", "--precision", default=None,
+                     help="comma-separated: fp32, bf16, int8 ... (default: the device's)")
     add_device(opt, "converts, distills and measures")
     opt.add_argument("--measure-time", type=positive_float, default=0.2,
                      help="seconds of timing per measurement (more: steadier numbers)")
