@@ -81,3 +81,38 @@ def test_targets_benchmark_quick(tmp_path):
     assert all(r["status"] == "ok" and r["difference"] is None or r["difference"] < 1e-3 for r in rows)
     text = (tmp_path / "targets.md").read_text()
     assert "speedup vs dense at its best" in text and "**fastest**" in text and data["meta"]["cpu"]
+
+
+def test_where_is_it_fast_quotes_the_committed_targets_results():
+    """docs/deploy_targets.md quotes every pair's summary line from benchmarks/results/targets.json verbatim."""
+    root = SCRIPT.parent.parent
+    data = json.loads((root / "benchmarks" / "results" / "targets.json").read_text())
+    page = " ".join((root / "docs" / "deploy_targets.md").read_text().split())
+    assert data["results"], "targets.json holds no results"
+    for result in data["results"]:
+        assert " ".join(result["summary"].split()) in page, f"docs/deploy_targets.md should quote: {result['summary']}"
+
+
+def test_where_is_it_fast_table_and_ranges_follow_the_committed_results():
+    """The gains table and the ranges quoted in the prose, recomputed from targets.json."""
+    root = SCRIPT.parent.parent
+    data = json.loads((root / "benchmarks" / "results" / "targets.json").read_text())
+    page = (root / "docs" / "deploy_targets.md").read_text()
+    gains = {"dense": [], "lean": []}
+    for result in data["results"]:
+        report = result["report"]
+        median = {(r["model"], r["target"], r["precision"]): r["latency"]["median"] for r in report["rows"]
+                  if r["latency"]}
+
+        def best(model):
+            return min(v for (m, t, _), v in median.items() if m == model and t != "fp32 eager (as written)")
+
+        base = {m: median[(m, "onnxruntime", "fp32")] for m in ("dense", "lean")}
+        for model in gains:
+            gains[model].append(base[model] / best(model))
+        row = (f"| {result['pair']}, batch {result['batch']} | {report['macs']['dense'] / report['macs']['lean']:.2f}x "
+               f"| {base['dense'] / base['lean']:.2f}x | {gains['dense'][-1]:.2f}x | {gains['lean'][-1]:.2f}x |")
+        assert row in page, row
+    for model in gains:
+        span = f"{min(gains[model]):.1f}-{max(gains[model]):.1f}x"
+        assert span in page, f"the prose should say {span} for the {model} models"
