@@ -41,13 +41,10 @@ REFIT_GOAL_S = 60.0  # the same with a 256-image calibration refit
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (one definition: leanconv.deploy.target.cpu_name)."""
+    from leanconv.deploy.target import cpu_name as name
+
+    return name()
 
 
 def load_average() -> Optional[float]:

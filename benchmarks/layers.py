@@ -81,13 +81,10 @@ def options_for(kind: str, channels: int, groups: int) -> Dict[str, Any]:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (one definition: leanconv.deploy.target.cpu_name)."""
+    from leanconv.deploy.target import cpu_name as name
+
+    return name()
 
 
 def build(kind: str, channels: int, groups: int) -> Tuple[torch.nn.Module, ConvSpec, str]:
