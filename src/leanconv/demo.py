@@ -25,7 +25,8 @@ from leanconv._validate import check_positive_int
 from leanconv.bench import realized_efficiency
 from leanconv.data import load_data, load_digits
 from leanconv.models.digits import digits_cnn, train_digits_cnn
-from leanconv.optimization import OptimizeResult, calibration_batches, optimize, write_outputs
+from leanconv.optimization import OptimizeResult, optimize, write_outputs
+from leanconv.optimization import measure_on_targets as _on_targets
 
 TRAIN_EPOCHS = 8
 SEED = 0
@@ -106,17 +107,6 @@ def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = Fa
         write_outputs(result, out, force, TITLE)
         result.out = Path(out)
     return result
-
-
-def _on_targets(original: torch.nn.Module, converted: torch.nn.Module, data, batch: int,
-                targets: Union[str, Sequence[str]], rounds: int, min_run_time: float, device: torch.device):
-    """Both models on every deployment target at ``batch`` (int8 calibrated on training images)."""
-    from leanconv.deploy.measure import measure_targets
-
-    calib = calibration_batches(data.train, max(64, 4 * batch), batch_size=batch)
-    return measure_targets({"original": original, "converted": converted}, data.input_size(batch),
-                           targets=None if targets == "all" else targets, calib=calib, val=data.test,
-                           device=str(device), rounds=rounds, min_run_time=min_run_time)
 
 
 __all__ = ["run_demo", "trained_digits_cnn"]

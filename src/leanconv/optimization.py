@@ -522,19 +522,26 @@ def _check_channels(model: nn.Module, data: Any) -> None:
 def _on_targets(student: nn.Module, setup: _Setup, batch_sizes: Sequence[int], targets: Union[None, str, Sequence[str]],
                 precisions: Optional[Sequence[str]], say: _Say) -> Dict[int, Any]:
     """Batch size -> both models measured on the deployment ``targets`` (none when None)."""
-    if targets is None:
-        return {}
+    reports = {}
+    for batch in batch_sizes if targets is not None else ():
+        say(f"measuring both models on every deployment target at batch {batch}")
+        reports[batch] = measure_on_targets(setup.original, student.eval(), setup.data, batch, targets, 3,
+                                            setup.min_run_time, setup.device, precisions)
+    return reports
+
+
+def measure_on_targets(original: nn.Module, converted: nn.Module, data: Any, batch: int,
+                       targets: Union[str, Sequence[str]], rounds: int, min_run_time: float,
+                       device: Union[str, torch.device], precisions: Optional[Sequence[str]] = None) -> Any:
+    """Both models on the deployment ``targets`` (``'all'``: every one available) at ``batch``:
+    int8 calibrated on at least 64 training images, accuracy on ``data.test``
+    (:func:`leanconv.deploy.measure.measure_targets`; optimize and the demo share it)."""
     from leanconv.deploy.measure import measure_targets
 
-    reports = {}
-    for batch in batch_sizes:
-        say(f"measuring both models on every deployment target at batch {batch}")
-        calib = calibration_batches(setup.data.train, max(64, 4 * batch), batch_size=batch)
-        reports[batch] = measure_targets({"original": setup.original, "converted": student.eval()},
-                                         setup.data.input_size(batch), targets=None if targets == "all" else targets,
-                                         precisions=precisions, calib=calib, val=setup.data.test,
-                                         device=str(setup.device), min_run_time=setup.min_run_time)
-    return reports
+    calib = calibration_batches(data.train, max(64, 4 * batch), batch_size=batch)
+    return measure_targets({"original": original, "converted": converted}, data.input_size(batch),
+                           targets=None if targets == "all" else targets, precisions=precisions, calib=calib,
+                           val=data.test, device=str(device), rounds=rounds, min_run_time=min_run_time)
 
 
 def _fastest(report: Any, model: str) -> str:
@@ -596,5 +603,5 @@ class _Say:
             self.console.print(f"[bold cyan]leanconv[/bold cyan] [dim]{self.clock() - self.start:6.1f}s[/dim] {message}")
 
 
-__all__ = ["ModelStats", "OptimizeResult", "Trial", "calibration_batches", "evaluate", "layer_latency", "optimize",
+__all__ = ["ModelStats", "OptimizeResult", "Trial", "calibration_batches", "evaluate", "layer_latency", "measure_on_targets", "optimize",
            "stem_paths", "write_outputs"]
