@@ -25,7 +25,6 @@ table saying why.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import platform
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from torch import nn
 
 from leanconv import fusion
 from leanconv.analysis import profile
+from leanconv.analysis.counting import model_device
 from leanconv.timing import (Measure, Spread, format_ms, format_ratio, measure_latency, ratio_spread, synchronized,
                              time_interleaved)
 
@@ -92,13 +92,6 @@ def prepare(model: nn.Module, setting: str, x: torch.Tensor) -> Tuple[nn.Module,
     with torch.inference_mode():
         compiled(x)  # compile now, so a failure is caught here and not timed later
     return compiled, x
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (or buffer); the CPU for a model with neither."""
-    for tensor in itertools.chain(model.parameters(), model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def placed(model: nn.Module, device: Optional[Device], name: str = "model") -> nn.Module:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from leanconv.analysis.counting import model_device
 from leanconv._modes import evaluating
 from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int
@@ -173,7 +174,7 @@ class OptimizeResult:
 def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (eval mode, restored afterwards, on its own device) on labelled
     data in any form of :mod:`leanconv.data.batches`: a dataset or DataLoader of ``(input, label)``."""
-    device = _device_of(model)
+    device = model_device(model)
     correct = total = 0
     with evaluating(model), torch.inference_mode():
         for index, (x, y) in enumerate(labelled_batches(data, "data", batch_size=batch_size)):
@@ -205,16 +206,10 @@ def calibration_batches(data: Any, images: int, batch_size: int = 64, seed: int 
     return list(torch.cat(taken).split(batch_size))
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU when it has none."""
-    first = next(iter([*model.parameters(), *model.buffers()]), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 def _as_device(device: Any, model: nn.Module) -> torch.device:
     """``device`` as a torch.device, default the model's; the meta device is refused."""
     try:
-        chosen = torch.device(device) if device is not None else _device_of(model)
+        chosen = torch.device(device) if device is not None else model_device(model)
     except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
     if chosen.type == "meta":
@@ -568,7 +563,7 @@ def layer_latency(original: nn.Module, chosen: Trial, input_size: Sequence[int])
 
 def _eager_ms(model: nn.Module, input_size: Sequence[int], min_run_time: float) -> float:
     """Batch-``input_size`` eager latency: what per-layer timings in a latency budget add up to."""
-    return measure_latency(model, torch.randn(tuple(input_size), device=_device_of(model)), min_run_time=min_run_time,
+    return measure_latency(model, torch.randn(tuple(input_size), device=model_device(model)), min_run_time=min_run_time,
                            num_threads=torch.get_num_threads())
 
 

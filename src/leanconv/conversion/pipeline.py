@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from leanconv._validate import check_choice
-from leanconv.analysis.counting import Trace, layer_macs, normalize_sizes, outside_inference_mode, trace_model, traced_shapes
+from leanconv.analysis.counting import (Trace, layer_macs, model_device, model_dtype, normalize_sizes,
+                                        outside_inference_mode, trace_model, traced_shapes)
 from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache
 from leanconv.conversion.plan import LayerPlan, Plan
@@ -224,11 +225,7 @@ def _on_device(model: nn.Module, device: Optional[Union[str, torch.device]], inp
 
 def _calibration(model: nn.Module, calib: Any) -> List[torch.Tensor]:
     """The checked calibration batches, on the model's device and in its dtype."""
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    batches = input_batches(calib, "calib")
-    if weight is None:
-        return batches
-    return [b.to(device=weight.device, dtype=weight.dtype) for b in batches]
+    return [b.to(device=model_device(model), dtype=model_dtype(model)) for b in input_batches(calib, "calib")]
 
 
 def convertible_convs(model: nn.Module, include: Optional[Sequence[str]] = None,

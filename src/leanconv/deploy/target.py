@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from leanconv.analysis.counting import model_device
+
 PRECISIONS: Tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "int8")
 TOLERANCES: Dict[str, float] = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 2e-2, "bf16": 6e-2, "int8": 0.25}
 """Largest relative output difference (``||y - y_fp32|| / ||y_fp32||``) a precision may show
@@ -165,7 +167,7 @@ def deploy(model: nn.Module, target: str = "torch", precision: str = "fp32", *,
     of ``input_size``) fixes the input shape; int8 needs ``calib`` batches (the example otherwise)."""
     entry = get_target(target)
     check_precision(precision)
-    device = device or str(_device_of(model))
+    device = device or str(model_device(model))
     why = entry.missing() or entry.unsupported(precision, device)
     if why is not None:
         raise ValueError(f"target={target!r} precision={precision!r}: {why}")
@@ -178,11 +180,6 @@ def example_input(input_size: Optional[Sequence[int]], device: str = "cpu", seed
         raise ValueError("pass example= (an input tensor) or input_size=(N, C, H, W)")
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(tuple(input_size), generator=generator).to(device)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @torch.no_grad()
