@@ -64,14 +64,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def target_lists(targets: str, precisions: Optional[str]) -> Tuple[Any, Optional[List[str]]]:
     """``--targets`` ('all', 'none' or comma-separated names) and ``--precisions``, each name checked."""
-    from leanconv.deploy.target import PRECISIONS, TARGETS, get_target
+    from leanconv.deploy.target import PRECISIONS, registered
 
     if targets in ("none", ""):
         return None, None
     names = "all" if targets == "all" else [t.strip() for t in targets.split(",")]
-    get_target("torch")  # loads the built-in targets
     for name in names if names != "all" else []:
-        check_choice(name, "--targets", sorted(TARGETS))
+        check_choice(name, "--targets", sorted(registered()))
     chosen = None if precisions is None else [p.strip() for p in precisions.split(",")]
     for name in chosen or []:
         check_choice(name, "--precisions", PRECISIONS)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from leanconv.deploy.target import (TOLERANCES, Deployed, check_precision, cpu_flags, example_input,
-                                    first_output, get_target, output_difference, reference_output, TARGETS)
+                                    first_output, get_target, output_difference, reference_output, registered)
 from leanconv.data.batches import input_batches
 from leanconv.timing import Measure, Spread, format_ms, format_ratio, ratio_spread, synchronized, time_interleaved
 
@@ -194,7 +194,7 @@ def measure_targets(models: Mapping[str, nn.Module], input_size: Sequence[int], 
     from leanconv.analysis import profile
 
     explicit = targets is not None or precisions is not None
-    targets = _names(targets, [n for n, t in _registered().items() if t.default], "targets")
+    targets = _names(targets, [n for n, t in registered().items() if t.default], "targets")
     device = device or "cpu"
     native = DEVICE_PRECISIONS["cuda" if torch.device(device).type == "cuda" else "cpu"]
     precisions = [check_precision(p) for p in _names(precisions, native, "precisions")]
@@ -263,11 +263,6 @@ def accuracy(deployed: Deployed, batches: Sequence[Tuple[torch.Tensor, torch.Ten
         correct += int((predicted == y.cpu()).sum())
         total += len(y)
     return correct / total
-
-
-def _registered():
-    get_target("torch")  # loads the built-in targets
-    return TARGETS
 
 
 def _eager_call(model: nn.Module, example: torch.Tensor) -> Callable[[], Any]:

@@ -13,7 +13,9 @@ while asking for it explicitly is one clear error naming the extra to install.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -49,7 +51,7 @@ class Deployed:
 
 
 @dataclass
-class Target:
+class Target(ABC):
     """One runtime. Subclasses set the fields and implement :meth:`build`; the base checks."""
 
     name: str
@@ -81,9 +83,10 @@ class Target:
             return "CUDA is not available on this machine"
         return hardware_gap(precision, kind)
 
+    @abstractmethod
     def build(self, model: nn.Module, example: torch.Tensor, precision: str,
               calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
-        raise NotImplementedError
+        """``model`` deployed for ``precision`` on ``example``'s device (each runtime's own way)."""
 
 
 def cpu_flags() -> List[str]:
@@ -141,16 +144,18 @@ def register_target(target: Target) -> Target:
     return target
 
 
+def registered() -> Dict[str, Target]:
+    """Every registered target by name. The built-in ones register themselves when
+    :mod:`leanconv.deploy.runtimes` is imported (kept out of this module: no circle)."""
+    importlib.import_module("leanconv.deploy.runtimes")
+    return TARGETS
+
+
 def get_target(name: str) -> Target:
-    _load_builtin()
-    if name not in TARGETS:
-        raise ValueError(f"target={name!r} must be one of {sorted(TARGETS)}")
-    return TARGETS[name]
-
-
-def _load_builtin() -> None:
-    """The built-in targets register themselves on import (kept out of this module: no circle)."""
-    import leanconv.deploy.runtimes  # noqa: F401
+    targets = registered()
+    if name not in targets:
+        raise ValueError(f"target={name!r} must be one of {sorted(targets)}")
+    return targets[name]
 
 
 def check_precision(precision: str) -> str:
@@ -213,4 +218,4 @@ def output_difference(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 __all__ = ["Deployed", "PRECISIONS", "TARGETS", "TOLERANCES", "Target", "check_precision", "cpu_flags", "cpu_name", "deploy",
            "example_input", "first_output", "get_target", "hardware_gap", "output_difference", "reference_output",
-           "register_target"]
+           "register_target", "registered"]
