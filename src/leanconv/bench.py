@@ -51,6 +51,10 @@ def _channels_last(module: nn.Module, x: torch.Tensor) -> Tuple[nn.Module, torch
 
 
 def _frozen(module: nn.Module, x: torch.Tensor) -> Tuple[nn.Module, torch.Tensor]:
+    return frozen_module(module, x), x
+
+
+def frozen_module(module: nn.Module, x: torch.Tensor) -> nn.Module:
     """TorchScript trace, freeze and ``optimize_for_inference``: weights prepacked for oneDNN
     once instead of on every call, which is what small depthwise and 1x1 convs need on a CPU
     (the per-setting figures of the demo's models: ``benchmarks/results/deploy.md``).
@@ -66,7 +70,7 @@ def _frozen(module: nn.Module, x: torch.Tensor) -> Tuple[nn.Module, torch.Tensor
         traced = torch.jit.trace(module, x, check_trace=False)
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
         frozen(x)
-    return frozen, x
+    return frozen
 
 
 def prepare(model: nn.Module, setting: str, x: torch.Tensor) -> Tuple[nn.Module, torch.Tensor]:
@@ -562,5 +566,5 @@ def realized_efficiency(
 
 
 __all__ = ["DEFAULT_SETTINGS", "EfficiencyReport", "SETTINGS", "SettingResult", "SettingsReport", "benchmark_settings",
-           "count_macs", "efficiency", "measure_latency", "model_device", "placed", "prepare", "realized_efficiency",
+           "count_macs", "efficiency", "frozen_module", "measure_latency", "model_device", "placed", "prepare", "realized_efficiency",
            "result_ratio", "skip_reason"]

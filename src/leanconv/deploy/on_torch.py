@@ -11,13 +11,13 @@ memory, which is what each runtime's fast convolutions want; the user's model is
 from __future__ import annotations
 
 import copy
-import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch import nn
 
+from leanconv.bench import frozen_module
 from leanconv.deploy.target import Deployed, Target, first_output, register_target
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,12 +75,8 @@ class FrozenTorch(Target):
         work = prepared(model, precision, device, cast=True)
         x = example.to(device).contiguous(memory_format=torch.channels_last)
         x = x if precision in ("fp32", "tf32") else x.to(DTYPES[precision])
-        with warnings.catch_warnings(), torch.no_grad(), _tf32(precision == "tf32"):
-            warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer notices
-            # check_trace=False: the tracer's own check re-runs the trace and compares with a tight
-            # tolerance that oneDNN's reordered sums fail; the output is checked against eager instead
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(work, x, check_trace=False)))
-            frozen(x)
+        with _tf32(precision == "tf32"):
+            frozen = frozen_module(work, x)  # the output is checked against eager by the caller
         return Deployed(self.name, precision, precision, str(device), _runner(frozen, precision, device, False),
                         "fused, channels_last, traced + frozen")
 
