@@ -106,13 +106,19 @@ def placed(model: nn.Module, device: Optional[Device], name: str = "model") -> n
         raise ValueError(f"{name} is on the meta device: it has no weights to run; load real weights first")
     if device is None:
         return model
+    return copy.deepcopy(model).to(real_device(device))
+
+
+def real_device(device: Device, what: str = "run a model") -> torch.device:
+    """``device`` as a torch device that can ``what``: a string torch does not read, or the meta
+    device (no values), is one ValueError."""
     try:
         target = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device={device!r} must be a torch device such as 'cpu' or 'cuda' ({error})") from None
     if target.type == "meta":
-        raise ValueError(f"device={device!r} cannot run a model: choose a real device such as 'cpu' or 'cuda'")
-    return copy.deepcopy(model).to(target)
+        raise ValueError(f"device={device!r} cannot {what}: choose a real device such as 'cpu' or 'cuda'")
+    return target
 
 
 @dataclass
@@ -566,5 +572,5 @@ def realized_efficiency(
 
 
 __all__ = ["DEFAULT_SETTINGS", "EfficiencyReport", "SETTINGS", "SettingResult", "SettingsReport", "benchmark_settings",
-           "count_macs", "efficiency", "frozen_module", "measure_latency", "model_device", "placed", "prepare", "realized_efficiency",
+           "count_macs", "efficiency", "frozen_module", "measure_latency", "model_device", "placed", "prepare", "real_device", "realized_efficiency",
            "result_ratio", "skip_reason"]

@@ -22,7 +22,7 @@ import torch
 from leanconv._cache import cache_dir
 from leanconv._files import atomic_file, check_new_folder
 from leanconv._validate import check_positive_int
-from leanconv.bench import realized_efficiency
+from leanconv.bench import real_device, realized_efficiency
 from leanconv.data import load_data, load_digits
 from leanconv.models.digits import digits_cnn, train_digits_cnn
 from leanconv.optimization import OptimizeResult, optimize, write_outputs
@@ -57,15 +57,7 @@ def trained_digits_cnn(progress: bool = True) -> torch.nn.Module:
 
 def _check_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     """A real torch device (the CPU when None), checked before anything is trained."""
-    if device is None:
-        return torch.device("cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device={device!r} must be a torch device such as 'cpu' or 'cuda' ({error})") from None
-    if target.type == "meta":
-        raise ValueError(f"device={device!r} cannot run the demo: choose a real device such as 'cpu' or 'cuda'")
-    return target
+    return torch.device("cpu") if device is None else real_device(device, "run the demo")
 
 
 def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = 3,
