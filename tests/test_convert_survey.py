@@ -169,3 +169,8 @@ def test_report_shows_held_out_errors_and_an_undone_refit():
     assert cell in result.to_markdown()
     if not layer.refit_kept:
         assert "refit undone" in layer.reason
+
+
+def test_a_device_torch_cannot_read_is_one_line():
+    with pytest.raises(ValueError, match=r"^device='tpu' is not a torch device \(e.g. 'cpu', 'cuda', 'cuda:1'\)$"):
+        convert(_model(), rank=1, device="tpu")

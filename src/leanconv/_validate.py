@@ -31,6 +31,14 @@ def check_positive_pair(value: Any, name: str) -> Tuple[int, int]:
     return result
 
 
+def torch_device(value: Any, name: str = "device") -> torch.device:
+    """``value`` read as a torch device; a string torch cannot read is one ValueError naming ``name``."""
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+
+
 def check_positive_int(value: Any, name: str) -> int:
     """An int >= 1 (channel counts, groups, depth multipliers, ranks)."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from leanconv.analysis.counting import model_device
 from leanconv._modes import evaluating
 from leanconv._files import check_new_folder, staged_folder
-from leanconv._validate import check_positive_int
+from leanconv._validate import check_positive_int, torch_device
 from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
 from leanconv.timing import format_ratio
 from leanconv.conversion.latency import LatencyCache, describe
@@ -208,10 +208,7 @@ def calibration_batches(data: Any, images: int, batch_size: int = 64, seed: int 
 
 def _as_device(device: Any, model: nn.Module) -> torch.device:
     """``device`` as a torch.device, default the model's; the meta device is refused."""
-    try:
-        chosen = torch.device(device) if device is not None else model_device(model)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    chosen = torch_device(device) if device is not None else model_device(model)
     if chosen.type == "meta":
         raise ValueError("device is 'meta' (the model's weights hold no values): load real weights or pass device=")
     return chosen

@@ -19,6 +19,7 @@ from torch import nn
 
 from leanconv._modes import evaluating
 from leanconv._files import write_atomic
+from leanconv._validate import torch_device
 from leanconv.analysis.counting import (ModuleCall, Sizes, Trace, meta_copy, model_dtype, normalize_sizes,
                                         outside_inference_mode, real_trace, trace_model)
 from leanconv.kinds import kind_of_conv
@@ -300,10 +301,7 @@ def _checked(model: Any, inputs: Any, device: Any, dtype: Any,
     if inputs is not None and (not isinstance(inputs, (list, tuple)) or not inputs
                                or not all(isinstance(t, torch.Tensor) for t in inputs)):
         raise ValueError(f"inputs={inputs!r:.40} must be an example tensor or a list of them")
-    try:
-        place = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device={device!r} is not a torch device (e.g. 'meta', 'cpu', 'cuda')") from None
+    place = torch_device(device)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise ValueError(f"dtype={dtype!r} must be a floating torch.dtype (e.g. torch.float16) or None for the model's own")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from leanconv._validate import check_choice
+from leanconv._validate import check_choice, torch_device
 from leanconv.analysis.counting import (Trace, layer_macs, model_device, model_dtype, normalize_sizes,
                                         outside_inference_mode, trace_model, traced_shapes)
 from leanconv.conversion.factorize import reuse_decompositions
@@ -215,7 +215,7 @@ def _on_device(model: nn.Module, device: Optional[Union[str, torch.device]], inp
     """``model`` on ``device`` (a copy unless ``inplace``; the model itself when already there)."""
     if device is None:
         return model
-    device = torch.device(device)
+    device = torch_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
     if all(t.device == device for t in [*model.parameters(), *model.buffers()]):

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from leanconv._modes import evaluating
 from leanconv.data.batches import FORMS, check_batch, first_input, label_of
-from leanconv._validate import check_positive_int
+from leanconv._validate import check_positive_int, torch_device
 from leanconv.train.distributed import DistInfo, setup, teardown
 
 DEFAULT_ALPHA = 0.5
@@ -358,10 +358,7 @@ def _device_for(student: nn.Module, device: Optional[Union[str, torch.device]]) 
     """The device asked for, else the one the student's parameters are on. Only a CPU student
     under torchrun gets None: :func:`leanconv.train.distributed.setup` then gives each process
     its own GPU when there are any. The meta device holds no weights to train: refused."""
-    try:
-        chosen = torch.device(device) if device is not None else next(student.parameters()).device
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    chosen = torch_device(device) if device is not None else next(student.parameters()).device
     if chosen.type == "meta":
         raise ValueError("device='meta' holds no values to train on: pass a real device such as 'cpu' or 'cuda'")
     if device is None and chosen.type == "cpu" and _launched_distributed():
