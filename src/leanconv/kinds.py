@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -95,6 +95,34 @@ def _check_groups(spec: ConvSpec) -> None:
     rules.check_groups(spec.in_channels, spec.out_channels, spec.options["groups"])
 
 
+Rungs = Callable[[ConvSpec, Mapping[str, Any]], Iterable[Tuple[Rank, Options]]]
+
+
+def _search(kind: str, rungs: Rungs) -> Callable[[ConvSpec, Mapping[str, Any]], List[Options]]:
+    """A :attr:`Conversion.search` from ``rungs(spec, defaults)``, the ``(rank, variant)`` pairs to
+    try: each becomes the options ``conversion_options`` gives for it (so they are valid), in
+    order, duplicates dropped (small convs round several fractions to one rank)."""
+
+    def search(spec: ConvSpec, defaults: Mapping[str, Any]) -> List[Options]:
+        entry = get_kind(kind)
+        found: List[Options] = []
+        for rank, variant in rungs(spec, defaults):
+            options = entry.conversion_options(spec, rank, variant)
+            if options not in found:
+                found.append(options)
+        return found
+
+    return search
+
+
+_SEARCH_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)
+"""The channel fractions a per-layer search tries for a kind ranked by channels (Tucker-2, asymmetric)."""
+
+
+def _share(channels: int, fraction: float) -> int:
+    return max(1, round(channels * fraction))
+
+
 # --------------------------------------------------------------------------- dense and grouped
 
 
@@ -129,6 +157,12 @@ def _grouped_options(spec: ConvSpec, rank, variant: Mapping[str, Any]) -> Option
     return {"groups": int(rank), **({"permute": True} if variant.get("permute") else {})}
 
 
+def _grouped_rungs(spec: ConvSpec, defaults: Mapping[str, Any]) -> Iterable[Tuple[Rank, Options]]:
+    """Groups 2, 4, 8 where they divide both channel counts, each plain and permuted."""
+    return [(g, {"permute": permute}) for g in (2, 4, 8)
+            if spec.in_channels % g == 0 and spec.out_channels % g == 0 for permute in (False, True)]
+
+
 register(ConvKind(
     name="dense", summary="standard convolution: every output channel sees every input channel",
     layer=f"{LAYERS}:Conv2d", stages_fn=_dense_stages,
@@ -153,7 +187,7 @@ register(ConvKind(
     conversion=Conversion(
         factorize=lambda w, o: factorize.grouped(w, o["groups"], permute=o["permute"]),
         rank_option="groups", variants={"permute": (False, True)}, options_at=_grouped_options,
-        default_rank=2, ladder=False,
+        default_rank=2, ladder=False, search=_search("grouped", _grouped_rungs),
     ),
 ))
 
@@ -239,6 +273,13 @@ def _dsconv_top_rank(spec: ConvSpec, variant: Mapping[str, Any]) -> int:
     return min(n // spec.options.get("groups", 1), kernel)
 
 
+def _dsconv_rungs(spec: ConvSpec, defaults: Mapping[str, Any]) -> Iterable[Tuple[Rank, Options]]:
+    """Depth multipliers 1 and 2 in both stage orders (a multiplier above the exact one is dropped:
+    it costs more for the same, exact, result)."""
+    return [(m, {"order": order}) for m in (1, 2) for order in rules.SEPARABLE_ORDERS
+            if m == 1 or m <= _dsconv_top_rank(spec, {**defaults, "order": order})]
+
+
 register(ConvKind(
     name="dsconv", summary="depthwise separable: depthwise kxk (C -> C*m) then pointwise 1x1 (C*m -> O)",
     layer=f"{LAYERS}:DepthwiseSeparableConv2d",
@@ -250,7 +291,7 @@ register(ConvKind(
     conversion=Conversion(
         factorize=lambda w, o: factorize.dsconv(w, o["depth_multiplier"], o["groups"], order=o["order"]),
         rank_option="depth_multiplier", top_rank=_dsconv_top_rank, variants={"order": rules.SEPARABLE_ORDERS},
-        keeps_groups=True,
+        keeps_groups=True, search=_search("dsconv", _dsconv_rungs),
     ),
 ))
 
@@ -295,6 +336,12 @@ def _asymmetric_applies(spec: ConvSpec) -> Optional[str]:
     return f"the {kh}x{kw} kernel is already one-dimensional (asymmetric applies where both sides are > 1)"
 
 
+def _asymmetric_rungs(spec: ConvSpec, defaults: Mapping[str, Any]) -> Iterable[Tuple[Rank, Options]]:
+    """Mid channels at 1/8, 1/4 and 1/2 of the smaller channel count, in both stage orders."""
+    smaller = min(spec.in_channels, spec.out_channels)
+    return [(_share(smaller, f), {"order": order}) for f in _SEARCH_FRACTIONS for order in rules.ASYMMETRIC_ORDERS]
+
+
 register(ConvKind(
     name="asymmetric", summary="spatially separable: kx1 conv (C -> K) then 1xk conv (K -> O), or the reverse",
     layer=f"{LAYERS}:AsymmetricConv2d", options={"mid_channels": None, "order": "kx1_first", **_NORM_ACT},
@@ -305,7 +352,7 @@ register(ConvKind(
     conversion=Conversion(
         factorize=lambda w, o: factorize.asymmetric(w, o["mid_channels"], o["order"]),
         rank_option="mid_channels", top_rank=_asymmetric_top_rank, variants={"order": rules.ASYMMETRIC_ORDERS},
-        applies=_asymmetric_applies,
+        applies=_asymmetric_applies, search=_search("asymmetric", _asymmetric_rungs),
     ),
 ))
 
@@ -405,6 +452,16 @@ def _tucker2_exact(spec: ConvSpec, variant: Mapping[str, Any]) -> Options:
     return {"ranks": (c, o)}
 
 
+def _tucker2_rungs(spec: ConvSpec, defaults: Mapping[str, Any]) -> Iterable[Tuple[Rank, Options]]:
+    """Ranks (C*f, O*f) for f = 1/8, 1/4, 1/2 with the dense core, and f = 1/4 with an asymmetric
+    core (LPRNet's shape) where the kernel is kxk (a 1-D kernel has nothing to split)."""
+    rungs: List[Tuple[Rank, Options]] = [
+        ((_share(spec.in_channels, f), _share(spec.out_channels, f)), {"core": "dense"}) for f in _SEARCH_FRACTIONS]
+    if _is_kxk(spec):
+        rungs.append(((_share(spec.in_channels, 1 / 4), _share(spec.out_channels, 1 / 4)), {"core": "asymmetric"}))
+    return rungs
+
+
 register(ConvKind(
     name="tucker2",
     summary="Tucker-2 bottleneck: 1x1 reduce (C -> r1), kxk core (r1 -> r2), 1x1 expand (r2 -> O)",
@@ -419,6 +476,7 @@ register(ConvKind(
         factorize=lambda w, o: factorize.tucker2(w, o["ranks"], core_mid_channels=o["core_mid_channels"]),
         rank_option="ranks", top_rank=lambda spec, variant: min(spec.in_channels, spec.out_channels),
         variants={"core": rules.TUCKER2_CORES}, options_at=_tucker2_options, exact=_tucker2_exact, pair_rank=True,
+        search=_search("tucker2", _tucker2_rungs),
     ),
 ))
 

@@ -206,6 +206,11 @@ class Conversion:
     keeps_groups: bool = False
     """Whether a *grouped* conv (groups > 1, not depthwise) converts too: its ``groups`` become
     the kind's option ``groups`` and each group is factorized on its own (ResNeXt, RegNet)."""
+    search: Optional[Callable[[ConvSpec, Mapping[str, Any]], List[Options]]] = None
+    """The options a per-layer search tries for this dense conv (a short ladder: each one is
+    timed on the target); None: the kind is not searched. Called with the dense conv's spec
+    (a grouped conv's ``groups`` in its options) and the kind's variant defaults (may be empty);
+    returns options as :meth:`ConvKind.conversion_options` gives them, without the groups."""
 
     def __post_init__(self) -> None:
         if self.top_rank is None and (self.ladder or (self.default_rank is None and self.exact is None)):
@@ -274,6 +279,12 @@ class ConvKind:
         conversion's default or exact rank); the kind's own defaults (its stage order...) stand in
         for what ``variant`` leaves out, and the result holds only what was asked."""
         return self._conversion().options(spec, rank, variant, self._variant_defaults())
+
+    def search_options(self, spec: ConvSpec) -> List[Options]:
+        """The options a per-layer search tries for the dense conv ``spec`` (:attr:`Conversion.search`,
+        given this kind's variant defaults); empty when the kind is not searched."""
+        conversion = self._conversion()
+        return [] if conversion.search is None else conversion.search(spec, self._variant_defaults())
 
     def top_rank(self, spec: ConvSpec, variant: Optional[Mapping[str, Any]] = None) -> int:
         """The largest integer rank converting ``spec`` to this kind (the top of a rank ladder)."""

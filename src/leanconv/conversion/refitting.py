@@ -269,16 +269,30 @@ def refit(converted: nn.Module, original: nn.Module, plan: PlanLike, calib: Any,
 def _refit_layer(converted: nn.Module, path: str, fit: List[torch.Tensor], held: List[torch.Tensor],
                  targets: List[torch.Tensor], ridge: Optional[float]) -> RefitReport:
     """Solve one layer's last stage on ``fit``; keep it only if the error on ``held`` falls."""
-    counts = (sum(int(x.shape[0]) for x in fit), sum(int(x.shape[0]) for x in held))
-    layer = converted.get_submodule(path)
     if len(targets) < len(fit) + len(held):
         nan = float("nan")
-        return RefitReport(path, nan, nan, kept=False, fit_images=counts[0], held_out_images=counts[1],
+        return RefitReport(path, nan, nan, kept=False, fit_images=_images(fit), held_out_images=_images(held),
                            note="not refit: the model's forward does not run this layer on the calibration data")
     inputs = capture_all(converted, [path], fit + held, "input")[path]
+    return refit_module(converted.get_submodule(path), inputs, targets, len(fit), ridge, path)
+
+
+def _images(batches: Sequence[torch.Tensor]) -> int:
+    return sum(int(x.shape[0]) for x in batches)
+
+
+def refit_module(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], fit: int,
+                 ridge: Optional[float] = None, path: str = "") -> RefitReport:
+    """Solve ``layer``'s last stage (in place) so that its outputs on the first ``fit`` of the
+    ``inputs`` batches match ``targets``; keep it only if the error on the other batches (the
+    held-out ones) falls, else restore the previous weights. ``layer`` runs in its current mode
+    (callers put it in eval mode); a stage whose outputs are reordered (``output_order_of``)
+    is solved against the targets in its own order. ``path`` names the layer in the report."""
+    inputs, targets = list(inputs), list(targets)
+    counts = (_images(inputs[:fit]), _images(inputs[fit:]))
     stage = last_stage(layer)
     outputs, stage_inputs = _run_layer(layer, stage, inputs)
-    n = len(fit)
+    n = fit
     channels = output_order_of(layer)  # the stage's output j is the layer's channel channels[j]
     stage_targets = targets[:n] if channels is None else [t.index_select(1, channels) for t in targets[:n]]
     saved = [p.detach().clone() for p in (stage.weight, stage.bias) if p is not None]
@@ -286,7 +300,7 @@ def _refit_layer(converted: nn.Module, path: str, fit: List[torch.Tensor], held:
     after = _run_layer(layer, stage, inputs)[0]
     report = RefitReport(path, _relative_error(outputs[:n], targets[:n]), _relative_error(after[:n], targets[:n]),
                          fit_images=counts[0], held_out_images=counts[1])
-    if not held:
+    if n == len(inputs):
         report.note = "no held-out check: fewer than 2 calibration images (or holdout=0); the refit is kept"
         return report
     report.held_out_before = _relative_error(outputs[n:], targets[n:])
@@ -319,4 +333,4 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
 
 
 __all__ = ["DEFAULT_HOLDOUT", "RefitReport", "capture", "capture_all", "finite_batches", "last_stage", "last_stage_name",
-           "reestimate_bn", "refit", "solve_stage", "split_held_out"]
+           "reestimate_bn", "refit", "refit_module", "solve_stage", "split_held_out"]
