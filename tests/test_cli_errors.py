@@ -154,4 +154,4 @@ def test_to_is_checked_against_the_registry_at_run_time(files, capsys, monkeypat
     code = main(commands(files)["convert"] + ["--to", "nosuch", "--out", str(files / "new")])
     assert code == 2
     assert capsys.readouterr().err == (f"leanconv convert: --to='nosuch' must be one of "
-                                       f"{sorted([*real, 'toy_kind'])}\n")
+                                       f"{sorted([*real, 'toy_kind', 'auto'])}\n")

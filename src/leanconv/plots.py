@@ -73,3 +73,30 @@ def _rank(options: dict) -> float:
 
 
 __all__ = ["plot_candidates", "plot_layers"]
+
+
+def plot_front(search: Any, path: Union[str, Path]) -> None:
+    """``convert(to='auto')``'s search: the whole-model front of the per-layer mix (output error
+    against latency predicted from per-layer timings on the target) beside each kind alone,
+    the budget, and every whole model measured by the correction loop."""
+    figure = _figure(7.5, 4.6)
+    ax = figure.subplots()
+    for name, curve in sorted(search.fronts.items(), key=lambda item: item[0] != "mix"):
+        ms = [point[0] for point in curve]
+        error = [point[1] ** 0.5 for point in curve]
+        mix = name == "mix"
+        ax.step(ms, error, where="post", linewidth=2.4 if mix else 1.2, color="black" if mix else None,
+                label="per-layer mix" if mix else f"{name} alone", zorder=3 if mix else 2)
+    ax.axvline(search.budget_ms, color="tab:red", linestyle="--", linewidth=1, label=f"budget ({search.request})")
+    for index, attempt in enumerate(search.attempts, 1):
+        error = attempt.damage ** 0.5
+        ax.annotate("", (attempt.measured_ms, error), (attempt.predicted_ms, error), arrowprops={"arrowstyle": "->"})
+        ax.scatter([attempt.measured_ms], [error], marker="o", color="tab:green", zorder=4,
+                   label="whole model measured (arrow: from predicted)" if index == 1 else None)
+        ax.annotate(str(index), (attempt.measured_ms, error), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"latency (ms) on {search.target} {search.precision}, input {tuple(search.input_size)}")
+    ax.set_ylabel("combined layer output error (root of summed squares)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.suptitle("Per-layer choice: output error vs latency on the target")
+    figure.savefig(Path(path))

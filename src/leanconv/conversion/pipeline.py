@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -23,99 +22,15 @@ from leanconv.analysis.counting import (Trace, layer_macs, model_device, model_d
                                         outside_inference_mode, trace_model, traced_shapes)
 from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache
-from leanconv.conversion.plan import LayerPlan, Plan
+from leanconv.conversion.mixed import AutoRequest, convert_auto
+from leanconv.conversion.plan import AUTO, LayerPlan, Plan
+from leanconv.conversion.result import ConversionResult, LayerReport
 from leanconv.conversion.refitting import refit
 from leanconv.data.batches import input_batches
 from leanconv.conversion.select import LayerChoice, RankRequest, Selection, check_variant, choose
 from leanconv.conversion.surgery import (build_module, conv_spec, factorize_conv, jsonable, kept_groups,
                                          set_module,                                          source_macs)
 from leanconv.kinds import Options, convertible_kinds, get_kind
-
-
-NO_REFIT = ("no refit: without calib the converted layers were not fitted to any data, and a low-rank "
-            "conversion can fall close to chance accuracy (the digits demo at rank 1 does; with a refit on 256 "
-            "images most of its accuracy comes back: benchmarks/results/deploy.md). Pass calib=... (--calib) to refit.")
-
-
-@dataclass
-class LayerReport:
-    """What happened to one conv."""
-
-    path: str
-    converted: bool
-    kind: str
-    options: Dict[str, Any]
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    relative_weight_error: float
-    reason: str = ""
-    output_error: Optional[float] = None  # relative, on the calibration data fitted, with the weights kept
-    output_error_before_refit: Optional[float] = None
-    held_out_error_before_refit: Optional[float] = None  # on the held-out calibration images
-    held_out_error_after_refit: Optional[float] = None
-    refit_kept: Optional[bool] = None  # False: the refit raised the held-out error and was undone
-    latency_before_ms: Optional[float] = None  # measured, under a latency budget
-    latency_after_ms: Optional[float] = None
-
-
-@dataclass
-class ConversionResult:
-    """The converted model, the plan that rebuilds its architecture, and a per-layer report."""
-
-    model: nn.Module
-    plan: Plan
-    layers: List[LayerReport] = field(default_factory=list)
-    original_latency_ms: Optional[float] = None  # measured whole model, under a latency budget
-    predicted_latency_ms: Optional[float] = None  # the rest of the model + the chosen layers' timings
-    kept: Dict[str, str] = field(default_factory=dict)  # path -> why a conv that is not a target stays
-    convertible_share: Optional[float] = None  # of the whole model's MACs at input_size, in eligible convs
-
-    @property
-    def refitted(self) -> bool:
-        """Whether the converted layers were refit on calibration data (``calib``)."""
-        return any(r.output_error is not None for r in self.layers)
-
-    @property
-    def macs_before(self) -> int:
-        return sum(r.macs_before for r in self.layers)
-
-    @property
-    def macs_after(self) -> int:
-        return sum(r.macs_after if r.converted else r.macs_before for r in self.layers)
-
-    def to_markdown(self) -> str:
-        lines = []
-        if self.convertible_share is not None:
-            lines.append(f"convertible layers hold {self.convertible_share:.1%} of the model's MACs at input_size: "
-                         f"no conversion of them can remove more\n")
-        lines += ["| layer | converted | kind | options | MACs before | MACs after | rel. weight error | "
-                 "rel. output error (calib) | note |",
-                 "|---|---|---|---|---:|---:|---:|---:|---|"]
-        for r in self.layers:
-            output = _errors(r)
-            lines.append(f"| {r.path} | {'yes' if r.converted else 'no'} | {r.kind} | {json.dumps(r.options)} | "
-                         f"{r.macs_before:,} | {r.macs_after:,} | {r.relative_weight_error:.4f} | {output} | {r.reason} |")
-        unit = "" if self.convertible_share is not None else " per output pixel (no input_size)"
-        lines.append(f"\nconvertible layers: {self.macs_before:,} MACs{unit} before, {self.macs_after:,} after "
-                     f"({self.macs_after / max(self.macs_before, 1):.3f}x)")
-        if self.kept:
-            lines.append("\nleft as they are: " + "; ".join(f"{path}: {why}" for path, why in self.kept.items()))
-        if self.plan.layers and not self.refitted:
-            lines.append(f"\n{NO_REFIT}")
-        if self.original_latency_ms is not None:
-            lines += self._latency_lines()
-        return "\n".join(lines) + "\n"
-
-    def _latency_lines(self) -> List[str]:
-        lines = [f"\nmeasured latency: {self.original_latency_ms:.3f} ms before; predicted from per-layer "
-                 f"timings: {self.predicted_latency_ms:.3f} ms after"]
-        for r in self.layers:
-            if r.latency_before_ms is not None:
-                after = "-" if r.latency_after_ms is None else f"{r.latency_after_ms:.3f}"
-                lines.append(f"- {r.path}: {r.latency_before_ms:.3f} ms dense -> {after} ms")
-        return lines
 
 
 def convert(
@@ -137,6 +52,14 @@ def convert(
     permute: bool = False,
     keep_stem: bool = True,
     device: Optional[Union[str, torch.device]] = None,
+    target: Optional[str] = None,
+    precision: Optional[str] = None,
+    target_speedup: Optional[float] = None,
+    kinds: Optional[Sequence[str]] = None,
+    accept_slower: bool = False,
+    threads: int = 1,
+    clock: Optional[Any] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> ConversionResult:
     """Convert every dense ``kh x kw`` conv (kernel > 1x1, groups 1) of ``model`` to kind ``to``
     (any kind whose registry entry has a conversion: ``leanconv.kinds.convertible_kinds()``).
@@ -147,54 +70,94 @@ def convert(
     smallest rank keeping that share of the kernel's energy), ``mac_budget`` (a count: the
     whole model's conv + linear MACs at ``input_size``, met by greedy allocation of discarded
     energy per MAC saved; see :mod:`leanconv.conversion.select`) or ``latency_budget``
-    (milliseconds for one ``input_size`` batch on the device the model's parameters are on,
-    from per-layer timings cached by ``latency_cache``, a
-    :class:`leanconv.conversion.latency.LatencyCache`; a layer whose target form is not faster
-    than its dense conv on this device stays dense).
+    (ms per ``input_size`` batch on the model's device, from per-layer PyTorch timings cached
+    by ``latency_cache``; a layer whose form is not faster there stays dense).
     ``input_size`` (N, C, H, W) gives real MACs per layer; without it they are per output
     pixel. ``calib`` (input batches) refits each converted layer's last stage by least
     squares (:mod:`leanconv.conversion.refitting`) and reports its output error.
     ``include``/``exclude``: glob patterns on module paths. A layer where the target saves no
-    MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order``: the stage
-    order, for asymmetric ``'kx1_first'`` (default) or ``'1xk_first'`` (seed 000's 1x3 then
-    3x1), for dsconv ``'depthwise_first'`` (default, MobileNet) or ``'pointwise_first'`` (the
-    dual); ``'auto'`` picks, per layer, the order with less discarded energy per MAC saved.
-    ``core='asymmetric'`` (tucker2 only): the core becomes ``kh x 1`` then ``1 x kw`` with ``r2``
-    mid channels at rank ``r`` (LPRNet's small basic block without its ReLUs).
-    ``permute=True`` (grouped only): reorder channels so more of the kernel's energy falls in
-    the groups (:class:`leanconv.layers.PermutedGroupedConv2d`).
+    MACs stays as it is (``only_if_cheaper=False`` converts it anyway). ``order``: asymmetric
+    ``'kx1_first'``/``'1xk_first'``, dsconv ``'depthwise_first'``/``'pointwise_first'``, or
+    ``'auto'`` (per layer, less discarded energy per MAC saved). ``core='asymmetric'`` (tucker2):
+    a ``kh x 1`` then ``1 x kw`` core (LPRNet's block); ``permute=True`` (grouped): channels
+    reordered to keep more energy in the groups (:class:`leanconv.layers.PermutedGroupedConv2d`).
     ``keep_stem`` (default, MobileNet's convention, as in ``optimize``): the first conv on the
     image stays dense. ``device``: where the model runs (refit, timings, shape pass) and where the
     result lives; default: the device of the model's parameters. Every conv that stays as it
     is (depthwise already, 1x1, transposed, the stem, excluded ...) is listed with its reason in
     ``result.kept``. ``calib`` takes every form of :mod:`leanconv.data.batches` (a tensor,
     batches, a ``DataLoader`` of ``(x, y)`` ...).
+
+    ``to='auto'``: each layer's kind and rank chosen by latency measured on a deployment
+    ``target`` ('onnxruntime', 'openvino', 'torch' ...) in ``precision`` (None: the dense model's
+    fastest there) with ``threads``, for ``target_speedup`` (against the dense model at its best
+    there) or ``latency_budget`` (ms there); ``kinds`` limits the search; a request no mix meets
+    raises :class:`~leanconv.conversion.mixed.RequestNotMet` unless ``accept_slower``; ``clock``
+    scripts the measurements (tests), ``progress`` gets a line per step (:mod:`leanconv.conversion.auto`).
     """
     _check_model(model)
     _check_flags(inplace=inplace, only_if_cheaper=only_if_cheaper, keep_stem=keep_stem, permute=permute)
-    check_choice(to, "to", convertible_kinds())
-    kind = get_kind(to)
-    extra = check_variant(kind, order=order, core=core, permute=permute)
-    request = RankRequest(rank, energy, mac_budget, latency_budget)
-    request.check(kind, input_size)
+    check_choice(to, "to", (*convertible_kinds(), AUTO))
+    auto = AutoRequest(target, precision, target_speedup, latency_budget, kinds, accept_slower, threads, clock, progress)
+    auto.check(to, input_size, rank=rank, energy=energy, mac_budget=mac_budget, order=order, core=core, permute=permute)
+    request = None if to == AUTO else _rank_request(to, input_size, rank, energy, mac_budget, latency_budget)
+    extra = None if to == AUTO else check_variant(get_kind(to), order=order, core=core, permute=permute)
+    job = _prepare(model, to, device, inplace, calib, input_size, include, exclude, keep_stem)
+    with reuse_decompositions():  # choosing and applying read one decomposition per kernel
+        if to == AUTO:
+            result = convert_auto(job.model, job.original, job.eligible, input_size, job.sizes, job.calib, auto,
+                                  str(model_device(job.model)))
+        else:
+            selection = choose(job.original, job.eligible, to, extra, request, input_size, job.sizes, job.calib,
+                               latency_cache)
+            result = _apply(job.model, job.eligible, to, selection, job.sizes, only_if_cheaper)
+    return _finish(result, job)
+
+
+def _rank_request(to: str, input_size: Optional[Sequence[int]], *modes: Any) -> RankRequest:
+    """The checked rank mode (rank, energy, mac_budget or latency_budget) of a conversion to kind ``to``."""
+    request = RankRequest(*modes)
+    request.check(get_kind(to), input_size)
+    return request
+
+
+def _finish(result: ConversionResult, job: "_Job") -> ConversionResult:
+    """The report's kept convs and MAC share; the refit on the calibration data."""
+    result.kept = job.kept
+    result.convertible_share = job.trace.mac_share([p for p, _ in job.eligible]) if job.trace is not None else None
+    if job.calib is not None and result.plan.layers:
+        _refit(result, job.original, job.calib)
+    return result
+
+
+@dataclass
+class _Job:
+    """What a conversion works on: the model being converted (a copy unless inplace), the
+    original it reads (refit targets), the checked calibration batches, the counted pass at
+    input_size, each conv's input size, and the convs that convert or stay (with why)."""
+
+    model: nn.Module
+    original: nn.Module
+    calib: Optional[List[torch.Tensor]]
+    trace: Optional[Trace]
+    sizes: Dict[str, Tuple[int, int]]
+    eligible: List[Tuple[str, nn.Conv2d]]
+    kept: Dict[str, str]
+
+
+def _prepare(model: nn.Module, to: str, device: Any, inplace: bool, calib: Any, input_size: Optional[Sequence[int]],
+             include: Any, exclude: Any, keep_stem: bool) -> _Job:
     model = _on_device(model, device, inplace)
-    calib = None if calib is None else _calibration(model, calib)
-    original = copy.deepcopy(model) if inplace and calib is not None else model  # refit needs the original
+    batches = None if calib is None else _calibration(model, calib)
+    original = copy.deepcopy(model) if inplace and batches is not None else model  # refit needs the original
     trace = _trace(model, input_size)
     sizes = trace.conv_input_hw() if trace is not None else {}
     model = model if inplace else copy.deepcopy(model)
-    image_channels = input_size[1] if input_size is not None else calib[0].shape[1] if calib else None
-    eligible, kept = survey(model, to, include, exclude, keep_stem, image_channels)
+    image_channels = input_size[1] if input_size is not None else batches[0].shape[1] if batches else None
+    eligible, kept = survey(model, "dsconv" if to == AUTO else to, include, exclude, keep_stem, image_channels)
     for path, conv in eligible:
         _check_weights(path, conv)
-    with reuse_decompositions():  # choosing and applying read one decomposition per kernel
-        selection = choose(original, eligible, to, extra, request, input_size, sizes, calib, latency_cache)
-        result = _apply(model, eligible, to, selection, sizes, only_if_cheaper)
-    result.kept = kept
-    result.convertible_share = trace.mac_share([p for p, _ in eligible]) if trace is not None else None
-    if calib is not None and result.plan.layers:
-        _refit(result, original, calib)
-    return result
+    return _Job(model, original, batches, trace, sizes, eligible, kept)
 
 
 def _check_model(model: Any) -> None:
@@ -389,16 +352,6 @@ def _refit(result: ConversionResult, original: nn.Module, calib: List[torch.Tens
         if not fit.kept:
             report.reason = (report.reason + "; " if report.reason else "") + (
                 "refit undone: it raised the held-out error")
-
-
-def _errors(r: LayerReport) -> str:
-    """The report's output-error cell: fitted images, then held-out ones."""
-    if r.output_error is None:
-        return "-"
-    text = f"{r.output_error_before_refit:.3f} -> {r.output_error:.3f}"
-    if r.held_out_error_before_refit is not None:
-        text += f" (held out {r.held_out_error_before_refit:.3f} -> {r.held_out_error_after_refit:.3f})"
-    return text
 
 
 __all__ = ["ConversionResult", "LayerReport", "convert", "convertible_convs", "input_sizes", "stem_path", "survey"]

@@ -2,7 +2,9 @@
 
 A :class:`Plan` rebuilds a converted architecture on a freshly constructed model (``apply``) so
 that a saved ``state_dict`` of the converted model loads into it. It is saved as JSON
-(``{"version": 1, "target": ..., "layers": {path: {"kind": ..., "options": {...}}}}``); a file
+(``{"version": 1, "target": ..., "layers": {path: {"kind": ..., "options": {...}}}}``, plus
+``"deployment": {"target": ..., "precision": ..., "input_size": [...], "threads": ...}`` for a
+mix chosen by latency on a deployment target, ``target`` then being ``"auto"``); a file
 is checked field by field on load, and every kind and option again when the plan is applied
 (the registry's rules), so a malformed or hostile file gives one clear error, never a module
 built from unchecked values.
@@ -14,7 +16,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from torch import nn
 
@@ -23,7 +25,10 @@ from leanconv.conversion.surgery import build_module, conv_spec, jsonable, set_m
 from leanconv.kinds import convertible_kinds, get_kind
 
 PLAN_VERSION = 1
+AUTO = "auto"
+"""The plan target of a per-layer mix of kinds (``convert(to='auto')``)."""
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_DEPLOYMENT_FIELDS = {"target": str, "precision": str, "input_size": list, "threads": int}
 
 
 @dataclass(frozen=True)
@@ -36,17 +41,23 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """Module path -> :class:`LayerPlan`, and the kind the conversion was asked for."""
+    """Module path -> :class:`LayerPlan`, the kind the conversion was asked for (``'auto'``: a
+    per-layer mix), and for a mix the deployment it was chosen for (target, precision,
+    input size, threads)."""
 
     target: str
     layers: Dict[str, LayerPlan] = field(default_factory=dict)
     version: int = PLAN_VERSION
+    deployment: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form."""
-        return {"version": self.version, "target": self.target,
+        data = {"version": self.version, "target": self.target,
                 "layers": {path: {"kind": layer.kind, "options": jsonable(layer.options)}
                            for path, layer in self.layers.items()}}
+        if self.deployment is not None:
+            data["deployment"] = jsonable(self.deployment)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> "Plan":
@@ -58,12 +69,14 @@ class Plan:
             raise ValueError(f"plan version={version!r} must be {PLAN_VERSION}")
         target, layers = data.get("target"), data.get("layers")
         if not isinstance(target, str):
-            raise ValueError(f"plan target={target!r} must be a kind name")
-        get_kind(target)  # ValueError listing the kinds when unknown
+            raise ValueError(f"plan target={target!r} must be a kind name or {AUTO!r}")
+        if target != AUTO:
+            get_kind(target)  # ValueError listing the kinds when unknown
         if not isinstance(layers, Mapping):
             raise ValueError(f"plan layers={type(layers).__name__} must map module paths to layer entries")
         _check_not_nested(list(layers))
-        return cls(target, {_check_path(path): _layer_from_dict(path, entry) for path, entry in layers.items()})
+        return cls(target, {_check_path(path): _layer_from_dict(path, entry) for path, entry in layers.items()},
+                   deployment=_deployment_from_dict(data.get("deployment")))
 
     def save(self, path: Union[str, Path]) -> None:
         """Write the JSON form atomically."""
@@ -110,6 +123,23 @@ def _planned_conv(model: nn.Module, path: str, layer: LayerPlan) -> nn.Conv2d:
         raise ValueError(f"plan layer {path!r}: {layer.kind} with {layer.options} has {planned:,} parameters, more "
                          f"than its exact form ({bound:,}): not a conversion of this {tuple(conv.weight.shape)} conv")
     return conv
+
+
+def _deployment_from_dict(entry: Any) -> Optional[Dict[str, Any]]:
+    """The deployment a mix was chosen for: known fields only, each of its type (input_size: ints)."""
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"plan deployment={entry!r} must be an object")
+    for name, value in entry.items():
+        wanted = _DEPLOYMENT_FIELDS.get(name)
+        if wanted is None:
+            raise ValueError(f"plan deployment has no field {name!r} (fields: {sorted(_DEPLOYMENT_FIELDS)})")
+        if not isinstance(value, wanted) or isinstance(value, bool) or (
+                wanted is list and not all(type(v) is int and v > 0 for v in value)):
+            raise ValueError(f"plan deployment {name}={value!r} must be a {wanted.__name__}"
+                             + (" of positive ints" if wanted is list else ""))
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in entry.items()}
 
 
 def _check_not_nested(paths: List[Any]) -> None:
@@ -173,4 +203,4 @@ def save_plan(plan: PlanLike, path: Union[str, Path]) -> None:
     as_plan(plan).save(path)
 
 
-__all__ = ["PLAN_VERSION", "LayerPlan", "Plan", "PlanLike", "apply_plan", "as_plan", "save_plan"]
+__all__ = ["AUTO", "PLAN_VERSION", "LayerPlan", "Plan", "PlanLike", "apply_plan", "as_plan", "save_plan"]

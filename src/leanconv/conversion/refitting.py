@@ -175,24 +175,29 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
     ResNet-18 at 64x64 with 128 images, a fixed 1e-6 tripled the logit error on held-out
     inputs while fitting the calibration set almost perfectly).
     """
-    g = conv.groups
-    a = torch.cat([_patches(conv, x.double()) for x in inputs])  # (pixels, C*kh*kw), channel-major
-    y = torch.cat([t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1]) for t in targets])
-    a = a.reshape(a.shape[0], g, -1).transpose(0, 1)  # (g, pixels, C/g*kh*kw): each group its own problem
-    y = y.reshape(y.shape[0], g, -1).transpose(0, 1)  # (g, pixels, O/g)
-    if conv.bias is not None:
-        a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)
+    g, bias = conv.groups, conv.bias is not None
+    gram = rhs = None
+    samples = 0
+    for x, t in zip(inputs, targets):  # the normal equations summed batch by batch: one batch's patches at a time
+        a = _patches(conv, x.double())  # (pixels, C*kh*kw), channel-major
+        y = t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+        a = a.reshape(a.shape[0], g, -1).transpose(0, 1)  # (g, pixels, C/g*kh*kw): each group its own problem
+        y = y.reshape(y.shape[0], g, -1).transpose(0, 1)  # (g, pixels, O/g)
+        if bias:
+            a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=2)
+        gram = a.transpose(1, 2) @ a if gram is None else gram + a.transpose(1, 2) @ a
+        rhs = a.transpose(1, 2) @ y if rhs is None else rhs + a.transpose(1, 2) @ y
+        samples += a.shape[1]
+    features = gram.shape[1]
     if ridge is None:
-        ridge = 1e-6 + 1e-2 * min(1.0, 10 * a.shape[2] / a.shape[1])
-    gram = a.transpose(1, 2) @ a
+        ridge = 1e-6 + 1e-2 * min(1.0, 10 * features / samples)
     scale = gram.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
-    gram += ridge * scale[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-    rhs = a.transpose(1, 2) @ y
-    try:
-        solution = torch.linalg.solve(gram, rhs)  # (g, features, O/g)
-    except torch.linalg.LinAlgError:  # singular (ridge=0 with fewer pixels than features, dead inputs)
+    gram = gram + ridge * scale[:, None, None] * torch.eye(features, dtype=gram.dtype, device=gram.device)
+    try:  # symmetric positive definite with a ridge: Cholesky (LU's batched pivoting failed under MKL once)
+        solution = torch.cholesky_solve(rhs, torch.linalg.cholesky(gram))  # (g, features, O/g)
+    except (torch.linalg.LinAlgError, RuntimeError):  # singular (ridge=0 with fewer pixels than features, dead inputs)
         solution = torch.linalg.pinv(gram, hermitian=True) @ rhs
-    if conv.bias is not None:
+    if bias:
         conv.bias.copy_(solution[:, -1].reshape(-1).to(conv.bias.dtype))
         solution = solution[:, :-1]
     conv.weight.copy_(solution.transpose(1, 2).reshape(conv.weight.shape).to(conv.weight.dtype))

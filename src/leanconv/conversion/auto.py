@@ -1,0 +1,312 @@
+"""``convert(to='auto')``: each layer's kind and rank chosen by latency measured on a deployment target.
+
+No one kind is fastest everywhere: which one pays depends on the layer's shape, the batch and
+the runtime (see DESIGN.md, "Performance methodology"). The search:
+
+1. measures the dense model on the target at its best precision (the honest baseline) and
+   turns the request (``target_speedup`` against that baseline, or ``latency_budget`` in ms)
+   into a budget;
+2. per layer, takes every candidate of the kind registry (:mod:`~leanconv.conversion.candidates`),
+   fits it (optimal factorization, least-squares refit on the layer's calibration inputs,
+   error on held-out images) and times it alone on the target at the layer's real input
+   shape (cached on disk: :mod:`~leanconv.conversion.latency`);
+3. allocates (:mod:`~leanconv.conversion.allocation`: the exact least-error mix, a
+   multiple-choice knapsack solved over Pareto sets) so the predicted latency meets the budget;
+4. measures the whole converted model on the target. Per-layer timings miss what a runtime
+   does across layers (fusions, layout changes), so the gap between measured and predicted
+   is added to the part outside the layers and the allocation is redone, until the measured
+   latency meets the budget or no faster mix is left; then the closest point is reported with
+   its gap.
+
+Clocks (:class:`Clock`) hide where the numbers come from: :class:`TargetClock` deploys and
+times; tests script them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from leanconv._modes import evaluating
+from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
+from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates
+from leanconv.conversion.refitting import capture_all
+from leanconv.conversion.surgery import set_module
+
+MAX_ATTEMPTS = 4
+"""Whole-model measurements the correction loop may take before it reports the closest point."""
+
+
+class Clock(Protocol):
+    """Where the search's latencies come from (ms)."""
+
+    precision: Optional[str]
+
+    def baseline(self, model: nn.Module) -> Tuple[float, str]:
+        """The dense model at its best on the target: (ms, the precision that was fastest)."""
+
+    def layer_ms(self, conv: nn.Conv2d, candidate: Candidate, module: nn.Module,
+                 input_shape: Tuple[int, ...]) -> float:
+        """One layer's candidate alone at ``input_shape`` in :attr:`precision`."""
+
+    def model_ms(self, model: nn.Module) -> float:
+        """A whole model in :attr:`precision`."""
+
+
+@dataclass
+class Measured:
+    """One candidate of one layer: what it is, its measured latency and its fitted error."""
+
+    candidate: Candidate
+    latency_ms: float
+    fit: CandidateFit
+
+    @property
+    def error(self) -> float:
+        """Relative output error on held-out calibration images (0 for dense)."""
+        return 0.0 if self.candidate.dense else self.fit.error
+
+    @property
+    def damage(self) -> float:
+        return self.error ** 2
+
+
+@dataclass
+class LayerSearch:
+    """One layer: every candidate considered, its front (no other candidate both faster and of
+    less error), the choice and why."""
+
+    path: str
+    input_shape: Tuple[int, ...]
+    considered: List[Measured]
+    front: List[Measured]
+    chosen: Optional[Measured] = None
+    reason: str = ""
+
+    @property
+    def dense(self) -> Measured:
+        return self.considered[0]
+
+
+@dataclass
+class Attempt:
+    """One round of the correction loop."""
+
+    budget_ms: float
+    predicted_ms: float
+    measured_ms: float
+    fixed_ms: float
+    damage: float = 0.0  # sum of the chosen layers' squared relative output errors
+    choice: Dict[str, str] = field(default_factory=dict)  # path -> candidate label
+
+
+@dataclass
+class SearchReport:
+    """What the search measured, chose and reached (part of :class:`ConversionResult`)."""
+
+    target: str
+    precision: str
+    input_size: Tuple[int, ...]
+    request: str
+    baseline_ms: float
+    baseline_precision: str
+    budget_ms: float
+    layers: Dict[str, LayerSearch]
+    attempts: List[Attempt]
+    met: bool
+    fronts: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def final(self) -> Attempt:
+        """The attempt whose model was returned (the last that met the budget, else the fastest)."""
+        met = [a for a in self.attempts if a.measured_ms <= self.budget_ms]
+        return met[-1] if met else min(self.attempts, key=lambda a: a.measured_ms)
+
+    @property
+    def speedup(self) -> float:
+        """Measured: the dense model at its best on the target over the returned mix."""
+        return self.baseline_ms / self.final.measured_ms
+
+    @property
+    def fastest_speedup(self) -> float:
+        return self.baseline_ms / min(a.measured_ms for a in self.attempts)
+
+    def headline(self) -> str:
+        """The first line of every output: whether the request was met, with the numbers."""
+        where = f"on {self.target} {self.precision}, input {tuple(self.input_size)}"
+        reached = (f"measured {self.final.measured_ms:.3f} ms = {self.speedup:.2f}x the dense model at its best "
+                   f"({self.baseline_ms:.3f} ms, {self.target} {self.baseline_precision})")
+        if self.met:
+            return f"request met ({self.request}) {where}: {reached}"
+        return (f"REQUEST NOT MET ({self.request}) {where}: the fastest mix found reaches {self.fastest_speedup:.2f}x; "
+                f"returned: {reached}, {self.final.measured_ms - self.budget_ms:.3f} ms over the budget")
+
+    def to_markdown(self) -> str:
+        lines = [f"**{self.headline()}**", "",
+                 "| layer | chosen | latency ms (dense -> chosen) | output error | why |", "|---|---|---:|---:|---|"]
+        for path, layer in self.layers.items():
+            chosen = layer.chosen or layer.dense
+            lines.append(f"| {path} | {chosen.candidate.label} | {layer.dense.latency_ms:.4f} -> "
+                         f"{chosen.latency_ms:.4f} | {chosen.error:.4f} | {layer.reason} |")
+        lines += ["", "| attempt | budget ms | predicted ms | measured ms |", "|---:|---:|---:|---:|"]
+        lines += [f"| {i} | {a.budget_ms:.3f} | {a.predicted_ms:.3f} | {a.measured_ms:.3f} |"
+                  for i, a in enumerate(self.attempts, 1)]
+        lines += ["", "Candidates considered (measured alone on the target; error: relative output error on "
+                  "held-out calibration images after the least-squares refit):", ""]
+        lines += ["| layer | candidate | MACs | latency ms | output error | on the front |", "|---|---|---:|---:|---:|---|"]
+        for path, layer in self.layers.items():
+            on_front = {id(m) for m in layer.front}
+            lines += [f"| {path} | {m.candidate.label} | {m.candidate.macs:,} | {m.latency_ms:.4f} | {m.error:.4f} | "
+                      f"{'yes' if id(m) in on_front else ''} |" for m in layer.considered]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SearchResult:
+    model: nn.Module
+    chosen: Dict[str, Measured]  # converted layers only
+    modules: Dict[str, nn.Module]
+    report: SearchReport
+
+
+def budget_of(baseline_ms: float, target_speedup: Optional[float], latency_budget: Optional[float]) -> float:
+    return latency_budget if latency_budget is not None else baseline_ms / target_speedup  # type: ignore[operator]
+
+
+def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input_size: Sequence[int],
+           sizes: Mapping[str, Tuple[int, int]], clock: Clock, *, target: str,
+           target_speedup: Optional[float] = None, latency_budget: Optional[float] = None,
+           calib: Optional[List[torch.Tensor]] = None, kinds: Optional[Sequence[str]] = None,
+           progress: Optional[Callable[[str], None]] = None) -> SearchResult:
+    """The mix of per-layer candidates with the least damage whose measured latency meets the
+    request (or the closest one, ``report.met`` False). ``original`` is not changed; the
+    result's model is a copy with the chosen modules in place."""
+    say = progress or (lambda _: None)
+    say(f"measuring the dense model on {target}")
+    baseline_ms, baseline_precision = clock.baseline(original)
+    if clock.precision is None:
+        clock.precision = baseline_precision
+    budget = budget_of(baseline_ms, target_speedup, latency_budget)
+    layers, modules = _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, say)
+    dense_ms = baseline_ms if clock.precision == baseline_precision else clock.model_ms(original)
+    fixed = max(dense_ms - sum(layer.dense.latency_ms for layer in layers.values()), 0.0)
+    request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
+    report = SearchReport(target, clock.precision, tuple(input_size), request, baseline_ms, baseline_precision,
+                          budget, layers, [], False, fronts=_fronts(layers, fixed))
+    model = _correct(original, layers, modules, report, clock, fixed, say)
+    chosen = {p: layer.chosen for p, layer in layers.items() if layer.chosen and not layer.chosen.candidate.dense}
+    return SearchResult(model, chosen, {p: modules[(p, m.candidate.label)] for p, m in chosen.items()}, report)
+
+
+def _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, say):
+    """Every layer's candidates fitted and timed, and the fitted modules on each layer's front."""
+    inputs = _layer_inputs(original, [p for p, _ in eligible], calib)
+    layers: Dict[str, LayerSearch] = {}
+    modules: Dict[Tuple[str, str], nn.Module] = {}
+    for index, (path, conv) in enumerate(eligible, 1):
+        shape = (int(input_size[0]), conv.in_channels, *sizes[path])
+        say(f"layer {index}/{len(eligible)} {path}: fitting and timing candidates at {shape}")
+        considered, fitted = [], {}
+        for candidate in layer_candidates(conv, sizes[path], kinds):
+            module, fit = fit_candidate(conv, candidate, inputs.get(path))
+            considered.append(Measured(candidate, clock.layer_ms(conv, candidate, module, shape), fit))
+            fitted[candidate.label] = module
+        points = front([Point(m.latency_ms, m.damage, i) for i, m in enumerate(considered)])
+        layer = LayerSearch(path, shape, considered, [considered[p.key] for p in points])
+        modules.update({(path, m.candidate.label): fitted[m.candidate.label] for m in layer.front})
+        layers[path] = layer
+    return layers, modules
+
+
+def _layer_inputs(model: nn.Module, paths: List[str], calib: Optional[List[torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
+    """Each layer's inputs on the calibration batches (none without calibration data), one pass per batch."""
+    if not calib:
+        return {}
+    with evaluating(model):
+        return capture_all(model, paths, calib, "input")
+
+
+def _fronts_of(layers: Mapping[str, LayerSearch], kind: Optional[str] = None) -> Dict[str, List[Point]]:
+    """Each layer's front as points (of dense and one ``kind`` alone when given)."""
+    fronts = {}
+    for path, layer in layers.items():
+        pool = layer.considered if kind is None else [m for m in layer.considered
+                                                      if m.candidate.dense or m.candidate.kind == kind]
+        fronts[path] = front([Point(m.latency_ms, m.damage, m.candidate.label) for m in pool])
+    return fronts
+
+
+def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[Tuple[float, float]]]:
+    """Predicted whole-model (ms, damage) fronts: the mix of every kind, and each kind alone."""
+    kinds = sorted({m.candidate.kind for layer in layers.values() for m in layer.considered if not m.candidate.dense})
+    fronts = {"mix": whole_front(_fronts_of(layers), fixed)}
+    fronts.update({kind: whole_front(_fronts_of(layers, kind), fixed) for kind in kinds})
+    return fronts
+
+
+def _correct(original, layers, modules, report: SearchReport, clock: Clock, fixed: float, say) -> nn.Module:
+    """Allocate, build, measure; move what the measurement shows the prediction missed into
+    ``fixed`` and allocate again, until the budget is met or the choice stops changing."""
+    rungs = {path: layer.front for path, layer in layers.items()}
+    points = {path: [Point(m.latency_ms, m.damage) for m in front] for path, front in rungs.items()}
+    models: List[nn.Module] = []
+    seen: List[Dict[str, int]] = []
+    while len(report.attempts) < MAX_ATTEMPTS:
+        try:
+            position = allocate(points, report.budget_ms, fixed)
+        except OutOfReach:
+            position = {path: len(rungs) - 1 for path, rungs in points.items()}
+        if position in seen:
+            break
+        seen.append(position)
+        predicted = fixed + sum(points[p][i].ms for p, i in position.items())
+        model = _build(original, {p: rungs[p][i] for p, i in position.items()}, modules)
+        say(f"measuring the whole converted model (attempt {len(report.attempts) + 1}, predicted {predicted:.3f} ms)")
+        measured = clock.model_ms(model)
+        report.attempts.append(Attempt(report.budget_ms, predicted, measured, fixed,
+                                       sum(points[p][i].damage for p, i in position.items()),
+                                       {p: rungs[p][i].candidate.label for p, i in position.items()}))
+        models.append(model)
+        if measured <= report.budget_ms:
+            report.met = True
+            break
+        fixed += measured - predicted
+    final = report.attempts.index(report.final)
+    _record_choice(layers, seen[final], report)
+    return models[final]
+
+
+def _build(original: nn.Module, choice: Mapping[str, Measured], modules) -> nn.Module:
+    model = copy.deepcopy(original)
+    for path, measured in choice.items():
+        if not measured.candidate.dense:
+            set_module(model, path, copy.deepcopy(modules[(path, measured.candidate.label)]))
+    return model
+
+
+def _record_choice(layers: Mapping[str, LayerSearch], position: Mapping[str, int], report: SearchReport) -> None:
+    """Each layer's chosen candidate and the reason, in words."""
+    where = f"{report.target} {report.precision}"
+    for path, layer in layers.items():
+        layer.chosen = layer.front[position[path]]
+        dense = layer.dense
+        faster = [m for m in layer.considered[1:] if m.latency_ms < dense.latency_ms]
+        if not layer.chosen.candidate.dense:
+            layer.reason = (f"{dense.latency_ms / layer.chosen.latency_ms:.2f}x faster than dense on {where} "
+                            f"for error {layer.chosen.error:.3f}")
+        elif len(layer.considered) == 1:
+            layer.reason = "dense kept: no candidate saves MACs on this layer"
+        elif not faster:
+            quickest = min(layer.considered[1:], key=lambda m: m.latency_ms)
+            layer.reason = (f"dense kept: every candidate slower on {where} (dense {dense.latency_ms:.4f} ms, "
+                            f"fastest candidate {quickest.candidate.label} {quickest.latency_ms:.4f} ms)")
+        else:
+            layer.reason = "dense kept: other layers save the time for less error"
+
+
+__all__ = ["Attempt", "Clock", "LayerSearch", "MAX_ATTEMPTS", "Measured", "SearchReport", "SearchResult",
+           "budget_of", "search"]
