@@ -8,6 +8,11 @@ ran is read back from the compiled model and its runtime graph, never echoed fro
 int8 is NNCF post-training quantization (performance preset: symmetric weights and
 activations) from the calibration batches. openvino and nncf are imported only when a target
 is built, so importing this module never fails where they are absent.
+
+A layer built only to be timed (:meth:`OpenVinoTarget.build_for_timing`, many per conversion)
+is read from its TorchScript ONNX export instead (tens of milliseconds against ~0.4 s for
+``convert_model``), and NNCF's hardware pattern graph, which it otherwise rebuilds on every
+quantization (~0.3 s of quantizing one layer's ~0.4 s), is built once and reused.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import importlib.util
 import io
 import warnings
 from collections import Counter
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +53,63 @@ def convert(model: nn.Module, example: torch.Tensor) -> Any:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notices about Python-side shape checks
         return ov.convert_model(work, example_input=example.detach().float().cpu())
+
+
+def convert_for_timing(model: nn.Module, example: torch.Tensor) -> Tuple[Any, str]:
+    """``model`` as an OpenVINO model read from its TorchScript ONNX export, and a note: a tenth
+    of :func:`convert`'s time, and the same runtime graph in every precision for every leanconv
+    kind, since it is brought to :func:`convert`'s form: constants folded (NNCF quantizes only
+    weights that are constants), the input fully dynamic (NNCF quantizes a depthwise conv's
+    input per channel where it knows the channels, which the CPU plugin then runs in bf16, not
+    u8). :func:`convert`'s model, with a note, where any of that fails."""
+    import openvino as ov
+
+    try:
+        from openvino._offline_transformations import apply_moc_transformations  # what convert_model runs
+
+        from leanconv.deploy.on_onnxruntime import torchscript_onnx
+
+        data = torchscript_onnx(_float_copy(model), example.detach().float().cpu())
+        ov_model = ov.Core().read_model(data, b"")
+        apply_moc_transformations(ov_model, cf=True)
+        ov_model.reshape(ov.PartialShape.dynamic(example.dim()))
+    except Exception as error:  # noqa: BLE001 - any failure of the quick way: convert_model may still work
+        return convert(model, example), f"convert_model (TorchScript ONNX: {type(error).__name__}), "
+    return ov_model, "TorchScript ONNX export, "
+
+
+_PATTERNS: dict = {}
+"""NNCF's hardware pattern graphs by (backend, device, model type), built once (:func:`_reused_patterns`)."""
+
+
+@contextlib.contextmanager
+def _reused_patterns() -> Iterator[None]:
+    """While the block runs, NNCF's hardware pattern graph is built once per (backend, device,
+    model type) and reused: NNCF builds it anew on each ``nncf.quantize`` (the larger part of
+    quantizing one layer) and only matches against it. NNCF is left as it was afterwards, and
+    as it is where its layout differs from the one this knows."""
+    try:
+        from nncf.common.graph.patterns.manager import PatternsManager
+
+        original = vars(PatternsManager)["get_full_hw_pattern_graph"]
+    except (ImportError, KeyError):
+        original = None
+    if not isinstance(original, staticmethod):
+        yield
+        return
+    build = original.__func__
+
+    def reused(backend, device, model_type=None):
+        key = (backend, device, model_type)
+        if key not in _PATTERNS:
+            _PATTERNS[key] = build(backend, device, model_type)
+        return _PATTERNS[key]
+
+    PatternsManager.get_full_hw_pattern_graph = staticmethod(reused)
+    try:
+        yield
+    finally:
+        PatternsManager.get_full_hw_pattern_graph = original
 
 
 def check_calib(calib: Optional[List[torch.Tensor]], example: torch.Tensor) -> List[torch.Tensor]:
@@ -137,16 +199,25 @@ class OpenVinoTarget(Target):
 
     def build(self, model: nn.Module, example: torch.Tensor, precision: str,
               calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
+        return self._build(model, example, precision, calib, threads, for_timing=False)
+
+    def build_for_timing(self, module: nn.Module, example: torch.Tensor, precision: str,
+                         calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
+        """As :meth:`build`, from :func:`convert_for_timing`, NNCF's pattern graph reused."""
+        return self._build(module, example, precision, calib, threads, for_timing=True)
+
+    def _build(self, model: nn.Module, example: torch.Tensor, precision: str,
+               calib: Optional[List[torch.Tensor]], threads: int, for_timing: bool) -> Deployed:
         import openvino as ov
 
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r} must be a positive integer")
-        ov_model = convert(model, example)
-        note = ""
+        ov_model, note = convert_for_timing(model, example) if for_timing else (convert(model, example), "")
         if precision == "int8":
             batches = check_calib(calib, example)
-            ov_model = quantize(ov_model, batches)  # on the dynamic model: calib batches may differ in size
-            note = f"NNCF PTQ on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
+            with _reused_patterns() if for_timing else contextlib.nullcontext():
+                ov_model = quantize(ov_model, batches)  # on the dynamic model: calib batches may differ in size
+            note += f"NNCF PTQ on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
         shape = tuple(example.shape)
         ov_model.reshape(list(shape))
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
@@ -164,5 +235,5 @@ class OpenVinoTarget(Target):
 register_target(OpenVinoTarget("openvino", "openvino", ("fp32", "bf16", "int8"), ("cpu",), modules=("openvino",),
                                extra="openvino"))
 
-__all__ = ["COMPUTE_LAYERS", "OpenVinoTarget", "check_calib", "convert", "describe_ran", "layer_precisions",
-           "quantize"]
+__all__ = ["COMPUTE_LAYERS", "OpenVinoTarget", "check_calib", "convert", "convert_for_timing", "describe_ran",
+           "layer_precisions", "quantize"]

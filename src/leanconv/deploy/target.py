@@ -88,6 +88,31 @@ class Target(ABC):
               calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
         """``model`` deployed for ``precision`` on ``example``'s device (each runtime's own way)."""
 
+    def build_for_timing(self, module: nn.Module, example: torch.Tensor, precision: str,
+                         calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
+        """``module`` (one layer, timed by a conversion's search, many times over) deployed the
+        quickest way that runs the same kernels as :meth:`build`. The base builds it as
+        :meth:`build` does; a target whose build is slow overrides this."""
+        return self.build(module, example, precision, calib, threads)
+
+    def runtime_version(self) -> str:
+        """The runtime and its installed version (``'onnxruntime 1.23.2'``), what a timing depends
+        on: the distribution that installs the first of :attr:`modules`, torch's own version
+        (``'torch 2.9.1+cu128'``) for a target that needs no other module."""
+        if not self.modules:
+            return f"torch {torch.__version__}"
+        from importlib import metadata
+
+        module = self.modules[0]
+        if importlib.util.find_spec(module) is None:
+            return f"{module} (not installed)"
+        try:
+            return f"{module} {metadata.version(module)}"
+        except metadata.PackageNotFoundError:  # installed under another name: onnxruntime-gpu, ...
+            for name in metadata.packages_distributions().get(module, []):
+                return f"{name} {metadata.version(name)}"
+        return f"{module} (version unknown)"
+
 
 def cpu_flags() -> List[str]:
     """The CPU features that decide which precisions run natively (from /proc/cpuinfo; [] elsewhere)."""
@@ -158,6 +183,12 @@ def get_target(name: str) -> Target:
     return targets[name]
 
 
+def runtime_version(target: str) -> str:
+    """``target``'s runtime and its installed version, e.g. ``'onnxruntime 1.23.2'`` (see
+    :meth:`Target.runtime_version`)."""
+    return get_target(target).runtime_version()
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} must be one of {list(PRECISIONS)}")
@@ -218,4 +249,4 @@ def output_difference(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 __all__ = ["Deployed", "PRECISIONS", "TARGETS", "TOLERANCES", "Target", "check_precision", "cpu_flags", "cpu_name", "deploy",
            "example_input", "first_output", "get_target", "hardware_gap", "output_difference", "reference_output",
-           "register_target", "registered"]
+           "register_target", "registered", "runtime_version"]
