@@ -25,6 +25,7 @@ times; tests script them.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
@@ -39,6 +40,14 @@ from leanconv.conversion.surgery import set_module
 
 MAX_ATTEMPTS = 4
 """Whole-model measurements the correction loop may take before it reports the closest point."""
+SEARCH_IMAGES = 32
+SEARCH_PIXELS = 16384
+MIN_SEARCH_IMAGES = 8
+"""Calibration images each candidate is fitted and scored on: per layer, enough images for about
+``SEARCH_PIXELS`` input pixels (at least ``MIN_SEARCH_IMAGES``, at most ``SEARCH_IMAGES``).
+A least-squares stage has at most a few thousand weights per output, so that ranks candidates
+well, and keeps ~20 fits per layer to seconds (the converted model's final refit uses every
+calibration image)."""
 
 
 class Clock(Protocol):
@@ -145,9 +154,10 @@ class SearchReport:
         return (f"REQUEST NOT MET ({self.request}) {where}: the fastest mix found reaches {self.fastest_speedup:.2f}x; "
                 f"returned: {reached}, {self.final.measured_ms - self.budget_ms:.3f} ms over the budget")
 
-    def to_markdown(self) -> str:
-        lines = [f"**{self.headline()}**", "",
-                 "| layer | chosen | latency ms (dense -> chosen) | output error | why |", "|---|---|---:|---:|---|"]
+    def to_markdown(self, headline: bool = True) -> str:
+        """Per layer the choice and why, the correction loop's attempts, every candidate considered."""
+        lines = [f"**{self.headline()}**", ""] if headline else []
+        lines += ["| layer | chosen | latency ms (dense -> chosen) | output error | why |", "|---|---|---:|---:|---|"]
         for path, layer in self.layers.items():
             chosen = layer.chosen or layer.dense
             lines.append(f"| {path} | {chosen.candidate.label} | {layer.dense.latency_ms:.4f} -> "
@@ -204,7 +214,7 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
 
 def _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, say):
     """Every layer's candidates fitted and timed, and the fitted modules on each layer's front."""
-    inputs = _layer_inputs(original, [p for p, _ in eligible], calib)
+    inputs = _layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
     layers: Dict[str, LayerSearch] = {}
     modules: Dict[Tuple[str, str], nn.Module] = {}
     for index, (path, conv) in enumerate(eligible, 1):
@@ -212,7 +222,7 @@ def _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, 
         say(f"layer {index}/{len(eligible)} {path}: fitting and timing candidates at {shape}")
         considered, fitted = [], {}
         for candidate in layer_candidates(conv, sizes[path], kinds):
-            module, fit = fit_candidate(conv, candidate, inputs.get(path))
+            module, fit = fit_candidate(conv, candidate, _enough(inputs.get(path), sizes[path]))
             considered.append(Measured(candidate, clock.layer_ms(conv, candidate, module, shape), fit))
             fitted[candidate.label] = module
         points = front([Point(m.latency_ms, m.damage, i) for i, m in enumerate(considered)])
@@ -228,6 +238,25 @@ def _layer_inputs(model: nn.Module, paths: List[str], calib: Optional[List[torch
         return {}
     with evaluating(model):
         return capture_all(model, paths, calib, "input")
+
+
+def _first_images(calib: Optional[List[torch.Tensor]], count: int) -> Optional[List[torch.Tensor]]:
+    """The first ``count`` images of the calibration batches (cut inside a batch where needed)."""
+    if not calib:
+        return calib
+    taken, total = [], 0
+    for batch in calib:
+        taken.append(batch[: count - total])
+        total += len(taken[-1])
+        if total >= count:
+            break
+    return taken
+
+
+def _enough(inputs: Optional[List[torch.Tensor]], hw: Tuple[int, int]) -> Optional[List[torch.Tensor]]:
+    """The first images of a layer's inputs that hold about ``SEARCH_PIXELS`` pixels (see there)."""
+    wanted = min(max(MIN_SEARCH_IMAGES, math.ceil(SEARCH_PIXELS / max(hw[0] * hw[1], 1))), SEARCH_IMAGES)
+    return _first_images(inputs, wanted)
 
 
 def _fronts_of(layers: Mapping[str, LayerSearch], kind: Optional[str] = None) -> Dict[str, List[Point]]:

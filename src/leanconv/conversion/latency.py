@@ -19,7 +19,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -163,15 +163,7 @@ class LatencyCache:
     def latency(self, description: str, module: nn.Module, input_shape: Sequence[int],
                 channels_last: bool = False) -> float:
         """Median latency in ms of ``module`` on a random input of ``input_shape`` (cached)."""
-        if self.setting is not None:  # deployed from a float32 copy on the setting's device
-            device, dtype, where = torch.device(self.setting.device), torch.float32, self._setting_key
-        else:
-            parameter = next(module.parameters(), None)
-            device = parameter.device if parameter is not None else torch.device("cpu")
-            dtype = parameter.dtype if parameter is not None else torch.float32
-            where = device_key(device)
-        key = (f"{where}|{dtype}|{'channels_last' if channels_last else 'nchw'}|"
-               f"{tuple(input_shape)}|{description}")
+        key, device, dtype = self._key(description, module, input_shape, channels_last)
         if key not in self._table:
             x = torch.randn(tuple(input_shape), device=device, dtype=dtype)
             module = module.eval()
@@ -180,6 +172,30 @@ class LatencyCache:
             self._table[key] = self._new[key] = float(self.measure(module, x))
             self.measured += 1
         return self._table[key]
+
+    def _key(self, description: str, module: Optional[nn.Module], input_shape: Sequence[int],
+             channels_last: bool = False) -> Tuple[str, torch.device, torch.dtype]:
+        """The cache key of a timing, and the device and dtype its input is made on."""
+        if self.setting is not None:  # deployed from a float32 copy on the setting's device
+            device, dtype, where = torch.device(self.setting.device), torch.float32, self._setting_key
+        else:
+            parameter = next(module.parameters(), None) if module is not None else None
+            device = parameter.device if parameter is not None else torch.device("cpu")
+            dtype = parameter.dtype if parameter is not None else torch.float32
+            where = device_key(device)
+        key = f"{where}|{dtype}|{'channels_last' if channels_last else 'nchw'}|{tuple(input_shape)}|{description}"
+        return key, device, dtype
+
+    def known(self, description: str, input_shape: Sequence[int]) -> Optional[float]:
+        """The cached ms of ``description`` at ``input_shape`` in this cache's setting (None: not measured)."""
+        return self._table.get(self._key(description, None, input_shape)[0])
+
+    def remember(self, description: str, input_shape: Sequence[int], ms: float) -> None:
+        """Record a timing taken elsewhere (a whole model measured with its outputs checked)."""
+        if not _is_ms(ms):
+            raise ValueError(f"ms={ms!r} must be a positive, finite number of milliseconds")
+        key = self._key(description, None, input_shape)[0]
+        self._table[key] = self._new[key] = float(ms)
 
     def save(self) -> None:
         """Merge this object's new timings into the file, under a lock, and write it atomically:

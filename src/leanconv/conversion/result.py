@@ -91,7 +91,7 @@ class ConversionResult:
         if self.original_latency_ms is not None:
             lines += self._latency_lines()
         if self.search is not None:
-            lines += ["\n## Per-layer choice on the target\n", self.search.to_markdown()]
+            lines += ["\n## Per-layer choice on the target\n", self.search.to_markdown(headline=False)]
         return "\n".join(lines) + "\n"
 
     def _latency_lines(self) -> List[str]:

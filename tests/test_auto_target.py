@@ -1,0 +1,49 @@
+"""``convert(to='auto')`` measured for real on onnxruntime (no timing asserted: the machine is
+noisy): what is cached, under which key, and that a second search reads the cache."""
+
+import json
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from leanconv import convert
+
+pytest.importorskip("onnxruntime")
+
+
+def small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(3, 8, 3, padding=1), act0=nn.ReLU(),
+        conv2=nn.Conv2d(8, 16, 3, padding=1), act2=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
+    )).eval()
+
+
+def test_a_real_search_on_onnxruntime_is_cached_by_target_and_version(tmp_path, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
+    calib = [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    kwargs = dict(to="auto", target="onnxruntime", precision="fp32", target_speedup=1.05, input_size=(1, 3, 8, 8),
+                  calib=calib, accept_slower=True, kinds=["dsconv", "tucker2"])
+    result = convert(small_model(), **kwargs)
+    search = result.search
+    assert (search.target, search.precision) == ("onnxruntime", "fp32")
+    assert result.plan.deployment == {"target": "onnxruntime", "precision": "fp32", "input_size": (1, 3, 8, 8),
+                                      "threads": 1}
+    layer = search.layers["conv2"]
+    assert [m.candidate.kind for m in layer.considered][0] == "dense"
+    assert {m.candidate.kind for m in layer.considered[1:]} <= {"dsconv", "tucker2"}
+    assert all(m.latency_ms > 0 for m in layer.considered)
+    table = json.loads((tmp_path / "latency.json").read_text())
+    keys = [k for k in table if k.startswith(f"onnxruntime|onnxruntime {onnxruntime.__version__}|")]
+    assert len(keys) >= len(layer.considered) + 1  # every candidate, and the dense model
+    assert all("|fp32|1threads|" in k for k in keys)
+    # the second search reads every timing (layers and the dense model) from the cache
+    again = convert(small_model(), **kwargs)
+    assert json.loads((tmp_path / "latency.json").read_text()).keys() == table.keys()
+    assert [m.latency_ms for m in again.search.layers["conv2"].considered] == [m.latency_ms for m in layer.considered]
+    assert again.search.baseline_ms == search.baseline_ms
