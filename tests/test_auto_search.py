@@ -38,8 +38,11 @@ class ScriptedClock:
         self.known = {}
         self.model_calls = 0
 
+    def precisions(self):
+        return ["fp32"]
+
     def baseline(self, model):
-        return self.fixed_ms + sum(DENSE_MS.values()), "fp32"
+        return {"fp32": self.fixed_ms + sum(DENSE_MS.values())}
 
     def layer_ms(self, conv, candidate, module, input_shape):
         key = (conv.in_channels, conv.out_channels)
@@ -154,3 +157,40 @@ def test_the_front_plot_and_report(tmp_path):
     text = result.to_markdown()
     assert text.startswith("**request met (target_speedup=2)")
     assert "| conv3 | grouped" in text and "Candidates considered" in text
+
+
+class TwoPrecisionClock(ScriptedClock):
+    """int8: the dense model is fastest (0.5x the fp32 time) but candidates gain little; fp32:
+    candidates gain a lot. Only fp32 can meet a 2x request against the int8 dense model."""
+
+    def precisions(self):
+        return ["fp32", "int8"]
+
+    def baseline(self, model):
+        fp32 = self.fixed_ms + sum(DENSE_MS.values())
+        return {"fp32": fp32, "int8": 0.5 * fp32}
+
+    def layer_ms(self, conv, candidate, module, input_shape):
+        ms = super().layer_ms(conv, candidate, module, input_shape)
+        if self.precision == "int8":
+            ms = 0.5 * (DENSE_MS[(conv.in_channels, conv.out_channels)] if candidate.dense else 0.9 * DENSE_MS[
+                (conv.in_channels, conv.out_channels)])
+        self.known[(self.precision, signature(module))] = ms
+        return ms
+
+    def model_ms(self, model):
+        self.model_calls += 1
+        layers = [model.get_submodule(p) for p in ("conv2", "conv3")]
+        fixed = self.fixed_ms * (0.5 if self.precision == "int8" else 1.0)
+        return fixed + sum(self.known[(self.precision, signature(m))] for m in layers)
+
+
+def test_the_precision_that_meets_the_request_is_chosen_and_the_others_reported():
+    clock = TwoPrecisionClock({(16, 24): {"dsconv": 0.1}, (24, 32): {"dsconv": 0.1}}, fixed_ms=0.2)
+    result = run(clock, target_speedup=2.0)
+    search = result.search
+    assert search.baseline_precision == "int8" and search.precision == "fp32"
+    assert search.met and search.speedup >= 2.0
+    assert set(search.alternatives) == {"int8"} and search.alternatives["int8"].startswith("not met")
+    assert result.plan.deployment["precision"] == "fp32"
+    assert "Other precisions searched" in result.to_markdown()

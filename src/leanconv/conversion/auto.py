@@ -55,8 +55,11 @@ class Clock(Protocol):
 
     precision: Optional[str]
 
-    def baseline(self, model: nn.Module) -> Tuple[float, str]:
-        """The dense model at its best on the target: (ms, the precision that was fastest)."""
+    def precisions(self) -> List[str]:
+        """The precisions to search (the one asked for, or every one the target runs here)."""
+
+    def baseline(self, model: nn.Module) -> Dict[str, float]:
+        """The dense model's ms in each precision of :meth:`precisions` whose output is correct."""
 
     def layer_ms(self, conv: nn.Conv2d, candidate: Candidate, module: nn.Module,
                  input_shape: Tuple[int, ...]) -> float:
@@ -128,6 +131,13 @@ class SearchReport:
     attempts: List[Attempt]
     met: bool
     fronts: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
+    alternatives: Dict[str, str] = field(default_factory=dict)  # other precisions searched -> outcome
+
+    def outcome(self) -> str:
+        """One line: met or not, the speedup reached and the error, in this precision."""
+        state = "met" if self.met else "not met"
+        return (f"{state}: {self.final.measured_ms:.3f} ms measured = {self.speedup:.2f}x, combined error "
+                f"{self.final.damage ** 0.5:.3f}")
 
     @property
     def final(self) -> Attempt:
@@ -162,6 +172,9 @@ class SearchReport:
             chosen = layer.chosen or layer.dense
             lines.append(f"| {path} | {chosen.candidate.label} | {layer.dense.latency_ms:.4f} -> "
                          f"{chosen.latency_ms:.4f} | {chosen.error:.4f} | {layer.reason} |")
+        if self.alternatives:
+            lines += ["", f"Chosen: {self.precision} ({self.outcome()}). Other precisions searched on {self.target}:"]
+            lines += [f"- {precision}: {text}" for precision, text in self.alternatives.items()]
         lines += ["", "| attempt | budget ms | predicted ms | measured ms |", "|---:|---:|---:|---:|"]
         lines += [f"| {i} | {a.budget_ms:.3f} | {a.predicted_ms:.3f} | {a.measured_ms:.3f} |"
                   for i, a in enumerate(self.attempts, 1)]
@@ -193,43 +206,76 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
            calib: Optional[List[torch.Tensor]] = None, kinds: Optional[Sequence[str]] = None,
            progress: Optional[Callable[[str], None]] = None) -> SearchResult:
     """The mix of per-layer candidates with the least damage whose measured latency meets the
-    request (or the closest one, ``report.met`` False). ``original`` is not changed; the
-    result's model is a copy with the chosen modules in place."""
+    request (or the closest one, ``report.met`` False), in whichever of the clock's precisions
+    does that best. ``original`` is not changed; the result's model is a copy with the chosen
+    modules in place."""
     say = progress or (lambda _: None)
-    say(f"measuring the dense model on {target}")
-    baseline_ms, baseline_precision = clock.baseline(original)
-    if clock.precision is None:
-        clock.precision = baseline_precision
-    budget = budget_of(baseline_ms, target_speedup, latency_budget)
-    layers, modules = _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, say)
-    dense_ms = baseline_ms if clock.precision == baseline_precision else clock.model_ms(original)
-    fixed = max(dense_ms - sum(layer.dense.latency_ms for layer in layers.values()), 0.0)
+    say(f"measuring the dense model on {target} ({', '.join(clock.precisions())})")
+    dense = clock.baseline(original)
+    baseline_precision = min(dense, key=lambda p: dense[p])
+    budget = budget_of(dense[baseline_precision], target_speedup, latency_budget)
     request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
-    report = SearchReport(target, clock.precision, tuple(input_size), request, baseline_ms, baseline_precision,
-                          budget, layers, [], False, fronts=_fronts(layers, fixed))
-    model = _correct(original, layers, modules, report, clock, fixed, say)
-    chosen = {p: layer.chosen for p, layer in layers.items() if layer.chosen and not layer.chosen.candidate.dense}
-    return SearchResult(model, chosen, {p: modules[(p, m.candidate.label)] for p, m in chosen.items()}, report)
+    fits = _fit_layers(original, eligible, input_size, sizes, calib, kinds, say)
+    outcomes = []
+    for precision in sorted(dense, key=lambda p: dense[p]):  # the dense model's best precision first
+        clock.precision = precision
+        layers = _time_layers(fits, clock, say)
+        fixed = max(dense[precision] - sum(layer.dense.latency_ms for layer in layers.values()), 0.0)
+        report = SearchReport(target, precision, tuple(input_size), request, dense[baseline_precision],
+                              baseline_precision, budget, layers, [], False, fronts=_fronts(layers, fixed))
+        outcomes.append((report, _correct(original, layers, fits, report, clock, fixed, say)))
+    report, model = _best(outcomes)
+    report.alternatives = {r.precision: r.outcome() for r, _ in outcomes if r is not report}
+    chosen = {p: layer.chosen for p, layer in report.layers.items() if layer.chosen and not layer.chosen.candidate.dense}
+    return SearchResult(model, chosen, {p: fits[p].modules[m.candidate.label] for p, m in chosen.items()}, report)
 
 
-def _measure_layers(original, eligible, input_size, sizes, clock, calib, kinds, say):
-    """Every layer's candidates fitted and timed, and the fitted modules on each layer's front."""
+def _best(outcomes: List[Tuple[SearchReport, nn.Module]]) -> Tuple[SearchReport, nn.Module]:
+    """The precision whose mix meets the budget with the least damage (ties: the faster); when
+    none does, the one whose mix measured fastest."""
+    met = [o for o in outcomes if o[0].met]
+    if met:
+        return min(met, key=lambda o: (o[0].final.damage, o[0].final.measured_ms))
+    return min(outcomes, key=lambda o: o[0].final.measured_ms)
+
+
+@dataclass
+class _Fits:
+    """One layer's candidates, fitted once for every precision searched."""
+
+    path: str
+    conv: nn.Conv2d
+    shape: Tuple[int, ...]
+    candidates: List[Candidate]
+    fits: List[CandidateFit]
+    modules: Dict[str, nn.Module]  # candidate label -> the fitted module
+
+
+def _fit_layers(original, eligible, input_size, sizes, calib, kinds, say) -> Dict[str, _Fits]:
+    """Every layer's candidates with their fitted modules and errors (independent of the target)."""
     inputs = _layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
-    layers: Dict[str, LayerSearch] = {}
-    modules: Dict[Tuple[str, str], nn.Module] = {}
+    fitted: Dict[str, _Fits] = {}
     for index, (path, conv) in enumerate(eligible, 1):
         shape = (int(input_size[0]), conv.in_channels, *sizes[path])
-        say(f"layer {index}/{len(eligible)} {path}: fitting and timing candidates at {shape}")
-        considered, fitted = [], {}
-        for candidate in layer_candidates(conv, sizes[path], kinds):
-            module, fit = fit_candidate(conv, candidate, _enough(inputs.get(path), sizes[path]))
-            considered.append(Measured(candidate, clock.layer_ms(conv, candidate, module, shape), fit))
-            fitted[candidate.label] = module
+        say(f"layer {index}/{len(eligible)} {path}: fitting candidates")
+        candidates = layer_candidates(conv, sizes[path], kinds)
+        layer_inputs = _enough(inputs.get(path), sizes[path])
+        results = [fit_candidate(conv, c, layer_inputs, accumulate=torch.float32) for c in candidates]
+        fitted[path] = _Fits(path, conv, shape, candidates, [fit for _, fit in results],
+                             {c.label: module for c, (module, _) in zip(candidates, results)})
+    return fitted
+
+
+def _time_layers(fits: Mapping[str, _Fits], clock: Clock, say) -> Dict[str, LayerSearch]:
+    """Every candidate timed alone on the clock's target and precision, and each layer's front."""
+    layers: Dict[str, LayerSearch] = {}
+    for index, (path, layer) in enumerate(fits.items(), 1):
+        say(f"timing layer {index}/{len(fits)} {path} at {layer.shape} in {clock.precision}")
+        considered = [Measured(c, clock.layer_ms(layer.conv, c, layer.modules[c.label], layer.shape), fit)
+                      for c, fit in zip(layer.candidates, layer.fits)]
         points = front([Point(m.latency_ms, m.damage, i) for i, m in enumerate(considered)])
-        layer = LayerSearch(path, shape, considered, [considered[p.key] for p in points])
-        modules.update({(path, m.candidate.label): fitted[m.candidate.label] for m in layer.front})
-        layers[path] = layer
-    return layers, modules
+        layers[path] = LayerSearch(path, layer.shape, considered, [considered[p.key] for p in points])
+    return layers
 
 
 def _layer_inputs(model: nn.Module, paths: List[str], calib: Optional[List[torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
@@ -277,7 +323,7 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
     return fronts
 
 
-def _correct(original, layers, modules, report: SearchReport, clock: Clock, fixed: float, say) -> nn.Module:
+def _correct(original, layers, fits, report: SearchReport, clock: Clock, fixed: float, say) -> nn.Module:
     """Allocate, build, measure; move what the measurement shows the prediction missed into
     ``fixed`` and allocate again, until the budget is met or the choice stops changing."""
     rungs = {path: layer.front for path, layer in layers.items()}
@@ -293,7 +339,7 @@ def _correct(original, layers, modules, report: SearchReport, clock: Clock, fixe
             break
         seen.append(position)
         predicted = fixed + sum(points[p][i].ms for p, i in position.items())
-        model = _build(original, {p: rungs[p][i] for p, i in position.items()}, modules)
+        model = _build(original, {p: rungs[p][i] for p, i in position.items()}, fits)
         say(f"measuring the whole converted model (attempt {len(report.attempts) + 1}, predicted {predicted:.3f} ms)")
         measured = clock.model_ms(model)
         report.attempts.append(Attempt(report.budget_ms, predicted, measured, fixed,
@@ -309,11 +355,11 @@ def _correct(original, layers, modules, report: SearchReport, clock: Clock, fixe
     return models[final]
 
 
-def _build(original: nn.Module, choice: Mapping[str, Measured], modules) -> nn.Module:
+def _build(original: nn.Module, choice: Mapping[str, Measured], fits: Mapping[str, _Fits]) -> nn.Module:
     model = copy.deepcopy(original)
     for path, measured in choice.items():
         if not measured.candidate.dense:
-            set_module(model, path, copy.deepcopy(modules[(path, measured.candidate.label)]))
+            set_module(model, path, copy.deepcopy(fits[path].modules[measured.candidate.label]))
     return model
 
 

@@ -151,7 +151,7 @@ def _label(kind: ConvKind, options: Dict[str, Any]) -> str:
 
 
 def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequence[torch.Tensor]] = None,
-                  holdout: float = 0.25) -> Tuple[nn.Module, CandidateFit]:
+                  holdout: float = 0.25, accumulate: torch.dtype = torch.float64) -> Tuple[nn.Module, CandidateFit]:
     """The candidate module with the optimal factorized weights (``surgery.factorize_conv`` +
     ``surgery.build_module``) and how well it stands in for ``conv``.
 
@@ -159,7 +159,8 @@ def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequen
     refit by least squares on the first ``1 - holdout`` of the images and kept only where it
     lowers the error on the held-out rest (:func:`leanconv.conversion.refitting.refit_module`);
     the targets are ``conv``'s own outputs. Dense: a copy of the conv, error 0.
-    The inputs move to the conv's device and dtype; ``conv`` is not changed.
+    The inputs move to the conv's device and dtype; ``conv`` is not changed. ``accumulate``: the
+    dtype the refit sums its normal equations in (:func:`~leanconv.conversion.refitting.solve_stage`).
     """
     _check_conv(conv)
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -180,7 +181,7 @@ def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequen
     with torch.no_grad():
         targets = [conv(x) for x in fit + held]
     with evaluating(module):
-        report = refit_module(module, fit + held, targets, len(fit))
+        report = refit_module(module, fit + held, targets, len(fit), accumulate=accumulate)
     fitted = report.error
     if not held:
         return module, CandidateFit(fitted, fitted, weight_error, report.kept)

@@ -11,8 +11,9 @@ version, device, precision and threads) and times whole converted models there.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from dataclasses import replace
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,18 +27,21 @@ from leanconv.timing import synchronized, time_interleaved
 class TargetClock:
     """Latencies on ``target`` (a :mod:`leanconv.deploy` target name) for inputs of ``input_size``.
 
-    ``precision`` None: the precision the dense model is fastest in on this target (chosen by
-    :meth:`baseline`). ``calib``: real batches (int8 calibration, and the input timings run
-    on); ``rounds``: timing rounds per whole model (the median is used).
+    ``precision`` None: every precision the target runs here is searched (the search keeps the
+    one whose mix does best). ``calib``: real batches (int8 calibration, and the input the
+    dense model is checked and timed on); ``rounds``: timing rounds per whole model (the
+    median is used); ``cache_path``: the latency cache file (default: the user cache folder).
     """
 
     def __init__(self, target: str, input_size: Sequence[int], precision: Optional[str] = None, *,
                  calib: Optional[List[torch.Tensor]] = None, device: str = "cpu", threads: int = 1,
-                 rounds: int = 3, min_run_time: float = 0.2, cache: Optional[LatencyCache] = None) -> None:
+                 rounds: int = 3, min_run_time: float = 0.2, cache_path: Optional[Path] = None) -> None:
         self.target, self.input_size, self.precision = target, tuple(int(s) for s in input_size), precision
         self.calib, self.device, self.threads = _batches_of(calib, self.input_size[0]), str(device), threads
         self.rounds, self.min_run_time = rounds, min_run_time
-        self._cache = cache
+        self._path = cache_path  # None: the user cache folder's latency.json
+        self._caches: Dict[str, LatencyCache] = {}
+        self.asked = precision  # None: every precision the target runs here is searched
         if precision is not None:
             self.setting.check()
 
@@ -47,18 +51,16 @@ class TargetClock:
 
     @property
     def cache(self) -> LatencyCache:
-        """The per-layer timing cache for the current precision (a scripted one when given)."""
-        if self._cache is None or (self._cache.setting is not None and self._cache.setting != self.setting):
-            self._cache = LatencyCache(self._cache.path if self._cache is not None else None, setting=self.setting)
-        return self._cache
+        """The per-layer timing cache for the current precision."""
+        return self._cache_for(self.precision or "fp32")
 
-    def runnable_precisions(self) -> List[str]:
+    def precisions(self) -> List[str]:
         """The precisions of the target that run on this machine's device (the asked one alone if any)."""
         from leanconv.deploy.measure import DEVICE_PRECISIONS
         from leanconv.deploy.target import get_target
 
-        if self.precision is not None:
-            return [self.precision]
+        if self.asked is not None:
+            return [self.asked]
         entry = get_target(self.target)
         native = DEVICE_PRECISIONS["cuda" if torch.device(self.device).type == "cuda" else "cpu"]
         runs = [p for p in native if p in entry.precisions and entry.unsupported(p, self.device) is None]
@@ -67,45 +69,60 @@ class TargetClock:
                              f"{entry.missing() or 'none of its precisions runs on ' + self.device}")
         return runs
 
-    def baseline(self, model: nn.Module) -> Tuple[float, str]:
-        """The dense model at its best on the target: median ms and the precision that ran fastest.
+    def baseline(self, model: nn.Module) -> Dict[str, float]:
+        """The dense model's median ms in each precision searched whose output is correct.
 
         Measured once per model architecture, input size and setting (outputs checked against
-        fp32 eager: a precision beyond its tolerance is not a candidate), then read from the
-        latency cache: like a layer's, a whole model's timing does not depend on its weights."""
+        fp32 eager: a precision beyond its tolerance is left out), then read from the latency
+        cache: like a layer's, a whole model's timing does not depend on its weights."""
         from leanconv.deploy.measure import measure_targets
 
-        precisions = self.runnable_precisions()
+        precisions = self.precisions()
         known = {p: self._cached_model_ms(model, p) for p in precisions}
         if all(ms is not None for ms in known.values()):
-            precision = min(known, key=lambda p: known[p])  # type: ignore[arg-type,return-value]
-            return known[precision], precision  # type: ignore[return-value]
+            return known  # type: ignore[return-value]
         report = measure_targets({"dense": model}, self.input_size, targets=[self.target], precisions=precisions,
                                  calib=self.calib, device=self.device, threads=self.threads, rounds=self.rounds,
                                  min_run_time=self.min_run_time, eager=False)
-        for row in report.measured("dense"):
-            cache = self._cache_for(row.precision)
-            cache.remember(_model_description(model), self.input_size, row.latency.median)  # type: ignore[union-attr]
+        measured = {row.precision: row.latency.median for row in report.measured("dense")}  # type: ignore[union-attr]
+        if not measured:
+            raise ValueError(f"target={self.target!r}: the dense model runs correctly in none of {precisions} here")
+        for precision, ms in measured.items():
+            cache = self._cache_for(precision)
+            cache.remember(_model_description(model), self.input_size, ms)
             cache.save()
-        best = report.best("dense")
-        return best.latency.median, best.precision  # type: ignore[union-attr]
+        return measured
 
     def _cache_for(self, precision: str) -> LatencyCache:
-        setting = replace(self.setting, precision=precision)
-        return self.cache if setting == self.cache.setting else LatencyCache(self.cache.path, setting=setting)
+        """One cache object per precision (all in one file), made on first use."""
+        if precision not in self._caches:
+            self._caches[precision] = LatencyCache(self._path, setting=replace(self.setting, precision=precision))
+        return self._caches[precision]
 
     def _cached_model_ms(self, model: nn.Module, precision: str) -> Optional[float]:
         return self._cache_for(precision).known(_model_description(model), self.input_size)
 
     def layer_ms(self, conv: nn.Conv2d, candidate: Candidate, module: nn.Module,
                  input_shape: Tuple[int, ...]) -> float:
+        """The candidate alone on the target, less the runtime's cost of one call (:meth:`call_ms`):
+        a whole model pays that once, not once per layer."""
         kind = "dense" if candidate.dense else candidate.kind
-        return self.cache.latency(describe(conv, kind, candidate.options), module, input_shape)
+        ms = self.cache.latency(describe(conv, kind, candidate.options), module, input_shape)
+        return max(ms - self.call_ms(input_shape), 0.05 * ms)
+
+    def call_ms(self, input_shape: Tuple[int, ...]) -> float:
+        """What one call of the target costs with no work in it: a graph that passes an input of
+        ``input_shape`` through, in fp32 (0 where the runtime cannot build an empty graph)."""
+        cache = self._cache_for("fp32")
+        try:
+            return cache.latency(f"call overhead|{tuple(input_shape)}", nn.Identity(), input_shape)
+        except Exception:  # a runtime refusing a graph without operators: no correction
+            return 0.0
 
     def save(self) -> None:
         """Write the timings taken so far to the cache file."""
-        if self._cache is not None:
-            self._cache.save()
+        for cache in self._caches.values():
+            cache.save()
 
     def model_ms(self, model: nn.Module) -> float:
         """Median ms of ``model`` on the target in :attr:`precision` over :attr:`rounds` rounds, built

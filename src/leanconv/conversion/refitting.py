@@ -161,12 +161,15 @@ def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                ridge: Optional[float] = None) -> None:
+                ridge: Optional[float] = None, accumulate: torch.dtype = torch.float64) -> None:
     """Set ``conv``'s weight (and bias) to the ridge least-squares fit of ``targets`` from ``inputs``.
 
     A grouped conv is one independent problem per group (its outputs see only its inputs).
     The solve runs in float64 on the data's device; a singular system (``ridge=0`` with fewer
     pixels than features) takes the minimum-norm solution.
+
+    ``accumulate``: the dtype the normal equations are summed in (float32 halves the cost, for a
+    search that only ranks candidates); the solve is float64 either way.
 
     ``ridge`` is relative to the mean diagonal of the Gram matrix. ``None`` picks it from the
     sample/feature ratio: ``1e-6 + 1e-2 * min(1, 10 * features / samples)`` -- nearly plain
@@ -179,8 +182,8 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
     gram = rhs = None
     samples = 0
     for x, t in zip(inputs, targets):  # the normal equations summed batch by batch: one batch's patches at a time
-        a = _patches(conv, x.double())  # (pixels, C*kh*kw), channel-major
-        y = t.double().permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+        a = _patches(conv, x.to(accumulate))  # (pixels, C*kh*kw), channel-major
+        y = t.to(accumulate).permute(0, 2, 3, 1).reshape(-1, t.shape[1])
         a = a.reshape(a.shape[0], g, -1).transpose(0, 1)  # (g, pixels, C/g*kh*kw): each group its own problem
         y = y.reshape(y.shape[0], g, -1).transpose(0, 1)  # (g, pixels, O/g)
         if bias:
@@ -188,6 +191,7 @@ def solve_stage(conv: nn.Conv2d, inputs: Sequence[torch.Tensor], targets: Sequen
         gram = a.transpose(1, 2) @ a if gram is None else gram + a.transpose(1, 2) @ a
         rhs = a.transpose(1, 2) @ y if rhs is None else rhs + a.transpose(1, 2) @ y
         samples += a.shape[1]
+    gram, rhs = gram.double(), rhs.double()  # the solve itself always in float64
     features = gram.shape[1]
     if ridge is None:
         ridge = 1e-6 + 1e-2 * min(1.0, 10 * features / samples)
@@ -287,7 +291,7 @@ def _images(batches: Sequence[torch.Tensor]) -> int:
 
 
 def refit_module(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], fit: int,
-                 ridge: Optional[float] = None, path: str = "") -> RefitReport:
+                 ridge: Optional[float] = None, path: str = "", accumulate: torch.dtype = torch.float64) -> RefitReport:
     """Solve ``layer``'s last stage (in place) so that its outputs on the first ``fit`` of the
     ``inputs`` batches match ``targets``; keep it only if the error on the other batches (the
     held-out ones) falls, else restore the previous weights. ``layer`` runs in its current mode
@@ -301,7 +305,7 @@ def refit_module(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Sequ
     channels = output_order_of(layer)  # the stage's output j is the layer's channel channels[j]
     stage_targets = targets[:n] if channels is None else [t.index_select(1, channels) for t in targets[:n]]
     saved = [p.detach().clone() for p in (stage.weight, stage.bias) if p is not None]
-    solve_stage(stage, stage_inputs[:n], stage_targets, ridge)
+    solve_stage(stage, stage_inputs[:n], stage_targets, ridge, accumulate)
     after = _run_layer(layer, stage, inputs)[0]
     report = RefitReport(path, _relative_error(outputs[:n], targets[:n]), _relative_error(after[:n], targets[:n]),
                          fit_images=counts[0], held_out_images=counts[1])
