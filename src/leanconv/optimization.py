@@ -37,11 +37,11 @@ from leanconv.bench import benchmark_settings, count_macs, measure_latency, real
 from leanconv.timing import format_ratio
 from leanconv.conversion.latency import LatencyCache, describe
 from leanconv.conversion.pipeline import convert, input_sizes, stem_path
-from leanconv.conversion.plan import Plan, save_plan
+from leanconv.conversion.plan import AUTO, Plan, save_plan
 from leanconv.conversion.surgery import build_module
 from leanconv.data.batches import check_batch, first_input, iter_batches, labelled_batches
 from leanconv.data.spec import as_splits
-from leanconv.plots import plot_candidates, plot_layers
+from leanconv.plots import plot_candidates, plot_front, plot_layers
 from leanconv.registry import convertible_kinds
 from leanconv.train.distillation import DEFAULT_ALPHA, distill
 
@@ -116,6 +116,9 @@ class OptimizeResult:
             ("params", f"{o.params:,}", f"{c.params:,} ({c.params / o.params:.2f}x)"),
             ("MACs", f"{o.macs:,}", f"{c.macs:,} ({o.macs / c.macs:.2f}x fewer)"),
         ]
+        search = getattr(self.chosen.conversion, "search", None)
+        if search is not None:
+            rows.append((f"per-layer choice (batch {search.input_size[0]})", "dense", mix_text(search)))
         for batch, report in sorted(self.efficiency.items()):
             rows.append((f"latency, batch {batch}", report.latency_text("original"), report.latency_text("converted")))
             rows.append((f"speedup / realized efficiency, batch {batch}", "",
@@ -163,12 +166,25 @@ class OptimizeResult:
         lines += ["## Files", "", "- `model.pt`: the converted, distilled weights (state_dict); rebuild with "
                   "`leanconv.apply_plan(build_model(), 'plan.json')` then `load_state_dict`",
                   "- `plan.json`: which layers became which kind, with which ranks",
-                  "- `summary.json`: every number above", "- `candidates.png`, `layers.png`: the plots below", "",
+                  "- `summary.json`: every number above", "- `candidates.png`, `layers.png`: the plots below"
+                  + (" (and `front.png`: the per-layer search's front)" if self.chosen.conversion is not None and
+                     getattr(self.chosen.conversion, "search", None) is not None else ""), "",
                   "![candidates](candidates.png)", "", "![layers](layers.png)", ""]
         return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def mix_text(search: Any) -> str:
+    """A search's mix in one line: how many layers of each kind, where it was measured, and
+    whether the request was met (``'dsconv x2, tucker2 x1, dense x1 on openvino int8: 2.31x, met'``)."""
+    from collections import Counter
+
+    kinds = Counter((layer.chosen or layer.dense).candidate.kind for layer in search.layers.values())
+    mix = ", ".join(f"{kind} x{count}" for kind, count in sorted(kinds.items()))
+    state = "request met" if search.met else "REQUEST NOT MET"
+    return f"{mix} on {search.target} {search.precision}: {search.speedup:.2f}x measured, {state} ({search.request})"
 
 
 def evaluate(model: nn.Module, data: Any, batch_size: int = 256) -> float:
@@ -255,7 +271,13 @@ def _candidate_grid(rank: Optional[int], mac_fraction: Optional[float], target_s
 def _choose(candidates: List[Trial], original: ModelStats, target_speedup: Optional[float],
             notes: List[str]) -> Trial:
     """The first candidate (the one asked for) without a target speedup; with one, the most accurate
-    candidate whose measured batch-1 speedup reaches it, else the fastest (with a note)."""
+    candidate whose measured batch-1 speedup reaches it, else the fastest (with a note). A
+    per-layer search is its own choice; a request it did not meet becomes the first note."""
+    search = getattr(candidates[0].conversion, "search", None)
+    if search is not None:
+        if not search.met:
+            notes.insert(0, search.headline())
+        return candidates[0]
     if target_speedup is None:
         return candidates[0]  # the rank or MAC fraction asked for
     fast = [c for c in candidates if original.latency_ms / c.latency_ms >= target_speedup]
@@ -295,6 +317,9 @@ def optimize(
     device: Optional[Union[str, torch.device]] = None,
     targets: Union[None, str, Sequence[str]] = None,
     precisions: Optional[Sequence[str]] = None,
+    search_target: Optional[str] = None,
+    search_precision: Optional[str] = None,
+    search_batch: Optional[int] = None,
 ) -> OptimizeResult:
     """Convert ``model`` to kind ``to``, recover its accuracy, deploy and measure it (see the module doc).
 
@@ -317,18 +342,14 @@ def optimize(
     models on those deployment targets at each batch size too, with accuracy per precision, and
     report where each is fastest and the speedup against the original at its best
     (:func:`leanconv.deploy.measure.measure_targets`; None, the default: not measured).
+    ``to='auto'`` + ``target_speedup``: per-layer kinds by latency on ``search_target`` (default:
+    the original's fastest here) in ``search_precision`` (default: each) at ``search_batch``
+    (default: the largest batch size; :mod:`leanconv.conversion.auto`); an unmet request: first note.
     """
-    _check_choice(rank, mac_fraction, target_speedup)
+    _check_choice(rank, mac_fraction, target_speedup, to)
     _check_run(epochs, batch_sizes, lr, alpha, calib_images, to)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
-    device = _as_device(device, model)
-    data = as_splits(data)
-    _check_channels(model, data)
-    if out is not None:
-        if not batch_sizes:
-            raise ValueError("batch_sizes=() measures no batch size, but out= writes a report that needs one")
-        out = check_new_folder(out, force)  # refuse before any work
+    search = _Search(search_target, search_precision, search_batch or max(batch_sizes, default=1), precisions)
+    device, data = _check_inputs(model, data, device, out, force, batch_sizes)
     say = _Say(progress)
     say(f"measuring the original on {data.name} data ({_size_of(data.test)}) on {device}")
     setup = _Setup(copy.deepcopy(model).to(device).eval(), data, data.input_size(1), min_run_time,
@@ -336,8 +357,8 @@ def optimize(
     original = _measure_original(setup)
     conversion = _Conversion.of(setup, to, exclude, keep_stem, calib_images, seed)
     notes = [f"kept dense by request or as the stem: {', '.join(conversion.skip)}"] if conversion.skip else []
-    candidates = _try_candidates(_candidate_grid(rank, mac_fraction, target_speedup, sweep), setup, original,
-                                 conversion, notes, say)
+    grid = _candidate_grid(rank, mac_fraction, target_speedup, sweep) if to != AUTO else search.grid(target_speedup)
+    candidates = _try_candidates(grid, setup, original, conversion, notes, say)
     chosen = _choose(candidates, original, target_speedup, notes)
     student, history = _distill_chosen(chosen, setup, _Distillation(epochs, lr, alpha, seed, progress), say)
     distilled_accuracy = evaluate(student, data.test)
@@ -353,6 +374,61 @@ def optimize(
 
 
 # ------------------------------------------------------------------------------------- the steps
+
+
+def _check_inputs(model: Any, data: Any, device: Any, out: Any, force: bool, batch_sizes: Sequence[int]
+                  ) -> Tuple[torch.device, Any]:
+    """The device and the data splits, checked with the model and the output folder before any work."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={type(model).__name__} must be an nn.Module")
+    device = _as_device(device, model)
+    data = as_splits(data)
+    _check_channels(model, data)
+    if out is not None:
+        if not batch_sizes:
+            raise ValueError("batch_sizes=() measures no batch size, but out= writes a report that needs one")
+        check_new_folder(out, force)  # refuse before any work
+    return device, data
+
+
+@dataclass
+class _Search:
+    """Where ``to='auto'`` measures: a target (None: the fastest for the original), a precision
+    (None: each the target runs), the batch, and the precisions allowed for finding the target."""
+
+    target: Optional[str]
+    precision: Optional[str]
+    batch: int
+    precisions: Optional[Sequence[str]] = None
+
+    def grid(self, target_speedup: float) -> List[Tuple[str, Dict[str, Any]]]:
+        where = self.target or "the original's fastest target"
+        return [(f"per-layer mix for {target_speedup:g}x on {where}, batch {self.batch}",
+                 {"to": AUTO, "target": self.target, "precision": self.precision, "target_speedup": target_speedup,
+                  "batch": self.batch, "precisions": self.precisions})]
+
+    @staticmethod
+    def convert_options(options: Dict[str, Any], setup: "_Setup", say: Any) -> Dict[str, Any]:
+        """:func:`leanconv.convert`'s ``to='auto'`` arguments for the grid entry ``options``."""
+        batch = options["batch"]
+        target = options["target"] or fastest_target(setup.original, setup.data, batch, setup.device,
+                                                      options["precisions"], say)
+        return {"to": AUTO, "target": target, "precision": options["precision"], "input_size": setup.data.input_size(batch),
+                "target_speedup": options["target_speedup"], "accept_slower": True, "progress": say}
+
+
+def fastest_target(model: nn.Module, data: Any, batch: int, device: torch.device,
+                   precisions: Optional[Sequence[str]] = None, say: Any = None) -> str:
+    """The deployment target ``model`` runs fastest on here at ``batch`` (every available one,
+    outputs checked, int8 calibrated on training images; :func:`measure_on_targets`)."""
+    if say is not None:
+        say(f"finding the original's fastest deployment target at batch {batch}")
+    from leanconv.deploy.measure import measure_targets
+
+    calib = calibration_batches(data.train, max(64, 4 * batch), batch_size=batch)
+    report = measure_targets({"original": model}, data.input_size(batch), precisions=precisions, calib=calib,
+                             device=str(device), rounds=3, eager=False)
+    return report.best("original").target
 
 
 @dataclass
@@ -399,10 +475,14 @@ class _Distillation:
     progress: bool
 
 
-def _check_choice(rank: Optional[int], mac_fraction: Optional[float], target_speedup: Optional[float]) -> None:
-    """Exactly one way to choose the conversion, each with a valid value."""
+def _check_choice(rank: Optional[int], mac_fraction: Optional[float], target_speedup: Optional[float],
+                  to: str = "dsconv") -> None:
+    """Exactly one way to choose the conversion, each with a valid value (``to='auto'``: a speedup)."""
     if sum(v is not None for v in (rank, mac_fraction, target_speedup)) != 1:
         raise ValueError("pass exactly one of rank, mac_fraction and target_speedup")
+    if to == AUTO and target_speedup is None:
+        raise ValueError("to='auto' chooses each layer's kind and rank for a target_speedup: pass target_speedup "
+                         "(not rank or mac_fraction)")
     if rank is not None:
         check_positive_int(rank, "rank")
     if mac_fraction is not None and not (_is_number(mac_fraction) and 0 < mac_fraction <= 1):
@@ -426,8 +506,8 @@ def _check_run(epochs: int, batch_sizes: Sequence[int], lr: float = 1e-3, alpha:
     if not (_is_number(alpha) and 0 <= alpha <= 1):
         raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the teacher's soft targets)")
     check_positive_int(calib_images, "calib_images")
-    if to not in convertible_kinds():
-        raise ValueError(f"to={to!r} must be one of {convertible_kinds()}")
+    if to not in (*convertible_kinds(), AUTO):
+        raise ValueError(f"to={to!r} must be one of {(*convertible_kinds(), AUTO)}")
 
 
 def _is_number(value: Any) -> bool:
@@ -441,9 +521,12 @@ def _measure_original(setup: _Setup) -> ModelStats:
                       count_macs(setup.original, setup.input_size), latency, setting)
 
 
-def _convert_options(options: Dict[str, Any], original: ModelStats, setup: _Setup) -> Dict[str, Any]:
+def _convert_options(options: Dict[str, Any], original: ModelStats, setup: _Setup, say: Any = None) -> Dict[str, Any]:
     """:func:`leanconv.convert`'s keyword arguments for one candidate: a MAC fraction becomes a MAC
-    count, a target speedup a latency budget in eager milliseconds."""
+    count, a target speedup a latency budget in eager milliseconds, a per-layer search its
+    target (the fastest for the original, when not named), input size and progress lines."""
+    if options.get("to") == AUTO:
+        return _Search.convert_options(options, setup, say)
     if "mac_fraction" in options:
         return {"mac_budget": int(original.macs * options["mac_fraction"])}
     if "speedup" in options:
@@ -458,10 +541,10 @@ def _try_candidates(grid: List[Tuple[str, Dict[str, Any]]], setup: _Setup, origi
     trials: List[Trial] = []
     for label, options in grid:
         say(f"candidate {label}: convert, refit on {conversion.calib_images} images, measure")
+        arguments = dict(to=conversion.to, input_size=setup.input_size, calib=conversion.calib,
+                         exclude=conversion.exclude, keep_stem=conversion.keep_stem)
         try:
-            result = convert(setup.original, to=conversion.to, input_size=setup.input_size, calib=conversion.calib,
-                             exclude=conversion.exclude, keep_stem=conversion.keep_stem,
-                             **_convert_options(options, original, setup))
+            result = convert(setup.original, **{**arguments, **_convert_options(options, original, setup, say)})
         except ValueError as error:  # e.g. a budget below what the lowest ranks reach
             notes.append(f"candidate {label} skipped: {error}")
             continue
@@ -573,6 +656,8 @@ def write_outputs(result: OptimizeResult, out: Union[str, Path], force: bool, ti
         (staging / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
         plot_candidates(result, staging / "candidates.png")
         plot_layers(result, staging / "layers.png")
+        if getattr(result.chosen.conversion, "search", None) is not None:
+            plot_front(result.chosen.conversion.search, staging / "front.png")
         (staging / "report.md").write_text(result.to_markdown(title))
 
 
@@ -595,5 +680,6 @@ class _Say:
             self.console.print(f"[bold cyan]leanconv[/bold cyan] [dim]{self.clock() - self.start:6.1f}s[/dim] {message}")
 
 
-__all__ = ["ModelStats", "OptimizeResult", "Trial", "calibration_batches", "evaluate", "layer_latency", "measure_on_targets", "optimize",
+__all__ = ["ModelStats", "OptimizeResult", "Trial", "calibration_batches", "evaluate", "fastest_target", "layer_latency",
+           "measure_on_targets", "optimize",
            "stem_paths", "write_outputs"]

@@ -31,9 +31,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from leanconv.kinds import convertible_kinds
     from leanconv.optimization import optimize
 
-    check_choice(args.to, "--to", convertible_kinds())
+    check_choice(args.to, "--to", (*convertible_kinds(), "auto"))
     device = check_device(args.device)
     targets, precisions = target_lists(args.targets, args.precisions)
+    search = _search_arguments(args, targets, precisions)
     check_out_folder(args)
     model = load_weights(load_model(args.model).eval(), args.weights)
     warn_untrained(args.model, args.weights, "optimize")  # before the long run, as before
@@ -44,13 +45,27 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                       calib_images=args.calib_images, exclude=args.exclude, keep_stem=not args.convert_stem,
                       batch_sizes=tuple(args.batch_size), sweep=not args.no_sweep, out=args.out, force=args.force,
                       min_run_time=args.measure_time, title=f"leanconv optimize {args.model} --data {args.data}",
-                      device=device, targets=targets, precisions=precisions, **given(alpha=args.alpha))
+                      device=device, targets=targets, precisions=precisions, **search, **given(alpha=args.alpha))
     _print_summary(result, args.out)
     return 0
 
 
+def _search_arguments(args: argparse.Namespace, targets: Any, precisions: Optional[List[str]]) -> dict:
+    """``--to auto``: one --target name is the search target (else the original's fastest), one
+    --precision the search precision (else each), --search-batch the batch (else the largest)."""
+    if args.to != "auto":
+        if args.search_batch is not None:
+            raise ValueError("--search-batch applies only to --to auto")
+        return {}
+    if args.target_speedup is None:
+        raise ValueError("--to auto chooses each layer's kind and rank for a --target-speedup: give --target-speedup")
+    one_target = targets[0] if isinstance(targets, list) and len(targets) == 1 else None
+    one_precision = precisions[0] if precisions is not None and len(precisions) == 1 else None
+    return {"search_target": one_target, "search_precision": one_precision, "search_batch": args.search_batch}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The digits CNN, converted to rank-1 separable convs, refit, distilled, deployed, measured."""
+    """The digits CNN, each layer's kind chosen by latency on the fastest target, refit, distilled, deployed, measured."""
     from leanconv.demo import run_demo
 
     device = check_device(args.device)
@@ -85,7 +100,10 @@ def _add_optimize(sub: Any) -> None:
     opt = sub.add_parser("optimize", help="convert, refit, distill, fuse and benchmark a model on its data")
     add_model(opt, weights_help="the trained model's state_dict (.pt)")
     opt.add_argument("--data", required=True, help="digits | cifar10:PATH | folder:PATH | PATH")
-    opt.add_argument("--to", default="dsconv", help="a convertible kind (see `leanconv kinds`); default dsconv")
+    opt.add_argument("--to", default="dsconv",
+                     help="a convertible kind (see `leanconv kinds`), or auto: each layer's kind and rank chosen by "
+                          "latency measured on the target (one --target name, else the original's fastest); "
+                          "default dsconv")
     target = opt.add_mutually_exclusive_group(required=True)
     target.add_argument("--rank", type=int, help="the same rank in every converted layer")
     target.add_argument("--mac-fraction", type=float, help="fraction in (0, 1] of the original MACs "
@@ -100,6 +118,8 @@ def _add_optimize(sub: Any) -> None:
     opt.add_argument("--convert-stem", action="store_true", help="also convert the first conv on the image")
     opt.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     opt.add_argument("--no-sweep", action="store_true", help="try only the setting asked for")
+    opt.add_argument("--search-batch", type=positive_int, default=None,
+                     help="--to auto: the batch size the per-layer search measures at (default: the largest --batch-size)")
     opt.add_argument("--targets", "--target", default="all", help=TARGETS_HELP)
     opt.add_argument("--precisions", "--precision", default=None,
                      help="comma-separated: fp32, bf16, int8 ... (default: the device's)")
