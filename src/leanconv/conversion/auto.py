@@ -141,9 +141,12 @@ class SearchReport:
 
     @property
     def final(self) -> Attempt:
-        """The attempt whose model was returned (the last that met the budget, else the fastest)."""
+        """The attempt whose model was returned: of those that met the budget the one with the
+        least error, else the fastest."""
         met = [a for a in self.attempts if a.measured_ms <= self.budget_ms]
-        return met[-1] if met else min(self.attempts, key=lambda a: a.measured_ms)
+        if met:
+            return min(met, key=lambda a: (a.damage, a.measured_ms))
+        return min(self.attempts, key=lambda a: a.measured_ms)
 
     @property
     def speedup(self) -> float:
@@ -325,7 +328,8 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
 
 def _correct(original, layers, fits, report: SearchReport, clock: Clock, fixed: float, say) -> nn.Module:
     """Allocate, build, measure; move what the measurement shows the prediction missed into
-    ``fixed`` and allocate again, until the budget is met or the choice stops changing."""
+    ``fixed`` and allocate again (a mix slower than predicted leaves less room, a faster one
+    room for less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured."""
     rungs = {path: layer.front for path, layer in layers.items()}
     points = {path: [Point(m.latency_ms, m.damage) for m in front] for path, front in rungs.items()}
     models: List[nn.Module] = []
@@ -346,10 +350,8 @@ def _correct(original, layers, fits, report: SearchReport, clock: Clock, fixed: 
                                        sum(points[p][i].damage for p, i in position.items()),
                                        {p: rungs[p][i].candidate.label for p, i in position.items()}))
         models.append(model)
-        if measured <= report.budget_ms:
-            report.met = True
-            break
-        fixed += measured - predicted
+        report.met = report.met or measured <= report.budget_ms
+        fixed += measured - predicted  # slower than predicted: less room; faster: room for less error
     final = report.attempts.index(report.final)
     _record_choice(layers, seen[final], report)
     return models[final]
