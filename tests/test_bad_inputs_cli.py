@@ -258,12 +258,12 @@ AUTO = rows("convert", CONV, [
     (f"{AH} --target-speedup 2 --mac-budget 1000 {NEW}", "mac_budget"),
     (f"{AH} --target-speedup 2 --order auto {NEW}", "order"),
     (f"{AH} --target-speedup 2 --permute {NEW}", "permute"),
-    # each its own --out: while pending, the command converts and writes it
-    ("--to dsconv --target-speedup 2 --out {b}/pending1", "target_speedup"),
-    ("--to dsconv --target onnxruntime --out {b}/pending2", "target"),
-    ("--to dsconv --precision fp32 --out {b}/pending3", "precision"),
-    ("--to dsconv --kinds dsconv --out {b}/pending4", "kinds"),
-    ("--to dsconv --accept-slower --out {b}/pending5", "accept_slower"),
+    # each its own --out: a command that wrongly converted would write it
+    ("--to dsconv --target-speedup 2 --out {b}/autoonly1", "target_speedup"),
+    ("--to dsconv --target onnxruntime --out {b}/autoonly2", "target"),
+    ("--to dsconv --precision fp32 --out {b}/autoonly3", "precision"),
+    ("--to dsconv --kinds dsconv --out {b}/autoonly4", "kinds"),
+    ("--to dsconv --accept-slower --out {b}/autoonly5", "accept_slower"),
 ]) + rows("convert", "convert", [
     ("{b}/net.py:build --to auto --target onnxruntime --target-speedup 2 --out {b}/new", "--input"),
 ])
@@ -375,7 +375,7 @@ GROUPS = {"profile": PROFILE, "explain": EXPLAIN, "compare": COMPARE, "convert":
           "kinds": KINDS}
 ROWS: List[Row] = [row for group in GROUPS.values() for row in group]
 # row id -> the library file whose fix is pending (strict xfail until then)
-PENDING: dict = {row.id: "src/leanconv/cli/conversion.py" for row in AUTO if "pending" in row.argv}
+PENDING: dict = {}
 
 
 def argv_of(row: Row, base: Path) -> List[str]:

@@ -162,8 +162,8 @@ def test_accept_slower_writes_the_closest_mix_and_says_the_request_was_not_met(b
     assert json.loads((base / "closest" / "plan.json").read_text())["target"] == "auto"
 
 
-# the command ignores these today and converts to dsconv (exit 0); the API refuses them
-PENDING = {"--target-speedup with --to dsconv": "src/leanconv/cli/conversion.py"}
+# row name -> the library file whose fix is pending (strict xfail until then); none is open
+PENDING: dict = {}
 BAD = [
     ("--to auto without --target", ["--to", "auto", "--target-speedup", "2", "--input", "1,3,8,8"], "target"),
     ("--to auto without a goal", ["--to", "auto", "--target", "onnxruntime", "--input", "1,3,8,8"],

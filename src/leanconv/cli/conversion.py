@@ -50,8 +50,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         rank = tuple(args.rank) if len(args.rank) > 1 else args.rank[0]
     from leanconv.conversion.mixed import RequestNotMet
 
+    # always passed: convert refuses the auto-only ones with another --to, in one line
     auto = dict(target=args.target, precision=args.precision, target_speedup=args.target_speedup, kinds=args.kinds,
-                accept_slower=args.accept_slower, threads=args.threads, progress=_say) if args.to == "auto" else {}
+                accept_slower=args.accept_slower, **(dict(threads=args.threads, progress=_say) if args.to == "auto" else {}))
     try:
         result = convert(model, to=args.to, rank=rank, energy=args.energy, mac_budget=args.mac_budget,
                          latency_budget=args.latency_budget, input_size=shape, calib=calib, exclude=args.exclude,
@@ -108,7 +109,8 @@ def _add_auto(conv: Any) -> None:
     auto = conv.add_argument_group("--to auto (per-layer kinds chosen by latency measured on a deployment target)")
     auto.add_argument("--target", default=None, help="deployment target to measure on: onnxruntime, openvino, torch, ...")
     auto.add_argument("--precision", default=None,
-                      help="fp32, bf16, int8 ... (default: the one the dense model is fastest in on --target)")
+                      help="fp32, bf16, int8 ... (default: every precision --target runs here is searched, and the "
+                           "one whose mix meets the request with the least error kept)")
     auto.add_argument("--target-speedup", type=float, default=None,
                       help="x, against the dense model at its best on --target (or give --latency-budget in ms there)")
     auto.add_argument("--kinds", nargs="+", default=None, help="search only these kinds (default: every searched kind)")

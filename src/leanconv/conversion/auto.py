@@ -3,20 +3,23 @@
 No one kind is fastest everywhere: which one pays depends on the layer's shape, the batch and
 the runtime (see DESIGN.md, "Performance methodology"). The search:
 
-1. measures the dense model on the target at its best precision (the honest baseline) and
-   turns the request (``target_speedup`` against that baseline, or ``latency_budget`` in ms)
-   into a budget;
-2. per layer, takes every candidate of the kind registry (:mod:`~leanconv.conversion.candidates`),
-   fits it (optimal factorization, least-squares refit on the layer's calibration inputs,
-   error on held-out images) and times it alone on the target at the layer's real input
-   shape (cached on disk: :mod:`~leanconv.conversion.latency`);
-3. allocates (:mod:`~leanconv.conversion.allocation`: the exact least-error mix, a
+1. measures the dense model on the target in each precision it runs here (or the one asked
+   for); the fastest is the honest baseline, and the request (``target_speedup`` against it, or
+   ``latency_budget`` in ms) becomes a budget;
+2. per layer, takes every candidate of the kind registry (:mod:`~leanconv.conversion.candidates`)
+   and fits it once (optimal factorization, least-squares refit on the layer's calibration
+   inputs, error on held-out images);
+3. per precision, times every candidate alone on the target at the layer's real input shape
+   (cached on disk: :mod:`~leanconv.conversion.latency`, less the runtime's per-call cost) and
+   allocates (:mod:`~leanconv.conversion.allocation`: the exact least-error mix, a
    multiple-choice knapsack solved over Pareto sets) so the predicted latency meets the budget;
 4. measures the whole converted model on the target. Per-layer timings miss what a runtime
-   does across layers (fusions, layout changes), so the gap between measured and predicted
-   is added to the part outside the layers and the allocation is redone, until the measured
-   latency meets the budget or no faster mix is left; then the closest point is reported with
-   its gap.
+   does across layers (fusions, layout changes), so the gap between measured and predicted is
+   added to the part outside the layers and the allocation is redone (a slower mix leaves less
+   room, a faster one room for less error) until the choice repeats. The least-error mix that
+   met the budget is kept, else the fastest, reported with its gap;
+5. keeps the precision whose mix met the request with the least error (else the fastest);
+   the others are in the report.
 
 Clocks (:class:`Clock`) hide where the numbers come from: :class:`TargetClock` deploys and
 times; tests script them.
