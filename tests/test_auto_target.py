@@ -47,3 +47,23 @@ def test_a_real_search_on_onnxruntime_is_cached_by_target_and_version(tmp_path, 
     assert json.loads((tmp_path / "latency.json").read_text()).keys() == table.keys()
     assert [m.latency_ms for m in again.search.layers["conv2"].considered] == [m.latency_ms for m in layer.considered]
     assert again.search.baseline_ms == search.baseline_ms
+
+
+def test_dense_timings_measured_before_the_search_are_its_baseline(tmp_path, monkeypatch):
+    """optimize measures the original on every target to find the fastest; the search then reads
+    those timings from the cache instead of measuring the dense model again."""
+    from leanconv.conversion import clock as clock_module
+    from leanconv.deploy import measure
+
+    monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
+    model = small_model()
+    report = measure.measure_targets({"original": model}, (1, 3, 8, 8), targets=["torch"], precisions=["fp32"],
+                                     eager=False, rounds=2, measure=lambda fn: 1.25)
+    clock_module.remember_dense(model, report)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(measure, "measure_targets", refuse)
+    clock = clock_module.TargetClock("torch", (1, 3, 8, 8), "fp32")
+    assert clock.baseline(small_model()) == {"fp32": 1.25}  # same architecture, fresh weights

@@ -35,6 +35,7 @@ from leanconv._files import check_new_folder, staged_folder
 from leanconv._validate import check_positive_int, torch_device
 from leanconv.bench import benchmark_settings, count_macs, measure_latency, realized_efficiency
 from leanconv.timing import format_ratio
+from leanconv.conversion.clock import remember_dense
 from leanconv.conversion.latency import LatencyCache, describe
 from leanconv.conversion.pipeline import convert, input_sizes, stem_path
 from leanconv.conversion.plan import AUTO, Plan, save_plan
@@ -428,6 +429,7 @@ def fastest_target(model: nn.Module, data: Any, batch: int, device: torch.device
     calib = calibration_batches(data.train, max(64, 4 * batch), batch_size=batch)
     report = measure_targets({"original": model}, data.input_size(batch), precisions=precisions, calib=calib,
                              device=str(device), rounds=3, eager=False)
+    remember_dense(model, report, str(device))  # the search's baseline reads these, not measuring twice
     return report.best("original").target
 
 

@@ -137,6 +137,17 @@ class TargetClock:
         return timed.spread(0).median
 
 
+def remember_dense(model: nn.Module, report, device: str = "cpu", threads: int = 1) -> None:
+    """Put the timings of ``model`` measured by :func:`leanconv.deploy.measure.measure_targets`
+    (``report``, the model labelled ``'original'`` or ``'dense'``) into the latency cache, where
+    a later search's :meth:`TargetClock.baseline` finds them instead of measuring again."""
+    label = next(r.model for r in report.rows if r.model in ("original", "dense"))
+    for row in report.measured(label):
+        cache = LatencyCache(setting=TimingSetting(row.target, row.precision, device, threads))
+        cache.remember(_model_description(model), tuple(report.input_size), row.latency.median)
+        cache.save()
+
+
 def _model_description(model: nn.Module) -> str:
     """A whole model's timing key: its architecture (the modules and their arguments, not weights)."""
     return "model|" + hashlib.sha256(repr(model).encode()).hexdigest()[:20]
@@ -153,4 +164,4 @@ def _batches_of(calib: Optional[List[torch.Tensor]], batch: int) -> Optional[Lis
     return list(images[:count].split(batch)) if count else list(calib)
 
 
-__all__ = ["TargetClock"]
+__all__ = ["TargetClock", "remember_dense"]
