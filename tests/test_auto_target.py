@@ -67,3 +67,28 @@ def test_dense_timings_measured_before_the_search_are_its_baseline(tmp_path, mon
     monkeypatch.setattr(measure, "measure_targets", refuse)
     clock = clock_module.TargetClock("torch", (1, 3, 8, 8), "fp32")
     assert clock.baseline(small_model()) == {"fp32": 1.25}  # same architecture, fresh weights
+
+
+def test_whole_models_are_timed_beside_the_dense_model_so_load_drift_cancels(tmp_path, monkeypatch):
+    """A machine twice as busy during the check as during the baseline: the per-round ratio to
+    the dense model, times the baseline's ms, gives the same verdict as a quiet machine would."""
+    from leanconv.conversion import clock as clock_module
+    from leanconv.deploy import measure
+    from leanconv.timing import Interleaved
+
+    monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
+    model = small_model()
+    report = measure.measure_targets({"dense": model}, (1, 3, 8, 8), targets=["torch"], precisions=["fp32"],
+                                     eager=False, rounds=2, measure=lambda fn: 1.0)
+    clock_module.remember_dense(model, report)
+    clock = clock_module.TargetClock("torch", (1, 3, 8, 8), "fp32", rounds=3)
+    assert clock.baseline(model) == {"fp32": 1.0}
+    timed = []
+
+    def interleaved(calls, **kwargs):
+        timed.append(len(calls))  # the converted model and the dense reference, interleaved
+        return Interleaved([[1.2, 1.6, 1.4], [2.0, 2.0, 2.0]])  # converted, dense: both at twice the load
+
+    monkeypatch.setattr(clock_module, "time_interleaved", interleaved)
+    assert clock.model_ms(small_model()) == pytest.approx(0.7)  # median ratio 0.7 x the baseline's 1.0 ms
+    assert timed == [2]

@@ -41,6 +41,8 @@ class TargetClock:
         self.rounds, self.min_run_time = rounds, min_run_time
         self._path = cache_path  # None: the user cache folder's latency.json
         self._caches: Dict[str, LatencyCache] = {}
+        self._reference: Optional[Tuple[nn.Module, str, float]] = None  # dense model, best precision, its ms
+        self._reference_deployed = None
         self.asked = precision  # None: every precision the target runs here is searched
         if precision is not None:
             self.setting.check()
@@ -80,7 +82,7 @@ class TargetClock:
         precisions = self.precisions()
         known = {p: self._cached_model_ms(model, p) for p in precisions}
         if all(ms is not None for ms in known.values()):
-            return known  # type: ignore[return-value]
+            return self._keep_reference(model, known)  # type: ignore[arg-type]
         report = measure_targets({"dense": model}, self.input_size, targets=[self.target], precisions=precisions,
                                  calib=self.calib, device=self.device, threads=self.threads, rounds=self.rounds,
                                  min_run_time=self.min_run_time, eager=False)
@@ -91,7 +93,13 @@ class TargetClock:
             cache = self._cache_for(precision)
             cache.remember(_model_description(model), self.input_size, ms)
             cache.save()
-        return measured
+        return self._keep_reference(model, measured)
+
+    def _keep_reference(self, model: nn.Module, dense_ms: Dict[str, float]) -> Dict[str, float]:
+        """Remember the dense model at its best precision: whole models are timed beside it."""
+        best = min(dense_ms, key=lambda p: dense_ms[p])
+        self._reference, self._reference_deployed = (model, best, dense_ms[best]), None
+        return dense_ms
 
     def _cache_for(self, precision: str) -> LatencyCache:
         """One cache object per precision (all in one file), made on first use."""
@@ -125,16 +133,34 @@ class TargetClock:
             cache.save()
 
     def model_ms(self, model: nn.Module) -> float:
-        """Median ms of ``model`` on the target in :attr:`precision` over :attr:`rounds` rounds, built
-        the quick way a layer is (:func:`~leanconv.conversion.latency.deployed_layer`): the search
-        compares mixes by time; the deployment users run is measured with real data after it."""
+        """``model`` on the target in :attr:`precision`, in the baseline's terms: timed in
+        :attr:`rounds` rounds interleaved with the dense model at its best precision, the median
+        per-round ratio times the baseline's ms. A load that comes and goes on the machine slows
+        both alike, so the verdict against the budget does not drift with it. Both are built the
+        quick way a layer is (:func:`~leanconv.conversion.latency.deployed_layer`); the deployment
+        users run is measured with real data after the search."""
         self.save()  # per-layer timings reach the disk before a whole-model build can fail
+        example = self._example()
+        calls = [synchronized(lambda d=deployed_layer(self.setting, model, example): d(example),
+                              torch.device(self.device))]
+        if self._reference is not None:
+            calls.append(self._reference_call(example))
+        timed = time_interleaved(calls, rounds=self.rounds, min_run_time=self.min_run_time, num_threads=self.threads)
+        if self._reference is None:
+            return timed.spread(0).median
+        return timed.ratio(0, 1).median * self._reference[2]
+
+    def _example(self) -> torch.Tensor:
         fitting = [b for b in self.calib or [] if tuple(b.shape) == self.input_size]
-        example = fitting[0] if fitting else example_input(self.input_size, self.device)
-        deployed = deployed_layer(self.setting, model, example)
-        call = synchronized(lambda: deployed(example), torch.device(self.device))
-        timed = time_interleaved([call], rounds=self.rounds, min_run_time=self.min_run_time, num_threads=self.threads)
-        return timed.spread(0).median
+        return fitting[0] if fitting else example_input(self.input_size, self.device)
+
+    def _reference_call(self, example: torch.Tensor):
+        """The dense model at its best precision, deployed once, as a timed call."""
+        dense, precision, _ = self._reference
+        if self._reference_deployed is None:
+            self._reference_deployed = deployed_layer(replace(self.setting, precision=precision), dense, example)
+        deployed = self._reference_deployed
+        return synchronized(lambda: deployed(example), torch.device(self.device))
 
 
 def remember_dense(model: nn.Module, report, device: str = "cpu", threads: int = 1) -> None:
