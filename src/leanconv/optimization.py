@@ -509,7 +509,7 @@ def _check_run(epochs: int, batch_sizes: Sequence[int], lr: float = 1e-3, alpha:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the weight of the teacher's soft targets)")
     check_positive_int(calib_images, "calib_images")
     if to not in (*convertible_kinds(), AUTO):
-        raise ValueError(f"to={to!r} must be one of {(*convertible_kinds(), AUTO)}")
+        raise ValueError(f"to={to!r} must be one of {[*convertible_kinds(), AUTO]}")
 
 
 def _is_number(value: Any) -> bool:
