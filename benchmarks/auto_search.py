@@ -29,7 +29,7 @@ numbers stored in ``auto_search.json`` again and rewrites both files (noted in t
     python benchmarks/auto_search.py [--force] [--out benchmarks/results] [--quick] [--render]
 
 ``--quick``: the digits CNN (random weights) at 32x32, kinds dsconv and tucker2, onnxruntime
-and int8, 3 rounds (a dry run in about two minutes; its numbers say nothing about the goals).
+fp32 and int8, 3 rounds (a dry run in about two minutes; its numbers say nothing about the goals).
 """
 
 from __future__ import annotations
