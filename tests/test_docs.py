@@ -280,6 +280,7 @@ def _demo_quotes() -> list:
     README's table, and the accuracies the conversion pages quote."""
     demo, meta = _results("deploy")["demo"], _results("deploy")["meta"]
     assert demo is not None, "benchmarks/results/deploy.json is from a --quick run: it has no demo"
+    search = demo["search"]
     quotes = [
         _quote("README.md", "| test accuracy ({0} images) | {1:.2%} | {2:.2%} after the refit (no training), {3:.2%} "
                "after {4} epochs of distillation |", demo["test_images"], demo["accuracy_original"],
@@ -287,40 +288,70 @@ def _demo_quotes() -> list:
         _quote("README.md", "| params | {0:,} | {1:,} |", demo["params_original"], demo["params_converted"]),
         _quote("README.md", "| MACs per image | {0:,} | {1:,} ({2:.2f}x fewer) |", demo["macs_original"],
                demo["macs_converted"], demo["macs_original"] / demo["macs_converted"]),
-        _quote("README.md", "One run of `leanconv demo` on this project's {2}-core CPU (torch {0}, {1} threads",
-               meta["torch"].split("+")[0], demo["threads"], meta["cpu_count"]),
-        _quote("README.md", "With the optimal weights alone (no refit) the converted model scores {0:.2%}",
-               demo["accuracy_rank1_no_refit"]),
+        # the mix as the demo prints it; the Chinese twin needs its kinds, target, precision and speedup
+        ("README.md", f"| per-layer choice (batch {search['batch']}) | dense | {search['mix']} |",
+         [str(search["batch"]), search["mix"].split(" on ")[0], search["target"], search["precision"],
+          f"{search['speedup']:.2f}x"]),
+        _quote("README.md", "One run of `leanconv demo` on this project's {2}-core CPU (torch {0}; training, refit "
+               "and distillation on {1} threads, the search and the deployment targets timed on {3} thread",
+               meta["torch"].split("+")[0], demo["threads"], meta["cpu_count"], search["threads"]),
+        _quote("README.md", "With the optimal factorized weights alone (no refit) the per-layer mix scores {0:.2%}",
+               demo["accuracy_no_refit"]),
+    ]
+    layers = ", ".join(f"`{path}`: {label}" for path, label in search["layers"].items())
+    quotes += [
+        ("README.md", f"On this machine the original was fastest at batch {search['batch']} on {search['target']} "
+                      f"{search['precision']}, so the search timed every candidate there, and the 2x request was "
+                      f"{'met' if search['met'] else 'not met'}",
+         [str(search["batch"]), search["target"], search["precision"]]),
+        ("README.md", f"the {'mix it chose' if search['met'] else 'fastest mix it found'} ({layers}) measured "
+                      f"{search['speedup']:.2f}x the original at its best there",
+         [*search["layers"].values(), f"{search['speedup']:.2f}x"]),
+        _quote("README.md", "The uniform rank-1 depthwise separable conversion of the same original (stem dense), "
+               "recorded in the same file for comparison, scores {0:.2%} after the same refit",
+               demo["rank1"]["accuracy_refit"]),
     ]
     if meta["overloaded"]:  # timings taken on an overloaded machine are not quoted, and the README says why
         quotes.append(_quote("README.md", "The recorded run shared its {0} cores with other jobs (its load average, "
                              "in the file, was above the CPU count), so its timings are not quoted here",
                              meta["cpu_count"]))
         return quotes + _sentence_quotes(demo)
-    for batch, report in sorted(demo["efficiency"].items(), key=lambda item: -int(item[0])):
-        o, c = report["original"], report["converted"]
-        best = [next(r["latency_ms"] for r in side["results"] if r["setting"] == side["best"]) for side in (o, c)]
-        if report.get("efficiency") is None:  # within the noise: only the range of the speedup
-            quotes.append(_quote("README.md", "| batch {0}, fastest setting | {1:.2f} ms ({2}) | {3:.2f} ms ({4}): "
-                                 "{5:.2f}x to {6:.2f}x over the rounds", batch, best[0], o["best"], best[1], c["best"],
-                                 *report["speedup_range"]))
-            continue
-        quotes.append(_quote("README.md", "| batch {0}, fastest setting | {1:.2f} ms ({2}) | {3:.2f} ms ({4}): "
-                             "{5:.2f}x, realized efficiency {6:.2f} |", batch, best[0], o["best"], best[1], c["best"],
-                             report["speedup"], report["efficiency"]))
+    for batch, report in sorted(demo["targets"].items(), key=lambda item: -int(item[0])):
+        o, c, s = report["original"], report["converted"], report["speedup"]
+        row = ("| batch {0}, fastest deployment | {1:.3f} ms ({2} {3}) | {4:.3f} ms ({5} {6}): ", batch, o["ms"],
+               o["target"], o["precision"], c["ms"], c["target"], c["precision"])
+        if report["within_noise"]:  # only the range of the speedup
+            quotes.append(_quote("README.md", row[0] + "{7:.2f}-{8:.2f}x, within noise, vs the original at its best |",
+                                 *row[1:], s["low"], s["high"]))
+        else:
+            quotes.append(_quote("README.md", row[0] + "{7:.2f}x ({8:.2f}-{9:.2f}) vs the original at its best |",
+                                 *row[1:], s["median"], s["low"], s["high"]))
+    efficiency = {batch: report["efficiency"] for batch, report in demo["targets"].items()}
+    if all(e is not None for e in efficiency.values()) and not any(r["within_noise"] for r in demo["targets"].values()):
+        quotes.append(_quote("README.md", "Realized efficiency (that speedup / the MAC reduction) was {0:.2f} at batch "
+                             "16 and {1:.2f} at batch 1", efficiency["16"]["median"], efficiency["1"]["median"]))
     return quotes + _sentence_quotes(demo)
 
 
 def _sentence_quotes(demo: dict) -> list:
-    """The demo's accuracies as the conversion pages quote them."""
+    """The demo's accuracies as the conversion pages quote them: the rank-1 conversion of the
+    demo's original, which benchmarks/deploy.py records beside the demo's own per-layer mix."""
     quotes = []
     sentence = ("on the demo's digits CNN ({0:.1%} test accuracy) the rank-1 conversion (stem dense) scored {1:.1%} "
                 "with the optimal weights alone and {2:.1%} after a least-squares refit on 256 images, with no training")
     for page in ("docs/concepts/dsconv.md", "docs/howto/convert-trained-model.md"):
-        quotes.append(_quote(page, sentence, demo["accuracy_original"], demo["accuracy_rank1_no_refit"],
-                             demo["accuracy_refit"]))
+        quotes.append(_quote(page, sentence, demo["accuracy_original"], demo["rank1"]["accuracy_no_refit"],
+                             demo["rank1"]["accuracy_refit"]))
+    left = _results("deploy")["meta"]["batchnorms_left_after_fuse_converted"]
     quotes.append(_quote("docs/train.md", "after `leanconv.fuse` the demo's converted model has {0} BatchNorm left",
-                         _results("deploy")["meta"]["batchnorms_left_after_fuse_converted"]))
+                         left))
+    permuted = [path for path, layer in demo["plan"]["layers"].items()
+                if layer["kind"] == "grouped" and layer["options"].get("permute")]
+    assert len(permuted) == left, "docs/train.md explains the BatchNorms left by the permuted grouped convs of the mix"
+    if permuted:  # leanconv.fuse skips the norm after a permuted grouped conv (PermutedGroupedConv2d's doc)
+        where = ", ".join(f"`{path.rsplit('.', 1)[0]}`" for path in permuted)
+        quotes.append(("docs/train.md", f"the one after {where}, which the recorded mix made a permuted grouped conv",
+                       []))
     return quotes
 
 
@@ -442,14 +473,18 @@ def test_readme_reference_counts_are_what_profile_counts():
 
 
 def test_readme_per_op_overhead_figures():
-    """The depthwise conv of the demo's features.conv3 against the dense 3x3 it replaced, by the
-    closed forms C*k*k*H*W and C*O*k*k*H*W (32 -> 64 channels on 16x16)."""
-    depthwise, dense = 32 * 3 * 3 * 16 * 16, 32 * 64 * 3 * 3 * 16 * 16
+    """The depthwise conv of the demo's features.conv2 (rank-1 depthwise separable in the recorded
+    mix) against the dense 3x3 it replaced, by the closed forms C*k*k*H*W and C*O*k*k*H*W at its
+    outputs (32 -> 32 channels, 16x16 outputs at stride 2)."""
+    depthwise, dense = 32 * 3 * 3 * 16 * 16, 32 * 32 * 3 * 3 * 16 * 16
     demo = _results("deploy")["demo"]
-    quote = (f"this {demo['macs_converted'] / 1e6:.1f} M-MAC model is all per-op overhead: the 3x3 depthwise conv of "
-             f"`features.conv3` does {depthwise:,} MACs on 32x16x16, the dense 3x3 it replaced {dense:,} "
-             f"({dense // depthwise} times the work)")
-    assert quote in _normal_page("README.md")
+    layer = demo["plan"]["layers"].get("features.conv2.conv")
+    assert layer is not None and layer["kind"] == "dsconv" and layer["options"]["depth_multiplier"] == 1, (
+        "the recorded mix no longer makes features.conv2 depthwise separable at rank 1: update the README's sentence")
+    quote = (f"this {demo['macs_converted'] / 1e6:.1f} M-MAC model is mostly per-op overhead: the 3x3 depthwise conv "
+             f"of `features.conv2` does {depthwise:,} MACs (32 channels, 16x16 outputs at stride 2), the dense 3x3 it "
+             f"replaced {dense:,} ({dense // depthwise} times the work)")
+    assert " ".join(quote.split()) in _normal_page("README.md")
     zh = _normal_page("README.zh-CN.md")
     assert all(n in zh for n in (f"{depthwise:,}", f"{dense:,}", str(dense // depthwise))), quote
 
@@ -488,8 +523,8 @@ def _closed_form_quotes() -> list:
         _quote("docs/concepts/pointwise.md", "{0:,} + {1:,} + {2:,} = {3:,} MACs per pixel instead of {4:,} for a 3x3 "
                "on 256 channels, {5:.1f}x less", 256 * 64, 64 * 64 * 9, 64 * 256, bottleneck, dense256,
                dense256 / bottleneck),
-        _quote("docs/train.md", "the 3x3 depthwise conv of `features.conv3` does {0:,} MACs on 32x16x16",
-               32 * 3 * 3 * 16 * 16),
+        _quote("docs/train.md", "the 3x3 depthwise conv of `features.conv2` does {0:,} MACs (32 channels, 16x16 "
+               "outputs at stride 2)", 32 * 3 * 3 * 16 * 16),
     ]
 
 
@@ -507,4 +542,4 @@ def test_readme_quotes_no_timing_from_an_overloaded_run():
     """Latency rows are quoted only from a run whose load average stayed within the CPU count."""
     if _results("deploy")["meta"]["overloaded"]:
         for page in ("README.md", "README.zh-CN.md"):
-            assert "fastest setting |" not in _normal_page(page) and "最快的部署形式 |" not in _normal_page(page), page
+            assert "fastest deployment |" not in _normal_page(page) and "最快的部署 |" not in _normal_page(page), page
