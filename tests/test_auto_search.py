@@ -205,3 +205,24 @@ def test_a_mix_faster_than_predicted_makes_room_for_less_error():
     assert first.measured_ms <= search.budget_ms  # met at once, but with room to spare
     assert final.damage < first.damage and final.measured_ms <= search.budget_ms
     assert search.attempts[1].fixed_ms == pytest.approx(first.fixed_ms + first.measured_ms - first.predicted_ms)
+
+
+class GroupedPenaltyClock(ScriptedClock):
+    """Grouped convs look fastest alone but cost 3 ms more each in the whole model."""
+
+    def model_ms(self, model):
+        extra = sum(3.0 for p in ("conv2", "conv3") for m in model.get_submodule(p).modules()
+                    if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels)
+        return super().model_ms(model) + extra
+
+
+def test_an_unmet_request_returns_the_fastest_measured_model_each_kind_alone_included():
+    clock = GroupedPenaltyClock({(16, 24): {"grouped": 0.1, "dsconv": 0.3}, (24, 32): {"grouped": 0.1, "dsconv": 0.3}})
+    result = run(clock, target_speedup=10.0, accept_slower=True)
+    search = result.search
+    assert not search.met
+    first = search.attempts[0]
+    assert any(label.startswith("grouped") for label in first.choice.values())  # what per-layer timings preferred
+    assert all(label.startswith("dsconv") for label in search.final.choice.values())  # what measured fastest
+    assert search.final.measured_ms == min(a.measured_ms for a in search.attempts) < first.measured_ms
+    assert {r.path: r.kind for r in result.layers if r.converted} == {"conv2": "dsconv", "conv3": "dsconv"}
