@@ -16,7 +16,7 @@ from leanconv.conversion.plan import Plan
 
 
 NO_REFIT = ("no refit: without calib the converted layers were not fitted to any data, and a low-rank "
-            "conversion can fall close to chance accuracy (the digits demo at rank 1 does; with a refit on 256 "
+            "conversion can fall close to chance accuracy (the digits CNN at rank 1 does; with a refit on 256 "
             "images most of its accuracy comes back: benchmarks/results/deploy.md). Pass calib=... (--calib) to refit.")
 
 
