@@ -35,10 +35,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, 
 import torch
 from torch import nn
 
-from leanconv._modes import evaluating
 from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
 from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates
-from leanconv.conversion.refitting import capture_all
+from leanconv.conversion.refitting import layer_inputs
 from leanconv.conversion.surgery import set_module
 
 MAX_ATTEMPTS = 4
@@ -259,14 +258,14 @@ class _Fits:
 
 def _fit_layers(original, eligible, input_size, sizes, calib, kinds, say) -> Dict[str, _Fits]:
     """Every layer's candidates with their fitted modules and errors (independent of the target)."""
-    inputs = _layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
+    inputs = layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
     fitted: Dict[str, _Fits] = {}
     for index, (path, conv) in enumerate(eligible, 1):
         shape = (int(input_size[0]), conv.in_channels, *sizes[path])
         say(f"layer {index}/{len(eligible)} {path}: fitting candidates")
         candidates = layer_candidates(conv, sizes[path], kinds)
-        layer_inputs = _enough(inputs.get(path), sizes[path])
-        results = [fit_candidate(conv, c, layer_inputs, accumulate=torch.float32) for c in candidates]
+        fitted_on = _enough(inputs.get(path), sizes[path])
+        results = [fit_candidate(conv, c, fitted_on, accumulate=torch.float32) for c in candidates]
         fitted[path] = _Fits(path, conv, shape, candidates, [fit for _, fit in results],
                              {c.label: module for c, (module, _) in zip(candidates, results)})
     return fitted
@@ -282,14 +281,6 @@ def _time_layers(fits: Mapping[str, _Fits], clock: Clock, say) -> Dict[str, Laye
         points = front([Point(m.latency_ms, m.damage, i) for i, m in enumerate(considered)])
         layers[path] = LayerSearch(path, layer.shape, considered, [considered[p.key] for p in points])
     return layers
-
-
-def _layer_inputs(model: nn.Module, paths: List[str], calib: Optional[List[torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
-    """Each layer's inputs on the calibration batches (none without calibration data), one pass per batch."""
-    if not calib:
-        return {}
-    with evaluating(model):
-        return capture_all(model, paths, calib, "input")
 
 
 def _first_images(calib: Optional[List[torch.Tensor]], count: int) -> Optional[List[torch.Tensor]]:

@@ -144,6 +144,16 @@ def capture_all(model: nn.Module, paths: Sequence[str], batches: Sequence[torch.
     return seen
 
 
+def layer_inputs(model: nn.Module, paths: Sequence[str], batches: Optional[Sequence[torch.Tensor]]
+                 ) -> Dict[str, List[torch.Tensor]]:
+    """Each module's input at ``paths`` on ``batches``, in eval mode (restored after), one pass
+    per batch for all of them; ``{}`` without batches (no calibration data)."""
+    if not batches:
+        return {}
+    with evaluating(model):
+        return capture_all(model, paths, batches, "input")
+
+
 def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``(pixels, C*kh*kw)`` input patches of ``conv`` (its padding and padding mode applied)."""
     if getattr(conv, "dynamic_same", False):

@@ -29,7 +29,7 @@ from leanconv._validate import check_choice
 from leanconv.analysis.profiling import profile
 from leanconv.conversion.factorize import reuse_decompositions
 from leanconv.conversion.latency import LatencyCache, describe
-from leanconv.conversion.refitting import capture_all
+from leanconv.conversion.refitting import layer_inputs
 from leanconv.conversion.surgery import build_module, conv_spec, factorize_conv, min_hw, source_macs
 from leanconv.kinds import Conversion, ConvKind, Options, Rank, convertible_kinds, get_kind
 
@@ -344,22 +344,13 @@ def _kept_as_they_are(kind: ConvKind, eligible: List[Tuple[str, nn.Conv2d]],
 
 
 def _budget_selection(original, eligible, target, extra, request, input_size, sizes, calib, cache) -> Selection:
-    inputs = _layer_inputs(original, eligible, calib)
+    inputs = layer_inputs(original, [path for path, _ in eligible], calib[:2] if calib else None)  # two batches
     ladders = {path: ladder(conv, target, sizes[path], extra, inputs.get(path)) for path, conv in eligible}
     if request.mac_budget is not None:
         fixed = profile(original, tuple(input_size)).total_macs - sum(r[0].macs for r in ladders.values())
         return _selection(allocate(ladders, request.mac_budget, fixed), ladders, "kept dense by the MAC budget")
     return _latency_selection(original, eligible, target, ladders, request.latency_budget, input_size,
                               sizes, cache or LatencyCache())
-
-
-def _layer_inputs(model: nn.Module, eligible, calib) -> Dict[str, List[torch.Tensor]]:
-    """Each layer's inputs on the first two calibration batches (none without calibration data),
-    all layers in one pass per batch."""
-    if not calib:
-        return {}
-    with evaluating(model):
-        return capture_all(model, [path for path, _ in eligible], calib[:2], "input")
 
 
 def _latency_selection(original, eligible, target, ladders, budget, input_size, sizes, cache) -> Selection:
