@@ -90,9 +90,7 @@ class TargetClock:
         if not measured:
             raise ValueError(f"target={self.target!r}: the dense model runs correctly in none of {precisions} here")
         for precision, ms in measured.items():
-            cache = self._cache_for(precision)
-            cache.remember(_model_description(model), self.input_size, ms)
-            cache.save()
+            _remember_model(self._cache_for(precision), model, self.input_size, ms)
         return self._keep_reference(model, measured)
 
     def _keep_reference(self, model: nn.Module, dense_ms: Dict[str, float]) -> Dict[str, float]:
@@ -169,9 +167,14 @@ def remember_dense(model: nn.Module, report, device: str = "cpu", threads: int =
     a later search's :meth:`TargetClock.baseline` finds them instead of measuring again."""
     label = next(r.model for r in report.rows if r.model in ("original", "dense"))
     for row in report.measured(label):
-        cache = LatencyCache(setting=TimingSetting(row.target, row.precision, device, threads))
-        cache.remember(_model_description(model), tuple(report.input_size), row.latency.median)
-        cache.save()
+        _remember_model(LatencyCache(setting=TimingSetting(row.target, row.precision, device, threads)), model,
+                        tuple(report.input_size), row.latency.median)  # type: ignore[union-attr]
+
+
+def _remember_model(cache: LatencyCache, model: nn.Module, input_size: Tuple[int, ...], ms: float) -> None:
+    """A whole model's timing into ``cache`` under its architecture, written to disk at once."""
+    cache.remember(_model_description(model), input_size, ms)
+    cache.save()
 
 
 def _model_description(model: nn.Module) -> str:
