@@ -90,5 +90,10 @@ def test_whole_models_are_timed_beside_the_dense_model_so_load_drift_cancels(tmp
         return Interleaved([[1.2, 1.6, 1.4], [2.0, 2.0, 2.0]])  # converted, dense: both at twice the load
 
     monkeypatch.setattr(clock_module, "time_interleaved", interleaved)
-    assert clock.model_ms(small_model()) == pytest.approx(0.7)  # median ratio 0.7 x the baseline's 1.0 ms
+    converted = nn.Sequential(small_model(), nn.Identity())  # another architecture than the dense model's
+    assert clock.model_ms(converted) == pytest.approx(0.7)  # median ratio 0.7 x the baseline's 1.0 ms
     assert timed == [2]
+    # kept under the architecture: the same model again, or a new search's clock, measures nothing
+    assert clock.model_ms(nn.Sequential(small_model(), nn.Identity())) == pytest.approx(0.7) and timed == [2]
+    fresh = clock_module.TargetClock("torch", (1, 3, 8, 8), "fp32", rounds=3)
+    assert fresh.model_ms(converted) == pytest.approx(0.7) and timed == [2]

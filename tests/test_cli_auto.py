@@ -103,10 +103,16 @@ def test_a_reachable_request_writes_the_model_the_plan_the_report_and_the_front(
         assert any(a[2] <= a[0] for a in attempts)
     else:
         assert all(a[2] >= a[0] for a in attempts)
-    # the baseline is the dense model's cached whole-model timing
+    # the baseline is the dense model's cached whole-model timing (under its architecture; the
+    # converted models measured whole are cached beside it under theirs)
+    from leanconv.conversion.clock import _model_description
+
     cache = json.loads((base / "cache" / "latency.json").read_text())
-    dense = [ms for key, ms in cache.items() if key.startswith("onnxruntime|") and "|(1, 3, 8, 8)|model|" in key]
+    described = _model_description(load_model(f"{base / 'net.py'}:build"))
+    dense = [ms for key, ms in cache.items() if key.startswith("onnxruntime|") and key.endswith(f"|(1, 3, 8, 8)|{described}")]
     assert len(dense) == 1 and f"{dense[0]:.3f}" == f"{baseline:.3f}"
+    whole = [ms for key, ms in cache.items() if "|(1, 3, 8, 8)|model|" in key]
+    assert len(whole) >= 2  # the dense model and at least one converted model
     # the report's per-layer choice is the plan's
     chosen = dict(re.findall(r"^\| (conv\d) \| (\w+)[^|]* \| \d+\.\d+ -> \d+\.\d+ \|", report, flags=re.M))
     assert set(chosen) == SEARCHED

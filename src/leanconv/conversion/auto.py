@@ -37,8 +37,9 @@ from torch import nn
 
 from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
 from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates
+from leanconv.conversion.fit_cache import FitCache, data_key, fit_key
 from leanconv.conversion.refitting import layer_inputs
-from leanconv.conversion.surgery import set_module
+from leanconv.conversion.surgery import build_module, set_module
 
 MAX_ATTEMPTS = 4
 """Whole-model measurements the correction loop may take before it reports the closest point."""
@@ -50,6 +51,15 @@ MIN_SEARCH_IMAGES = 8
 A least-squares stage has at most a few thousand weights per output, so that ranks candidates
 well, and keeps ~20 fits per layer to seconds (the converted model's final refit uses every
 calibration image)."""
+FIT_HOLDOUT = 0.25
+"""Share of a layer's search images held out to score each candidate's refit."""
+FLOOR_SLACK = 1.25
+"""A precision is measured whole only if its predicted floor (every layer at its fastest) is
+within this factor of the budget, when another precision's floor meets the budget: per-layer
+predictions miss by some percent, not by a quarter."""
+NOISE = 0.03
+"""Whole-model measurements this close (relative) are one speed on a shared machine: among
+them, the mix of least error is returned when none met the budget."""
 
 
 class Clock(Protocol):
@@ -68,7 +78,7 @@ class Clock(Protocol):
         """One layer's candidate alone at ``input_shape`` in :attr:`precision`."""
 
     def model_ms(self, model: nn.Module) -> float:
-        """A whole model in :attr:`precision`."""
+        """A whole model in :attr:`precision` (its weights do not matter: only its architecture)."""
 
 
 @dataclass
@@ -77,12 +87,19 @@ class Measured:
 
     candidate: Candidate
     latency_ms: float
-    fit: CandidateFit
+    fit: Optional[CandidateFit]
+    """None: not fitted, as slower than dense in every precision searched (it cannot be chosen)."""
 
     @property
     def error(self) -> float:
-        """Relative output error on held-out calibration images (0 for dense)."""
-        return 0.0 if self.candidate.dense else self.fit.error
+        """Relative output error on held-out calibration images (0 for dense, inf when not fitted)."""
+        if self.candidate.dense:
+            return 0.0
+        return math.inf if self.fit is None else self.fit.error
+
+    @property
+    def error_text(self) -> str:
+        return "not fitted: slower than dense" if self.fit is None and not self.candidate.dense else f"{self.error:.4f}"
 
     @property
     def damage(self) -> float:
@@ -144,11 +161,9 @@ class SearchReport:
     @property
     def final(self) -> Attempt:
         """The attempt whose model was returned: of those that met the budget the one with the
-        least error, else the fastest."""
+        least error, else of those within :data:`NOISE` of the fastest the one of least error."""
         met = [a for a in self.attempts if a.measured_ms <= self.budget_ms]
-        if met:
-            return min(met, key=lambda a: (a.damage, a.measured_ms))
-        return min(self.attempts, key=lambda a: a.measured_ms)
+        return min(met or _near_fastest(self.attempts, lambda a: a.measured_ms), key=lambda a: (a.damage, a.measured_ms))
 
     @property
     def speedup(self) -> float:
@@ -188,7 +203,7 @@ class SearchReport:
         lines += ["| layer | candidate | MACs | latency ms | output error | on the front |", "|---|---|---:|---:|---:|---|"]
         for path, layer in self.layers.items():
             on_front = {id(m) for m in layer.front}
-            lines += [f"| {path} | {m.candidate.label} | {m.candidate.macs:,} | {m.latency_ms:.4f} | {m.error:.4f} | "
+            lines += [f"| {path} | {m.candidate.label} | {m.candidate.macs:,} | {m.latency_ms:.4f} | {m.error_text} | "
                       f"{'yes' if id(m) in on_front else ''} |" for m in layer.considered]
         return "\n".join(lines) + "\n"
 
@@ -209,78 +224,155 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
            sizes: Mapping[str, Tuple[int, int]], clock: Clock, *, target: str,
            target_speedup: Optional[float] = None, latency_budget: Optional[float] = None,
            calib: Optional[List[torch.Tensor]] = None, kinds: Optional[Sequence[str]] = None,
-           progress: Optional[Callable[[str], None]] = None) -> SearchResult:
+           progress: Optional[Callable[[str], None]] = None, fit_cache: Optional[FitCache] = None) -> SearchResult:
     """The mix of per-layer candidates with the least damage whose measured latency meets the
     request (or the closest one, ``report.met`` False), in whichever of the clock's precisions
     does that best. ``original`` is not changed; the result's model is a copy with the chosen
-    modules in place."""
+    modules in place. ``fit_cache``: where candidates' errors are kept between searches (None:
+    fitted every time)."""
     say = progress or (lambda _: None)
     say(f"measuring the dense model on {target} ({', '.join(clock.precisions())})")
     dense = clock.baseline(original)
     baseline_precision = min(dense, key=lambda p: dense[p])
     budget = budget_of(dense[baseline_precision], target_speedup, latency_budget)
     request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
-    fits = _fit_layers(original, eligible, input_size, sizes, calib, kinds, say)
+    layers = _candidate_layers(original, eligible, input_size, sizes, calib, kinds)
+    order = sorted(dense, key=lambda p: dense[p])  # the dense model's best precision first
+    timings = {precision: _time_layers(layers, clock, precision, say) for precision in order}
+    _fit_layers(original, layers, _worth_fitting(layers, timings), calib, fit_cache, say)
+    searched = {precision: _searched(layers, timings[precision]) for precision in order}
+    fixed = {p: max(dense[p] - sum(layer.dense.latency_ms for layer in searched[p].values()), 0.0) for p in order}
+    skipped = _out_of_reach(searched, fixed, budget)
     outcomes = []
-    for precision in sorted(dense, key=lambda p: dense[p]):  # the dense model's best precision first
+    for precision in (p for p in order if p not in skipped):
         clock.precision = precision
-        layers = _time_layers(fits, clock, say)
-        fixed = max(dense[precision] - sum(layer.dense.latency_ms for layer in layers.values()), 0.0)
         report = SearchReport(target, precision, tuple(input_size), request, dense[baseline_precision],
-                              baseline_precision, budget, layers, [], False, fronts=_fronts(layers, fixed))
-        outcomes.append((report, _correct(original, layers, fits, report, clock, fixed, say)))
-    report, model = _best(outcomes)
+                              baseline_precision, budget, searched[precision], [], False,
+                              fronts=_fronts(searched[precision], fixed[precision]))
+        outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say)))
+    report, choice = _best(outcomes)
     report.alternatives = {r.precision: r.outcome() for r, _ in outcomes if r is not report}
-    chosen = {p: layer.chosen for p, layer in report.layers.items() if layer.chosen and not layer.chosen.candidate.dense}
-    return SearchResult(model, chosen, {p: fits[p].modules[m.candidate.label] for p, m in chosen.items()}, report)
+    report.alternatives.update(skipped)
+    chosen = {p: m for p, m in choice.items() if not m.candidate.dense}
+    say("fitting the chosen candidates' weights")
+    modules = {p: layers[p].module(m.candidate) for p, m in chosen.items()}
+    return SearchResult(_build(original, chosen, layers, fitted=True), chosen, modules, report)
 
 
-def _best(outcomes: List[Tuple[SearchReport, nn.Module]]) -> Tuple[SearchReport, nn.Module]:
+def _best(outcomes: List[Tuple[SearchReport, Dict[str, Measured]]]) -> Tuple[SearchReport, Dict[str, Measured]]:
     """The precision whose mix meets the budget with the least damage (ties: the faster); when
-    none does, the one whose mix measured fastest."""
+    none does, of those whose mix measured within :data:`NOISE` of the fastest, the least damage."""
     met = [o for o in outcomes if o[0].met]
-    if met:
-        return min(met, key=lambda o: (o[0].final.damage, o[0].final.measured_ms))
-    return min(outcomes, key=lambda o: o[0].final.measured_ms)
+    pool = met or _near_fastest(outcomes, lambda o: o[0].final.measured_ms)
+    return min(pool, key=lambda o: (o[0].final.damage, o[0].final.measured_ms))
+
+
+def _near_fastest(items: Sequence, ms: Callable) -> List:
+    """The ``items`` whose ``ms`` is within :data:`NOISE` of the least."""
+    fastest = min(ms(item) for item in items)
+    return [item for item in items if ms(item) <= fastest * (1 + NOISE)]
 
 
 @dataclass
-class _Fits:
-    """One layer's candidates, fitted once for every precision searched."""
+class _Layer:
+    """One layer searched: its candidates, the inputs they are fitted on, their fits and the
+    fitted modules (made when first needed: a fit read from the cache has no module yet)."""
 
     path: str
     conv: nn.Conv2d
     shape: Tuple[int, ...]
     candidates: List[Candidate]
-    fits: List[CandidateFit]
-    modules: Dict[str, nn.Module]  # candidate label -> the fitted module
+    inputs: Optional[List[torch.Tensor]]
+    fits: Dict[str, CandidateFit] = field(default_factory=dict)  # candidate label -> fit
+    modules: Dict[str, nn.Module] = field(default_factory=dict)  # candidate label -> fitted module
+
+    def skeleton(self, candidate: Candidate) -> nn.Module:
+        """The candidate's architecture with fresh weights: all a timing needs."""
+        if candidate.dense:
+            return copy.deepcopy(self.conv)
+        return build_module(self.conv, candidate.kind, candidate.options)
+
+    def fit(self, candidate: Candidate) -> CandidateFit:
+        """Fit ``candidate`` now: its module and error."""
+        module, fit = fit_candidate(self.conv, candidate, self.inputs, holdout=FIT_HOLDOUT, accumulate=torch.float32)
+        self.modules[candidate.label], self.fits[candidate.label] = module, fit
+        return fit
+
+    def module(self, candidate: Candidate) -> nn.Module:
+        """The candidate with its fitted weights (fitted now if only its error was known)."""
+        if candidate.label not in self.modules:
+            self.fit(candidate)
+        return self.modules[candidate.label]
 
 
-def _fit_layers(original, eligible, input_size, sizes, calib, kinds, say) -> Dict[str, _Fits]:
-    """Every layer's candidates with their fitted modules and errors (independent of the target)."""
+def _candidate_layers(original, eligible, input_size, sizes, calib, kinds) -> Dict[str, _Layer]:
+    """Every layer's candidates, with the layer's inputs on the first calibration images."""
     inputs = layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
-    fitted: Dict[str, _Fits] = {}
-    for index, (path, conv) in enumerate(eligible, 1):
-        shape = (int(input_size[0]), conv.in_channels, *sizes[path])
-        say(f"layer {index}/{len(eligible)} {path}: fitting candidates")
-        candidates = layer_candidates(conv, sizes[path], kinds)
-        fitted_on = _enough(inputs.get(path), sizes[path])
-        results = [fit_candidate(conv, c, fitted_on, accumulate=torch.float32) for c in candidates]
-        fitted[path] = _Fits(path, conv, shape, candidates, [fit for _, fit in results],
-                             {c.label: module for c, (module, _) in zip(candidates, results)})
-    return fitted
+    return {path: _Layer(path, conv, (int(input_size[0]), conv.in_channels, *sizes[path]),
+                         layer_candidates(conv, sizes[path], kinds), _enough(inputs.get(path), sizes[path]))
+            for path, conv in eligible}
 
 
-def _time_layers(fits: Mapping[str, _Fits], clock: Clock, say) -> Dict[str, LayerSearch]:
-    """Every candidate timed alone on the clock's target and precision, and each layer's front."""
-    layers: Dict[str, LayerSearch] = {}
-    for index, (path, layer) in enumerate(fits.items(), 1):
-        say(f"timing layer {index}/{len(fits)} {path} at {layer.shape} in {clock.precision}")
-        considered = [Measured(c, clock.layer_ms(layer.conv, c, layer.modules[c.label], layer.shape), fit)
-                      for c, fit in zip(layer.candidates, layer.fits)]
+def _time_layers(layers: Mapping[str, _Layer], clock: Clock, precision: str, say) -> Dict[str, List[float]]:
+    """Every candidate's ms alone on the clock's target in ``precision``, per layer."""
+    clock.precision = precision
+    timed = {}
+    for index, (path, layer) in enumerate(layers.items(), 1):
+        say(f"timing layer {index}/{len(layers)} {path} at {layer.shape} in {precision}")
+        timed[path] = [clock.layer_ms(layer.conv, c, layer.skeleton(c), layer.shape) for c in layer.candidates]
+    return timed
+
+
+def _worth_fitting(layers: Mapping[str, _Layer], timings: Mapping[str, Mapping[str, List[float]]]) -> Dict[str, List[int]]:
+    """Per layer, the candidates faster than dense in some precision (the others can never be
+    chosen: dense is both faster and exact)."""
+    return {path: [i for i in range(1, len(layer.candidates))
+                   if any(timed[path][i] < timed[path][0] for timed in timings.values())]
+            for path, layer in layers.items()}
+
+
+def _fit_layers(original, layers: Mapping[str, _Layer], wanted: Mapping[str, List[int]], calib,
+                cache: Optional[FitCache], say) -> None:
+    """Fit the ``wanted`` candidates of every layer, or read their errors from ``cache``."""
+    data = data_key(original, _first_images(calib, SEARCH_IMAGES)) if cache is not None else ""
+    for index, (path, layer) in enumerate(layers.items(), 1):
+        say(f"layer {index}/{len(layers)} {path}: fitting {len(wanted[path])} candidates")
+        images = sum(len(x) for x in layer.inputs or [])
+        for candidate in (layer.candidates[i] for i in wanted[path]):
+            key = fit_key(data, path, candidate, images=images, holdout=FIT_HOLDOUT, accumulate="float32")
+            known = cache.known(key) if cache is not None else None
+            if known is not None:
+                layer.fits[candidate.label] = known
+            elif cache is not None:
+                cache.remember(key, layer.fit(candidate))
+            else:
+                layer.fit(candidate)
+    if cache is not None:
+        cache.save()
+
+
+def _searched(layers: Mapping[str, _Layer], timed: Mapping[str, List[float]]) -> Dict[str, LayerSearch]:
+    """Each layer's candidates with their ms in one precision and their fits, and its front."""
+    searched = {}
+    for path, layer in layers.items():
+        considered = [Measured(c, ms, CandidateFit(0.0, 0.0, 0.0, False) if c.dense else layer.fits.get(c.label))
+                      for c, ms in zip(layer.candidates, timed[path])]
         points = front([Point(m.latency_ms, m.damage, i) for i, m in enumerate(considered)])
-        layers[path] = LayerSearch(path, layer.shape, considered, [considered[p.key] for p in points])
-    return layers
+        searched[path] = LayerSearch(path, layer.shape, considered, [considered[p.key] for p in points])
+    return searched
+
+
+def _out_of_reach(searched: Mapping[str, Mapping[str, LayerSearch]], fixed: Mapping[str, float],
+                  budget: float) -> Dict[str, str]:
+    """The precisions not worth measuring whole (-> why): when some precision's predicted floor
+    (every layer at its fastest) meets the budget, those whose floor is over it by more than
+    :data:`FLOOR_SLACK`."""
+    floors = {p: fixed[p] + sum(min(m.latency_ms for m in layer.front) for layer in searched[p].values())
+              for p in searched}
+    if all(floor > budget for floor in floors.values()):
+        return {}
+    return {p: f"not measured whole: every layer at its fastest adds up to {floor:.3f} ms (predicted), over the "
+               f"{budget:.3f} ms budget" for p, floor in floors.items() if floor > budget * FLOOR_SLACK}
 
 
 def _first_images(calib: Optional[List[torch.Tensor]], count: int) -> Optional[List[torch.Tensor]]:
@@ -320,16 +412,17 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
     return fronts
 
 
-def _correct(original, layers, fits, report: SearchReport, clock: Clock, fixed: float, say) -> nn.Module:
+def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str, _Layer], report: SearchReport,
+             clock: Clock, fixed: float, say) -> Dict[str, Measured]:
     """Allocate, build, measure; move what the measurement shows the prediction missed into
     ``fixed`` and allocate again (a mix slower than predicted leaves less room, a faster one
     room for less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured.
     When no mix met the budget, each kind alone at its fastest in every layer is measured too:
-    per-layer timings can rank two kinds wrongly for the whole model, and the fastest measured
-    model is what an unmet request returns."""
-    rungs = {path: layer.front for path, layer in layers.items()}
+    per-layer timings can rank two kinds wrongly for the whole model. Returns the choice of
+    :attr:`SearchReport.final`."""
+    rungs = {path: layer.front for path, layer in searched.items()}
     points = {path: [Point(m.latency_ms, m.damage) for m in front] for path, front in rungs.items()}
-    tried: List[Tuple[Dict[str, Measured], nn.Module]] = []
+    tried: List[Dict[str, Measured]] = []
     seen: List[Dict[str, int]] = []
     while len(report.attempts) < MAX_ATTEMPTS:
         try:
@@ -339,48 +432,53 @@ def _correct(original, layers, fits, report: SearchReport, clock: Clock, fixed: 
         if position in seen:
             break
         seen.append(position)
-        measured = _measure(original, {p: rungs[p][i] for p, i in position.items()}, fits, fixed, report, clock, say,
+        measured = _measure(original, {p: rungs[p][i] for p, i in position.items()}, layers, fixed, report, clock, say,
                             tried)
         fixed += measured - report.attempts[-1].predicted_ms  # slower: less room; faster: room for less error
     if not report.met:
-        for choice in _fastest_of_each_kind(layers):
-            if all(choice != earlier for earlier, _ in tried):
-                _measure(original, choice, fits, fixed, report, clock, say, tried)
-    choice, model = tried[report.attempts.index(report.final)]
-    _record_choice(layers, choice, report)
-    return model
+        for choice in _fastest_of_each_kind(searched):
+            if all(choice != earlier for earlier in tried):
+                _measure(original, choice, layers, fixed, report, clock, say, tried)
+    choice = tried[report.attempts.index(report.final)]
+    _record_choice(searched, choice, report)
+    return choice
 
 
-def _measure(original, choice: Dict[str, Measured], fits, fixed: float, report: SearchReport, clock: Clock, say,
-             tried: List) -> float:
-    """Build ``choice``, time it whole on the clock, record the attempt; returns the measured ms."""
+def _measure(original, choice: Dict[str, Measured], layers: Mapping[str, _Layer], fixed: float, report: SearchReport,
+             clock: Clock, say, tried: List) -> float:
+    """Time ``choice`` whole on the clock (built with fresh weights), record the attempt; returns the measured ms."""
     predicted = fixed + sum(m.latency_ms for m in choice.values())
-    model = _build(original, choice, fits)
     say(f"measuring the whole converted model (attempt {len(report.attempts) + 1}, predicted {predicted:.3f} ms)")
-    measured = clock.model_ms(model)
+    measured = clock.model_ms(_build(original, choice, layers, fitted=False))
     report.attempts.append(Attempt(report.budget_ms, predicted, measured, fixed, sum(m.damage for m in choice.values()),
                                    {p: m.candidate.label for p, m in choice.items()}))
-    tried.append((choice, model))
+    tried.append(choice)
     report.met = report.met or measured <= report.budget_ms
     return measured
 
 
-def _fastest_of_each_kind(layers: Mapping[str, LayerSearch]) -> List[Dict[str, Measured]]:
-    """Per searched kind, the mix with that kind's fastest candidate in every layer it applies
-    to (dense elsewhere): the uniform conversions a per-layer mix must beat."""
-    kinds = sorted({m.candidate.kind for layer in layers.values() for m in layer.considered if not m.candidate.dense})
+def _fastest_of_each_kind(searched: Mapping[str, LayerSearch]) -> List[Dict[str, Measured]]:
+    """Per searched kind, the mix with that kind's fastest candidate in every layer where it is
+    faster than dense (dense elsewhere): the uniform conversions a per-layer mix must beat."""
+    kinds = sorted({m.candidate.kind for layer in searched.values() for m in layer.considered
+                    if not m.candidate.dense and m.fit is not None})
     mixes = []
     for kind in kinds:
-        mixes.append({path: min((m for m in layer.considered if m.candidate.kind == kind), default=layer.dense,
-                                key=lambda m: m.latency_ms) for path, layer in layers.items()})
+        mixes.append({path: min((m for m in layer.considered if m.candidate.kind == kind and m.fit is not None
+                                 and m.latency_ms < layer.dense.latency_ms), default=layer.dense,
+                                key=lambda m: m.latency_ms) for path, layer in searched.items()})
     return mixes
 
 
-def _build(original: nn.Module, choice: Mapping[str, Measured], fits: Mapping[str, _Fits]) -> nn.Module:
+def _build(original: nn.Module, choice: Mapping[str, Measured], layers: Mapping[str, _Layer], fitted: bool) -> nn.Module:
+    """A copy of ``original`` with ``choice`` in place: fitted modules, or (``fitted`` False, for
+    timing) the architectures with fresh weights."""
     model = copy.deepcopy(original)
     for path, measured in choice.items():
         if not measured.candidate.dense:
-            set_module(model, path, copy.deepcopy(fits[path].modules[measured.candidate.label]))
+            layer = layers[path]
+            module = copy.deepcopy(layer.module(measured.candidate)) if fitted else layer.skeleton(measured.candidate)
+            set_module(model, path, module)
     return model
 
 

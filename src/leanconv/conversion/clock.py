@@ -136,7 +136,11 @@ class TargetClock:
         per-round ratio times the baseline's ms. A load that comes and goes on the machine slows
         both alike, so the verdict against the budget does not drift with it. Both are built the
         quick way a layer is (:func:`~leanconv.conversion.latency.deployed_layer`); the deployment
-        users run is measured with real data after the search."""
+        users run is measured with real data after the search. Cached like a layer's timing,
+        under the model's architecture: a second search of the same model measures nothing."""
+        known = self.cache.known(_model_description(model), self.input_size)
+        if known is not None:
+            return known
         self.save()  # per-layer timings reach the disk before a whole-model build can fail
         example = self._example()
         calls = [synchronized(lambda d=deployed_layer(self.setting, model, example): d(example),
@@ -144,9 +148,9 @@ class TargetClock:
         if self._reference is not None:
             calls.append(self._reference_call(example))
         timed = time_interleaved(calls, rounds=self.rounds, min_run_time=self.min_run_time, num_threads=self.threads)
-        if self._reference is None:
-            return timed.spread(0).median
-        return timed.ratio(0, 1).median * self._reference[2]
+        ms = timed.spread(0).median if self._reference is None else timed.ratio(0, 1).median * self._reference[2]
+        _remember_model(self.cache, model, self.input_size, ms)
+        return ms
 
     def _example(self) -> torch.Tensor:
         fitting = [b for b in self.calib or [] if tuple(b.shape) == self.input_size]

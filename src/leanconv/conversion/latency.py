@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -24,13 +23,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-try:  # the lock is POSIX; elsewhere saves merge without it
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-from leanconv._cache import cache_dir
-from leanconv._files import write_atomic
+from leanconv._cache import TableKind, cache_dir, merge_table, read_table
 from leanconv.deploy.target import Deployed, check_precision, cpu_name, get_target
 from leanconv.timing import measure_latency, synchronized, time_interleaved
 from leanconv.conversion.surgery import jsonable, padding_arg
@@ -200,37 +193,20 @@ class LatencyCache:
     def save(self) -> None:
         """Merge this object's new timings into the file, under a lock, and write it atomically:
         processes that share the cache never lose each other's timings."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            merged = {**_read_table(self.path, warn=False), **self._new}
-            write_atomic(self.path, json.dumps(merged, indent=1, sort_keys=True))
-        self._table.update(merged)
+        self._table.update(merge_table(self.path, self._new, _TIMINGS))
 
 
 def _read_table(path: Path, warn: bool = True) -> Dict[str, float]:
-    """The timings in ``path``: entries that are not a positive, finite number of ms are dropped
-    (they are measured again), with one warning naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, RecursionError) as error:
-        data, problem = {}, f"unreadable ({error})"
-    else:
-        problem = "" if isinstance(data, dict) else f"a {type(data).__name__}, not an object"
-        data = data if isinstance(data, dict) else {}
-    table = {key: float(ms) for key, ms in data.items() if isinstance(key, str) and _is_ms(ms)}
-    if len(table) < len(data):
-        problem = problem or f"{len(data) - len(table)} entries that are not a positive number of ms"
-    if problem and warn:
-        warnings.warn(f"latency cache {str(path)!r} is {problem}: ignoring that and measuring again", stacklevel=3)
-    return table
+    """The timings in ``path`` (entries that are not a positive, finite number of ms are dropped:
+    they are measured again)."""
+    return {key: float(ms) for key, ms in read_table(path, _TIMINGS, warn).items()}
 
 
 def _is_ms(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+_TIMINGS = TableKind("latency", _is_ms, "a positive number of ms")
 
 
 __all__ = ["CALIBRATION_BATCHES", "LatencyCache", "TimingSetting", "deployed_layer", "describe", "device_key"]

@@ -14,6 +14,7 @@ from torch import nn
 from leanconv.analysis.counting import layer_macs
 from leanconv.conversion.auto import search
 from leanconv.conversion.candidates import searched_kinds
+from leanconv.conversion.fit_cache import FitCache
 from leanconv.conversion.plan import AUTO, LayerPlan, Plan
 from leanconv.conversion.result import ConversionResult, LayerReport
 from leanconv.conversion.surgery import conv_spec, jsonable, kept_groups, set_module, source_macs
@@ -113,9 +114,10 @@ def convert_auto(model: nn.Module, original: nn.Module, eligible: List[Tuple[str
     """Search, then put the chosen modules into ``model`` (the copy being converted); raises the
     unreachable-request error unless ``accept_slower``."""
     clock = _clock(request, input_size, calib, device)
+    fits = FitCache() if request.clock is None else None  # a scripted clock's search keeps nothing on disk
     found = search(original, eligible, input_size, sizes, clock, target=str(request.target or "scripted"),
                    target_speedup=request.target_speedup, latency_budget=request.latency_budget, calib=calib,
-                   kinds=request.kinds, progress=request.progress)
+                   kinds=request.kinds, progress=request.progress, fit_cache=fits)
     if hasattr(clock, "save"):
         clock.save()
     report = found.report
