@@ -19,7 +19,7 @@ DSCONV = Candidate("dsconv", {"depth_multiplier": 1}, 100, "dsconv m=1")
 def small_model(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(OrderedDict(
-        stem=nn.Conv2d(3, 8, 3, padding=1), act0=nn.ReLU(),
+        stem=nn.Conv2d(3, 8, 3, padding=1), bn0=nn.BatchNorm2d(8), act0=nn.ReLU(),  # BN: a 0-d int64 buffer
         conv2=nn.Conv2d(8, 16, 3, padding=1), act2=nn.ReLU(),
         pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(),
     )).eval()

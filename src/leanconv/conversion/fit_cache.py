@@ -41,7 +41,7 @@ def data_key(model: nn.Module, images: Optional[Sequence[torch.Tensor]]) -> str:
 def _add_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
     data = tensor.detach().cpu().contiguous()
     digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}|".encode())
-    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
 
 
 def fit_key(data: str, path: str, candidate: Candidate, **settings: Any) -> str:
