@@ -302,8 +302,31 @@ def search_runs(setup: Setup, target: str) -> Dict[str, Any]:
             os.environ["LEANCONV_CACHE_DIR"] = previous
         shutil.rmtree(folder, ignore_errors=True)
     return {"mix": mix, "cold": cold, "warm_result": warm_result, "warm": warm_rows[0], "warm_rows": warm_rows,
-            "singles": singles,
+            "singles": singles, "one_precision": one_precision_runs(setup, target, precision),
             "budget_ms": budget, "precision": precision}
+
+
+def one_precision_runs(setup: Setup, target: str, precision: str) -> Dict[str, Any]:
+    """Goal 3 on one target and precision (the one the mix chose): the same request with
+    ``precision`` given, in a fresh cache folder (empty), then again (warm)."""
+    folder = Path(tempfile.mkdtemp(prefix="leanconv-auto-search-one-"))
+    previous = os.environ.get("LEANCONV_CACHE_DIR")
+    os.environ["LEANCONV_CACHE_DIR"] = str(folder)
+    try:
+        rows = {}
+        for state in ("empty", "warm"):
+            label = f"mix, {precision} only ({state} cache)"
+            print(f"search on {target} {precision} only, {state} cache ...", file=sys.stderr, flush=True)
+            _, rows[state] = timed_convert(setup, label, target=target, precision=precision,
+                                           target_speedup=TARGET_SPEEDUP, kinds=setup.kinds)
+            rows[state]["cache_entries_after"] = cache_entries(folder)
+    finally:
+        if previous is None:
+            os.environ.pop("LEANCONV_CACHE_DIR", None)
+        else:
+            os.environ["LEANCONV_CACHE_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"precision": precision, "cold": rows["empty"], "warm": rows["warm"]}
 
 
 def fidelity(setup: Setup, models: Dict[str, torch.nn.Module]) -> Dict[str, float]:
@@ -403,6 +426,9 @@ def judge(results: Dict[str, Any]) -> Dict[str, Any]:
                                      "text": "a deployment failed or was not measured: see the table"})
     st = results["search_time"]
     st["verdict"] = time_verdict(st["cold"]["seconds"], st["warm"]["seconds"])
+    one = st.get("one_precision")
+    if one:
+        one["verdict"] = time_verdict(one["cold"]["seconds"], one["warm"]["seconds"])
     return results
 
 
@@ -426,7 +452,8 @@ def run(setup: Setup) -> Dict[str, Any]:
     return {"fastest": best, "targets": targets_report.to_dict(), "targets_markdown": targets_report.to_markdown(),
             "budget_ms": runs["budget_ms"], "precision": runs["precision"], "measured_precisions": precisions,
             "conversions": rows, "measured": report.to_dict(), "measured_markdown": report.to_markdown(),
-            "search_time": {"cold": runs["cold"], "warm": runs["warm"], "warm_rows": runs["warm_rows"]},
+            "search_time": {"cold": runs["cold"], "warm": runs["warm"], "warm_rows": runs["warm_rows"],
+                            "one_precision": runs["one_precision"]},
             "single_searches": [row for _, row in runs["singles"].values()]}
 
 
@@ -542,19 +569,32 @@ def markdown(data: Dict[str, Any]) -> str:
     lines += ["", "## 3. Goal 3: search time", "",
               f"The whole `convert(to='auto', target_speedup={TARGET_SPEEDUP:g})` call on {best['target']} (dense "
               "baseline, every layer's candidates fitted and timed, correction loop, final refit on the calibration "
-              "images), once with an empty latency cache (a fresh `LEANCONV_CACHE_DIR`), then with it warm (the goal "
-              "is judged on these two, at torch's own thread count), then warm again with `torch.set_num_threads(1)` "
-              "(the fits' many small ops on two threads of a busy 2-core machine wait on each other); the "
-              "single-kind searches of section 2 ran on the same warm cache. Phases from the timestamped `progress` "
-              "lines (seconds). The machine is shared: the load average and the process CPU seconds are recorded.",
+              "images), every precision of the target searched: once with an empty cache (a fresh "
+              "`LEANCONV_CACHE_DIR`: no timings, no fits), then with it warm (judged on these two, at torch's own "
+              "thread count), then warm again with `torch.set_num_threads(1)` (the fits' many small ops on two "
+              "threads of a busy 2-core machine wait on each other); the single-kind searches of section 2 ran on the "
+              "same warm cache. Last, the same request on one target and precision (`precision` given: the one the "
+              "mix chose) in a cache folder of its own, empty then warm (judged on these two). Phases from the "
+              "timestamped `progress` lines (seconds). The machine is shared: the load average and the process CPU "
+              "seconds are recorded.",
               ""]
-    lines += search_table([st["cold"], *st["warm_rows"], *res["single_searches"]])
+    one = st.get("one_precision")
+    lines += search_table([st["cold"], *st["warm_rows"], *res["single_searches"],
+                           *([one["cold"], one["warm"]] if one else [])])
     warm_same = all(r["same_choice_as_cold"] for r in st["warm_rows"])
-    lines += ["", f"**Goal 3 ({'holds' if st['verdict']['holds'] else 'does not hold'}):** "
+    lines += ["", f"**Goal 3, every precision of {best['target']} searched ({_holds(st['verdict'])}):** "
               f"{st['verdict']['text']}, on {meta['cores']} logical CPUs. The warm search "
-              f"{'chose the same mix (layers and precision)' if warm_same else 'did not all choose the same mix as the first (layers or precision): the whole-model timings of the correction loop are taken afresh each time'}.",
+              f"{'chose the same mix (layers and precision)' if warm_same else 'did not all choose the same mix as the first (layers or precision)'}."]
+    if one:
+        lines += ["", f"**Goal 3, one target and precision ({best['target']} {one['precision']}, `precision="
+                  f"'{one['precision']}'`, its own fresh cache; {_holds(one['verdict'])}):** {one['verdict']['text']}."]
+    lines += [
               "", "## Reading", "", *data["reading"], "", "## Measured deployments", "", res["measured_markdown"]]
     return "\n".join(lines) + "\n"
+
+
+def _holds(verdict: Dict[str, Any]) -> str:
+    return "holds" if verdict["holds"] else "does not hold"
 
 
 def reading(res: Dict[str, Any]) -> List[str]:
@@ -576,7 +616,9 @@ def reading(res: Dict[str, Any]) -> List[str]:
                   if res.get("fidelity_ranges") else "")
                + (f"; on the error as deployed: {res['fidelity_deployed']['verdict']}" if res.get("fidelity_deployed")
                   else "")
-               + f". Goal 3: {st['verdict']['text']}.")
+               + f". Goal 3: {st['verdict']['text']}"
+               + (f"; on {res['fastest']['target']} {st['one_precision']['precision']} alone: "
+                  f"{st['one_precision']['verdict']['text']}" if st.get("one_precision") else "") + ".")
     noisy = [r["label"] for r in singles if r.get("vs_mix") and "within noise" in r["vs_mix"]]
     if noisy:
         out.append(f"- Within noise of the mix's latency: {', '.join(noisy)}; the latency comparison with those is "
