@@ -53,10 +53,11 @@ well, and keeps ~20 fits per layer to seconds (the converted model's final refit
 calibration image)."""
 FIT_HOLDOUT = 0.25
 """Share of a layer's search images held out to score each candidate's refit."""
-FLOOR_SLACK = 1.25
+FLOOR_SLACK = 1.5
 """A precision is measured whole only if its predicted floor (every layer at its fastest) is
-within this factor of the budget, when another precision's floor meets the budget: per-layer
-predictions miss by some percent, not by a quarter."""
+within this factor of the budget, when another precision's floor meets the budget. Per-layer
+timings carry each layer's own layout changes and conversions at its ends, so a prediction can
+overshoot the whole model by a third on small, wide layers; more than that, it does not."""
 NOISE = 0.03
 """Whole-model measurements this close (relative) are one speed on a shared machine: among
 them, the mix of least error is returned when none met the budget."""
