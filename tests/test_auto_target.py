@@ -97,3 +97,21 @@ def test_whole_models_are_timed_beside_the_dense_model_so_load_drift_cancels(tmp
     assert clock.model_ms(nn.Sequential(small_model(), nn.Identity())) == pytest.approx(0.7) and timed == [2]
     fresh = clock_module.TargetClock("torch", (1, 3, 8, 8), "fp32", rounds=3)
     assert fresh.model_ms(converted) == pytest.approx(0.7) and timed == [2]
+
+
+def test_a_runtime_that_refuses_the_empty_graph_is_asked_once(tmp_path):
+    """The per-call cost is measured on a graph that only passes its input through; where a
+    runtime cannot build one, no correction is made, and it is not tried again per candidate."""
+    from leanconv.conversion.clock import TargetClock
+    from leanconv.conversion.latency import LatencyCache
+
+    tries = []
+
+    def refuse_identity(module, x):
+        tries.append(type(module).__name__)
+        raise RuntimeError("a graph without operators")
+
+    clock = TargetClock("torch", (1, 3, 8, 8), "fp32", cache_path=tmp_path / "latency.json")
+    clock._caches["fp32"] = LatencyCache(tmp_path / "latency.json", measure=refuse_identity)
+    assert clock.call_ms((1, 3, 8, 8)) == 0.0 and clock.call_ms((1, 8, 8, 8)) == 0.0
+    assert tries == ["Identity"]

@@ -43,6 +43,7 @@ class TargetClock:
         self._caches: Dict[str, LatencyCache] = {}
         self._reference: Optional[Tuple[nn.Module, str, float]] = None  # dense model, best precision, its ms
         self._reference_deployed = None
+        self._no_empty_graph = False  # set when the runtime refused the per-call-cost graph once
         self.asked = precision  # None: every precision the target runs here is searched
         if precision is not None:
             self.setting.check()
@@ -119,10 +120,13 @@ class TargetClock:
     def call_ms(self, input_shape: Tuple[int, ...]) -> float:
         """What one call of the target costs with no work in it: a graph that passes an input of
         ``input_shape`` through, in fp32 (0 where the runtime cannot build an empty graph)."""
+        if self._no_empty_graph:
+            return 0.0
         cache = self._cache_for("fp32")
         try:
             return cache.latency(f"call overhead|{tuple(input_shape)}", nn.Identity(), input_shape)
-        except Exception:  # a runtime refusing a graph without operators: no correction
+        except Exception:  # a runtime refusing a graph without operators: no correction, and no retry
+            self._no_empty_graph = True
             return 0.0
 
     def save(self) -> None:
