@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "layers.py"
 ALL_KINDS = ["dense", "grouped", "depthwise", "dsconv", "asymmetric", "asym_parallel", "acblock",
@@ -116,3 +119,19 @@ def test_where_is_it_fast_table_and_ranges_follow_the_committed_results():
     for model in gains:
         span = f"{min(gains[model]):.1f}-{max(gains[model]):.1f}x"
         assert span in page, f"the prose should say {span} for the {model} models"
+
+
+@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("openvino", "nncf")),
+                    reason="openvino/nncf not installed")
+def test_openvino_timing_build_benchmark_quick(tmp_path):
+    """The OpenVINO int8 timing-build benchmark runs in its smoke mode: every candidate built both
+    ways and compiled to the same program, the whole model left to NNCF."""
+    script = SCRIPT.parent / "openvino_timing_build.py"
+    run = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    data = json.loads((tmp_path / "openvino_timing_build.json").read_text())
+    assert data["candidates"] and all(row["same_program"] and row["ran"] == "int8" for row in data["candidates"])
+    assert [row["model"] for row in data["whole_models"]] == ["digits CNN"]
+    assert "NNCF PTQ" in data["whole_models"][0]["note"]
+    assert "| quick/NNCF |" in (tmp_path / "openvino_timing_build.md").read_text()

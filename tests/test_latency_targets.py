@@ -232,10 +232,13 @@ def test_openvino_int8_for_timing_leaves_nncf_as_it_was():
 
     before = vars(PatternsManager)["get_full_hw_pattern_graph"]
     conv = nn.Conv2d(8, 8, 3, padding=1).eval()
+    model = nn.Sequential(conv, nn.ReLU()).eval()  # a ReLU: NNCF quantizes it, not the quick insertion
     x = torch.randn(1, 8, 10, 10)
     for _ in range(2):  # the second reuses the pattern graph the first built
-        deployed = deployed_layer(TimingSetting("openvino", "int8"), conv, x)
-        assert output_difference(deployed(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) <= TOLERANCES["int8"]
+        deployed = deployed_layer(TimingSetting("openvino", "int8"), model, x)
+        assert "NNCF PTQ" in deployed.note, deployed.note
+        want = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=1))
+        assert output_difference(deployed(x), want) <= TOLERANCES["int8"]
     assert vars(PatternsManager)["get_full_hw_pattern_graph"] is before
 
 

@@ -11,8 +11,11 @@ is built, so importing this module never fails where they are absent.
 
 A layer built only to be timed (:meth:`OpenVinoTarget.build_for_timing`, many per conversion)
 is read from its TorchScript ONNX export instead (tens of milliseconds against ~0.4 s for
-``convert_model``), and NNCF's hardware pattern graph, which it otherwise rebuilds on every
-quantization (~0.3 s of quantizing one layer's ~0.4 s), is built once and reused.
+``convert_model``). Its int8 skips NNCF where the graph is a chain of convolutions
+(:func:`leanconv.deploy.ov_fake_quant.quick_int8`: FakeQuantize where NNCF puts it, ~0.03 s
+against NNCF's ~0.2-0.5 s; the CPU plugin compiles the same program); other graphs (whole
+models) keep NNCF, with its hardware pattern graph, which it otherwise rebuilds on every
+quantization, built once and reused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leanconv.deploy.ov_fake_quant import quick_int8
 from leanconv.deploy.target import Deployed, Target, register_target
 
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -140,6 +144,33 @@ def quantize(ov_model: Any, batches: List[torch.Tensor]) -> Any:
                              subset_size=len(batches))
 
 
+def _batches(batches: List[torch.Tensor]) -> str:
+    return f"{len(batches)} calib batch{'es' if len(batches) > 1 else ''}"
+
+
+def quantize_for_timing(ov_model: Any, batches: List[torch.Tensor]) -> Tuple[Any, str]:
+    """``ov_model`` in int8 for timing, and a note: FakeQuantize inserted where NNCF would put it
+    (:func:`quick_int8`) where the graph allows, else NNCF with its pattern graph reused."""
+    quick = quick_int8(ov_model, batches)
+    if quick is not None:
+        return quick, (f"FakeQuantize inserted for timing (NNCF's placement on compute layers) from "
+                       f"{_batches(batches)}, ")
+    with _reused_patterns():
+        return quantize(ov_model, batches), f"NNCF PTQ on {_batches(batches)}, "
+
+
+def compile_model(ov_model: Any, shape: Tuple[int, ...], precision: str, threads: int) -> Any:
+    """``ov_model`` fixed to ``shape`` and compiled for the CPU: latency, ``threads`` threads,
+    the precision hint of a float ``precision``."""
+    import openvino as ov
+
+    ov_model.reshape(list(shape))
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision in HINTS:
+        config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
+    return ov.Core().compile_model(ov_model, "CPU", config)
+
+
 def layer_precisions(compiled: Any) -> Counter:
     """How many compute layers of the compiled model's runtime graph ran in each precision."""
     counts: Counter = Counter()
@@ -149,6 +180,20 @@ def layer_precisions(compiled: Any) -> Counter:
             runtime = str(info["runtimePrecision"].astype(str))
             counts[RUNTIME_PRECISIONS.get(runtime, runtime)] += 1
     return counts
+
+
+PROGRAM_KEYS = ("layerType", "runtimePrecision", "outputPrecisions", "outputLayouts", "primitiveType")
+"""What :func:`runtime_program` reads of each runtime node: its kind, precisions, layout and kernel."""
+
+
+def runtime_program(compiled: Any) -> List[Tuple[str, ...]]:
+    """The compiled model's runtime graph in execution order, each node as its :data:`PROGRAM_KEYS`
+    (names left out): two compiled models with equal programs run the same kernels on the same data."""
+    program = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        program.append(tuple(str(info[key].astype(str)) for key in PROGRAM_KEYS))
+    return program
 
 
 def describe_ran(counts: Counter, hint: str) -> str:
@@ -203,27 +248,23 @@ class OpenVinoTarget(Target):
 
     def build_for_timing(self, module: nn.Module, example: torch.Tensor, precision: str,
                          calib: Optional[List[torch.Tensor]], threads: int) -> Deployed:
-        """As :meth:`build`, from :func:`convert_for_timing`, NNCF's pattern graph reused."""
+        """As :meth:`build`, from :func:`convert_for_timing`, int8 by :func:`quantize_for_timing`."""
         return self._build(module, example, precision, calib, threads, for_timing=True)
 
     def _build(self, model: nn.Module, example: torch.Tensor, precision: str,
                calib: Optional[List[torch.Tensor]], threads: int, for_timing: bool) -> Deployed:
-        import openvino as ov
-
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads={threads!r} must be a positive integer")
         ov_model, note = convert_for_timing(model, example) if for_timing else (convert(model, example), "")
-        if precision == "int8":
+        if precision == "int8":  # on the dynamic model: calib batches may differ in size
             batches = check_calib(calib, example)
-            with _reused_patterns() if for_timing else contextlib.nullcontext():
-                ov_model = quantize(ov_model, batches)  # on the dynamic model: calib batches may differ in size
-            note += f"NNCF PTQ on {len(batches)} calib batch{'es' if len(batches) > 1 else ''}, "
+            if for_timing:
+                ov_model, how = quantize_for_timing(ov_model, batches)
+            else:
+                ov_model, how = quantize(ov_model, batches), f"NNCF PTQ on {_batches(batches)}, "
+            note += how
         shape = tuple(example.shape)
-        ov_model.reshape(list(shape))
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if precision in HINTS:
-            config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
-        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        compiled = compile_model(ov_model, shape, precision, threads)
         hint = _hint_name(compiled)
         ran = describe_ran(layer_precisions(compiled), hint)
         used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -235,5 +276,5 @@ class OpenVinoTarget(Target):
 register_target(OpenVinoTarget("openvino", "openvino", ("fp32", "bf16", "int8"), ("cpu",), modules=("openvino",),
                                extra="openvino"))
 
-__all__ = ["COMPUTE_LAYERS", "OpenVinoTarget", "check_calib", "convert", "convert_for_timing", "describe_ran",
-           "layer_precisions", "quantize"]
+__all__ = ["COMPUTE_LAYERS", "OpenVinoTarget", "check_calib", "compile_model", "convert", "convert_for_timing",
+           "describe_ran", "layer_precisions", "quantize", "quantize_for_timing", "runtime_program"]
