@@ -207,6 +207,22 @@ def test_the_refit_lowers_the_held_out_error_against_f_conv2d(label):
     assert fit.weight_error == pytest.approx(factors.relative_error)
 
 
+@pytest.mark.parametrize("label", ["dsconv m=1", "grouped g=4 permuted"])
+def test_targets_given_once_per_layer_fit_as_the_conv_computed_itself(label):
+    conv = low_rank_conv(32, 32)
+    xs = correlated_inputs(32, batches=3, n=5)  # 15 images: the held-out cut falls inside the last batch
+    cand = by_label(layer_candidates(conv, HW))[label]
+    with torch.no_grad():
+        targets = [F.conv2d(x, conv.weight, conv.bias, padding=1) for x in xs]  # the conv's outputs, independently
+    given, fit_given = fit_candidate(conv, cand, xs, targets=targets)
+    computed, fit_computed = fit_candidate(conv, cand, xs)
+    assert fit_given.error == pytest.approx(fit_computed.error, rel=1e-9)
+    assert fit_given.fitted_error == pytest.approx(fit_computed.fitted_error, rel=1e-9)
+    assert fit_given.refit == fit_computed.refit
+    for a, b in zip(given.state_dict().values(), computed.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_a_refit_that_raises_the_held_out_error_is_undone():
     # fit on inputs that excite 4 of the 16 channels, hold out images that excite all of them
     conv = low_rank_conv(16, 16)

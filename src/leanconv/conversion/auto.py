@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
-from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates
+from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates, layer_targets
 from leanconv.conversion.fit_cache import FitCache, data_key, fit_key
 from leanconv.conversion.refitting import layer_inputs
 from leanconv.conversion.surgery import build_module, set_module
@@ -286,6 +286,7 @@ class _Layer:
     inputs: Optional[List[torch.Tensor]]
     fits: Dict[str, CandidateFit] = field(default_factory=dict)  # candidate label -> fit
     modules: Dict[str, nn.Module] = field(default_factory=dict)  # candidate label -> fitted module
+    targets: Optional[List[torch.Tensor]] = None  # the dense conv's outputs on ``inputs``
 
     def skeleton(self, candidate: Candidate) -> nn.Module:
         """The candidate's architecture with fresh weights: all a timing needs."""
@@ -294,8 +295,11 @@ class _Layer:
         return build_module(self.conv, candidate.kind, candidate.options)
 
     def fit(self, candidate: Candidate) -> CandidateFit:
-        """Fit ``candidate`` now: its module and error."""
-        module, fit = fit_candidate(self.conv, candidate, self.inputs, holdout=FIT_HOLDOUT, accumulate=torch.float32)
+        """Fit ``candidate`` now: its module and error (the dense conv's outputs computed once per layer)."""
+        if self.targets is None and self.inputs:
+            self.targets = layer_targets(self.conv, self.inputs)
+        module, fit = fit_candidate(self.conv, candidate, self.inputs, holdout=FIT_HOLDOUT, accumulate=torch.float32,
+                                    targets=self.targets)
         self.modules[candidate.label], self.fits[candidate.label] = module, fit
         return fit
 

@@ -151,7 +151,8 @@ def _label(kind: ConvKind, options: Dict[str, Any]) -> str:
 
 
 def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequence[torch.Tensor]] = None,
-                  holdout: float = 0.25, accumulate: torch.dtype = torch.float64) -> Tuple[nn.Module, CandidateFit]:
+                  holdout: float = 0.25, accumulate: torch.dtype = torch.float64,
+                  targets: Optional[Sequence[torch.Tensor]] = None) -> Tuple[nn.Module, CandidateFit]:
     """The candidate module with the optimal factorized weights (``surgery.factorize_conv`` +
     ``surgery.build_module``) and how well it stands in for ``conv``.
 
@@ -161,6 +162,8 @@ def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequen
     the targets are ``conv``'s own outputs. Dense: a copy of the conv, error 0.
     The inputs move to the conv's device and dtype; ``conv`` is not changed. ``accumulate``: the
     dtype the refit sums its normal equations in (:func:`~leanconv.conversion.refitting.solve_stage`).
+    ``targets``: ``conv``'s outputs on ``inputs`` (:func:`layer_targets`), when the caller fits
+    many candidates of one layer: the dense conv then runs once, not once per candidate.
     """
     _check_conv(conv)
     if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 <= holdout < 1:
@@ -178,8 +181,11 @@ def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequen
     if batches is None:
         return module, CandidateFit(weight_error, float("nan"), weight_error, False)
     fit, held = split_held_out(batches, float(holdout))
-    with torch.no_grad():
-        targets = [conv(x) for x in fit + held]
+    if targets is None:
+        targets = layer_targets(conv, fit + held)
+    else:  # cut as the inputs are: the cut depends only on the batch sizes
+        fit_targets, held_targets = split_held_out(list(targets), float(holdout))
+        targets = [y.detach().to(conv.weight.device, conv.weight.dtype) for y in fit_targets + held_targets]
     with evaluating(module):
         report = refit_module(module, fit + held, targets, len(fit), accumulate=accumulate)
     fitted = report.error
@@ -189,4 +195,11 @@ def fit_candidate(conv: nn.Conv2d, candidate: Candidate, inputs: Optional[Sequen
     return module, CandidateFit(float(error), fitted, weight_error, report.kept)  # type: ignore[arg-type]
 
 
-__all__ = ["Candidate", "CandidateFit", "fit_candidate", "layer_candidates", "searched_kinds"]
+@torch.no_grad()
+def layer_targets(conv: nn.Conv2d, inputs: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """``conv``'s outputs on ``inputs`` (moved to its device and dtype): what candidates are fitted to."""
+    weight = conv.weight
+    return [conv(x.to(weight.device, weight.dtype)) for x in inputs]
+
+
+__all__ = ["Candidate", "CandidateFit", "fit_candidate", "layer_candidates", "layer_targets", "searched_kinds"]
