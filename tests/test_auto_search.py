@@ -277,3 +277,29 @@ def test_an_unmet_request_returns_the_least_error_of_the_mixes_measured_within_n
         assert search.final is not attempts[0] or attempts[0].damage == min(a.damage for a in attempts)
     else:
         assert search.final is attempts[0]
+
+
+class RefusingClock(TwoPrecisionClock):
+    """As TwoPrecisionClock, but the mixes of the precisions in ``refuse`` deploy wrongly."""
+
+    def __init__(self, speed, refuse, **kwargs):
+        super().__init__(speed, **kwargs)
+        self.refuse, self.checked = refuse, []
+
+    def deployment_problem(self, model):
+        self.checked.append(self.precision)
+        return "its output differs from fp32 by 0.300 > 0.25 allowed" if self.precision in self.refuse else None
+
+
+def test_a_mix_that_does_not_deploy_correctly_gives_way_to_the_next_precision():
+    speed = {(16, 24): {"dsconv": 0.1}, (24, 32): {"dsconv": 0.1}}
+    clock = RefusingClock(speed, refuse={"fp32"}, fixed_ms=0.2)
+    search = run(clock, target_speedup=1.5, accept_slower=True).search  # int8's floor is within reach: measured
+    assert clock.checked == ["fp32", "int8"]  # the best (fp32 met the request) first, then the next
+    assert search.precision == "int8" and not search.met and not search.deployment
+    assert "not kept: its output differs from fp32 by 0.300" in search.alternatives["fp32"]
+    # when no precision's mix deploys correctly, the best is returned with the problem in its headline
+    clock = RefusingClock(speed, refuse={"fp32", "int8"}, fixed_ms=0.2)
+    search = run(clock, target_speedup=1.5, accept_slower=True).search
+    assert search.precision == "fp32" and search.met
+    assert "WARNING: its output differs from fp32 by 0.300" in search.headline()

@@ -115,3 +115,18 @@ def test_a_runtime_that_refuses_the_empty_graph_is_asked_once(tmp_path):
     clock._caches["fp32"] = LatencyCache(tmp_path / "latency.json", measure=refuse_identity)
     assert clock.call_ms((1, 3, 8, 8)) == 0.0 and clock.call_ms((1, 8, 8, 8)) == 0.0
     assert tries == ["Identity"]
+
+
+def test_the_returned_mix_is_checked_as_users_deploy_it(tmp_path):
+    from leanconv.conversion.clock import TargetClock
+
+    calib = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))]
+    clock = TargetClock("onnxruntime", (1, 3, 8, 8), "fp32", calib=calib, cache_path=tmp_path / "latency.json")
+    assert clock.deployment_problem(small_model()) is None  # fp32 onnxruntime computes what eager does
+
+    class Unexportable(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no graph here")
+
+    problem = clock.deployment_problem(Unexportable())
+    assert problem.startswith("its onnxruntime fp32 build failed (") and "no graph here" in problem

@@ -94,7 +94,7 @@ def test_a_second_search_fits_only_what_it_returns_and_times_nothing(tmp_path, m
     fitted.clear()
     again = convert(small_model(), **kwargs)
     converted = [path for path, plan in again.plan.layers.items()]
-    assert len(fitted) == len(converted)  # the returned modules' weights, nothing else
+    assert len(fitted) == len(converted), (fitted, converted)  # the returned modules' weights, nothing else
     assert again.plan.to_dict() == first.plan.to_dict()
     errors = lambda r: {p: [m.error_text for m in layer.considered] for p, layer in r.search.layers.items()}
     assert errors(again) == errors(first)
@@ -103,5 +103,6 @@ def test_a_second_search_fits_only_what_it_returns_and_times_nothing(tmp_path, m
         assert torch.allclose(again.model(x), first.model(x), atol=1e-5)
     # other weights: fitted again (times nothing: timings do not depend on weights)
     fitted.clear()
-    convert(small_model(seed=1), **kwargs)
-    assert len(fitted) > len(converted)
+    other = convert(small_model(seed=1), **kwargs)
+    worth = [m for layer in other.search.layers.values() for m in layer.considered[1:] if m.fit is not None]
+    assert worth and len(fitted) == len(worth)  # every candidate faster than dense, fitted afresh

@@ -152,6 +152,7 @@ class SearchReport:
     met: bool
     fronts: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
     alternatives: Dict[str, str] = field(default_factory=dict)  # other precisions searched -> outcome
+    deployment: str = ""  # why the returned mix does not deploy correctly ("" : it does, or was not checked)
 
     def outcome(self) -> str:
         """One line: met or not, the speedup reached and the error, in this precision."""
@@ -180,6 +181,8 @@ class SearchReport:
         where = f"on {self.target} {self.precision}, input {tuple(self.input_size)}"
         reached = (f"measured {self.final.measured_ms:.3f} ms = {self.speedup:.2f}x the dense model at its best "
                    f"({self.baseline_ms:.3f} ms, {self.target} {self.baseline_precision})")
+        if self.deployment:
+            reached += f"; WARNING: {self.deployment}"
         if self.met:
             return f"request met ({self.request}) {where}: {reached}"
         return (f"REQUEST NOT MET ({self.request}) {where}: the fastest mix found reaches {self.fastest_speedup:.2f}x; "
@@ -251,13 +254,36 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
                               baseline_precision, budget, searched[precision], [], False,
                               fronts=_fronts(searched[precision], fixed[precision]))
         outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say)))
-    report, choice = _best(outcomes)
-    report.alternatives = {r.precision: r.outcome() for r, _ in outcomes if r is not report}
+    report, choice, model, refused = _deployable(original, outcomes, layers, clock, say)
+    report.alternatives = {r.precision: refused.get(r.precision) or r.outcome() for r, _ in outcomes if r is not report}
     report.alternatives.update(skipped)
     chosen = {p: m for p, m in choice.items() if not m.candidate.dense}
-    say("fitting the chosen candidates' weights")
-    modules = {p: layers[p].module(m.candidate) for p, m in chosen.items()}
-    return SearchResult(_build(original, chosen, layers, fitted=True), chosen, modules, report)
+    return SearchResult(model, chosen, {p: layers[p].module(m.candidate) for p, m in chosen.items()}, report)
+
+
+def _deployable(original, outcomes, layers: Mapping[str, "_Layer"], clock: Clock, say):
+    """The best outcome (:func:`_best`) whose fitted model deploys correctly on the clock's target
+    (``clock.deployment_problem``, where the clock has one), with that model and why the better
+    ones were refused (precision -> reason); when none deploys correctly, the best, its problem
+    in :attr:`SearchReport.deployment`."""
+    refused: Dict[str, str] = {}
+    remaining, first = list(outcomes), None
+    while remaining:
+        report, choice = _best(remaining)
+        say(f"fitting the chosen candidates' weights ({report.precision})")
+        model = _build(original, choice, layers, fitted=True)
+        check = getattr(clock, "deployment_problem", None)
+        clock.precision = report.precision
+        problem = check(model) if check is not None else None
+        first = first or (report, choice, model, problem)
+        if problem is None:
+            return report, choice, model, refused
+        refused[report.precision] = f"{report.outcome()}; not kept: {problem}"
+        remaining = [o for o in remaining if o[0] is not report]
+    report, choice, model, problem = first
+    report.deployment = problem or ""
+    refused.pop(report.precision, None)
+    return report, choice, model, refused
 
 
 def _best(outcomes: List[Tuple[SearchReport, Dict[str, Measured]]]) -> Tuple[SearchReport, Dict[str, Measured]]:

@@ -156,6 +156,25 @@ class TargetClock:
         _remember_model(self.cache, model, self.input_size, ms)
         return ms
 
+    def deployment_problem(self, model: nn.Module) -> Optional[str]:
+        """Why ``model`` cannot be deployed on the target in :attr:`precision` (None: it can): built
+        the way users deploy it (int8 calibrated on the calibration images), its output on a
+        calibration batch is checked against fp32 eager within the precision's tolerance, as the
+        dense baseline's is. Per-layer errors are fp32 errors; this catches a mix that a runtime
+        quantizes worse than its layers alone."""
+        from leanconv.deploy.target import TOLERANCES, get_target, output_difference, reference_output
+
+        example, precision = self._example(), self.precision or "fp32"
+        try:
+            deployed = get_target(self.target).build(model, example, precision, self.calib, self.threads)
+            difference = output_difference(deployed(example), reference_output(model, example))
+        except Exception as error:  # a runtime that cannot take the mix: say so, do not crash the search
+            return f"its {self.target} {precision} build failed ({type(error).__name__}: {str(error)[:120]})"
+        if not difference <= TOLERANCES[precision]:
+            return (f"deployed on {self.target} {precision} its output differs from fp32 by {difference:.3f} > "
+                    f"{TOLERANCES[precision]:g} allowed")
+        return None
+
     def _example(self) -> torch.Tensor:
         fitting = [b for b in self.calib or [] if tuple(b.shape) == self.input_size]
         return fitting[0] if fitting else example_input(self.input_size, self.device)
