@@ -35,6 +35,7 @@ fp32 and int8, 3 rounds (a dry run in about two minutes; its numbers say nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -264,14 +265,27 @@ def cache_entries(folder: Path) -> int:
     return len(json.loads(path.read_text())) if path.exists() else 0
 
 
-def search_runs(setup: Setup, target: str) -> Dict[str, Any]:
-    """Goal 3's timed searches (empty, then warm latency cache) and goal 2's single-kind
-    searches at the mix's budget; every search reads and writes one fresh cache folder."""
-    folder = Path(tempfile.mkdtemp(prefix="leanconv-auto-search-"))
-    warm_result = None
+@contextlib.contextmanager
+def fresh_cache(prefix: str) -> Iterator[Path]:
+    """A new, empty ``LEANCONV_CACHE_DIR`` for the searches inside (timings and fits), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     previous = os.environ.get("LEANCONV_CACHE_DIR")
     os.environ["LEANCONV_CACHE_DIR"] = str(folder)
     try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop("LEANCONV_CACHE_DIR", None)
+        else:
+            os.environ["LEANCONV_CACHE_DIR"] = previous
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def search_runs(setup: Setup, target: str) -> Dict[str, Any]:
+    """Goal 3's timed searches (empty, then warm latency cache) and goal 2's single-kind
+    searches at the mix's budget; every search reads and writes one fresh cache folder."""
+    warm_result = None
+    with fresh_cache("leanconv-auto-search-") as folder:
         common = {"target": target, "kinds": setup.kinds}
         print(f"search, empty latency cache ({folder}) ...", file=sys.stderr, flush=True)
         mix, cold = timed_convert(setup, "mix (empty cache)", target_speedup=TARGET_SPEEDUP, **common)
@@ -295,12 +309,6 @@ def search_runs(setup: Setup, target: str) -> Dict[str, Any]:
             print(f"single-kind search {kind} at {budget:.3f} ms ...", file=sys.stderr, flush=True)
             singles[kind] = timed_convert(setup, kind, target=target, precision=precision, kinds=[kind],
                                           latency_budget=budget)
-    finally:
-        if previous is None:
-            os.environ.pop("LEANCONV_CACHE_DIR", None)
-        else:
-            os.environ["LEANCONV_CACHE_DIR"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
     return {"mix": mix, "cold": cold, "warm_result": warm_result, "warm": warm_rows[0], "warm_rows": warm_rows,
             "singles": singles, "one_precision": one_precision_runs(setup, target, precision),
             "budget_ms": budget, "precision": precision}
@@ -309,23 +317,14 @@ def search_runs(setup: Setup, target: str) -> Dict[str, Any]:
 def one_precision_runs(setup: Setup, target: str, precision: str) -> Dict[str, Any]:
     """Goal 3 on one target and precision (the one the mix chose): the same request with
     ``precision`` given, in a fresh cache folder (empty), then again (warm)."""
-    folder = Path(tempfile.mkdtemp(prefix="leanconv-auto-search-one-"))
-    previous = os.environ.get("LEANCONV_CACHE_DIR")
-    os.environ["LEANCONV_CACHE_DIR"] = str(folder)
-    try:
-        rows = {}
+    rows = {}
+    with fresh_cache("leanconv-auto-search-one-") as folder:
         for state in ("empty", "warm"):
             label = f"mix, {precision} only ({state} cache)"
             print(f"search on {target} {precision} only, {state} cache ...", file=sys.stderr, flush=True)
             _, rows[state] = timed_convert(setup, label, target=target, precision=precision,
                                            target_speedup=TARGET_SPEEDUP, kinds=setup.kinds)
             rows[state]["cache_entries_after"] = cache_entries(folder)
-    finally:
-        if previous is None:
-            os.environ.pop("LEANCONV_CACHE_DIR", None)
-        else:
-            os.environ["LEANCONV_CACHE_DIR"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
     return {"precision": precision, "cold": rows["empty"], "warm": rows["warm"]}
 
 
