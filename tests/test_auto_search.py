@@ -303,3 +303,16 @@ def test_a_mix_that_does_not_deploy_correctly_gives_way_to_the_next_precision():
     search = run(clock, target_speedup=1.5, accept_slower=True).search
     assert search.precision == "fp32" and search.met
     assert "WARNING: its output differs from fp32 by 0.300" in search.headline()
+
+
+class ExcludingClock(ScriptedClock):
+    def excludes(self, candidate):
+        return "computed wrongly there" if candidate.kind == "dsconv" else None
+
+
+def test_candidates_the_target_computes_wrongly_are_not_offered():
+    search = run(ExcludingClock({(16, 24): {"dsconv": 0.1, "tucker2": 0.3}, (24, 32): {"dsconv": 0.1, "tucker2": 0.3}}),
+                 target_speedup=1.2).search
+    assert all(m.candidate.kind != "dsconv" for layer in search.layers.values() for m in layer.considered)
+    assert search.excluded and all(label.startswith("dsconv") for label in search.excluded)
+    assert "Not offered on scripted (computed wrongly there):" in search.to_markdown()

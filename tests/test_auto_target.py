@@ -130,3 +130,39 @@ def test_the_returned_mix_is_checked_as_users_deploy_it(tmp_path):
 
     problem = clock.deployment_problem(Unexportable())
     assert problem.startswith("its onnxruntime fp32 build failed (") and "no graph here" in problem
+
+
+def _permuted_then_relu_and_conv():
+    from leanconv.layers.conv import PermutedGroupedConv2d
+
+    torch.manual_seed(0)
+    permuted = PermutedGroupedConv2d(16, 16, 3, 1, 1, groups=2)
+    permuted.input_order.copy_(torch.randperm(16))
+    permuted.output_order.copy_(torch.randperm(16))
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), permuted, nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1)).eval()
+
+
+def test_the_search_offers_no_candidate_its_target_computes_wrongly(tmp_path):
+    """openvino's CPU plugin computes a permuted grouped conv followed by ReLU and a conv wrongly
+    (measured here against eager, with onnxruntime as the second reference); a search there does
+    not offer permuted grouped candidates and says why. If a new openvino computes it right, the
+    first assertion says so: then drop ``OpenVinoTarget.computes_wrongly``."""
+    pytest.importorskip("openvino")
+    from leanconv.conversion.candidates import layer_candidates
+    from leanconv.conversion.clock import TargetClock
+    from leanconv.deploy.target import deploy, first_output, output_difference
+
+    model, x = _permuted_then_relu_and_conv(), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        reference = model(x)
+    wrong = output_difference(first_output(deploy(model, "openvino", "fp32", example=x, threads=1)(x)), reference)
+    right = output_difference(first_output(deploy(model, "onnxruntime", "fp32", example=x, threads=1)(x)), reference)
+    assert right < 1e-5 and wrong > 1e-2, (wrong, right)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    candidates = layer_candidates(conv, (8, 8), ["grouped"])
+    clock = TargetClock("openvino", (1, 16, 8, 8), "fp32", cache_path=tmp_path / "latency.json")
+    refused = {c.label for c in candidates if clock.excludes(c)}
+    assert refused == {c.label for c in candidates if c.options.get("permute")} and refused
+    ort = TargetClock("onnxruntime", (1, 16, 8, 8), "fp32", cache_path=tmp_path / "latency.json")
+    assert not any(ort.excludes(c) for c in candidates)

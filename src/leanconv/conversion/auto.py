@@ -153,6 +153,7 @@ class SearchReport:
     fronts: Dict[str, List[Tuple[float, float]]] = field(default_factory=dict)
     alternatives: Dict[str, str] = field(default_factory=dict)  # other precisions searched -> outcome
     deployment: str = ""  # why the returned mix does not deploy correctly ("" : it does, or was not checked)
+    excluded: Dict[str, str] = field(default_factory=dict)  # candidates not offered on the target -> why
 
     def outcome(self) -> str:
         """One line: met or not, the speedup reached and the error, in this precision."""
@@ -199,6 +200,9 @@ class SearchReport:
         if self.alternatives:
             lines += ["", f"Chosen: {self.precision} ({self.outcome()}). Other precisions searched on {self.target}:"]
             lines += [f"- {precision}: {text}" for precision, text in self.alternatives.items()]
+        if self.excluded:
+            lines += ["", f"Not offered on {self.target} (computed wrongly there):"]
+            lines += [f"- {label}: {why}" for label, why in sorted(self.excluded.items())]
         lines += ["", "| attempt | budget ms | predicted ms | measured ms |", "|---:|---:|---:|---:|"]
         lines += [f"| {i} | {a.budget_ms:.3f} | {a.predicted_ms:.3f} | {a.measured_ms:.3f} |"
                   for i, a in enumerate(self.attempts, 1)]
@@ -240,7 +244,7 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
     baseline_precision = min(dense, key=lambda p: dense[p])
     budget = budget_of(dense[baseline_precision], target_speedup, latency_budget)
     request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
-    layers = _candidate_layers(original, eligible, input_size, sizes, calib, kinds)
+    layers, excluded = _candidate_layers(original, eligible, input_size, sizes, calib, kinds, clock)
     order = sorted(dense, key=lambda p: dense[p])  # the dense model's best precision first
     timings = {precision: _time_layers(layers, clock, precision, say) for precision in order}
     _fit_layers(original, layers, _worth_fitting(layers, timings), calib, fit_cache, say)
@@ -252,7 +256,7 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
         clock.precision = precision
         report = SearchReport(target, precision, tuple(input_size), request, dense[baseline_precision],
                               baseline_precision, budget, searched[precision], [], False,
-                              fronts=_fronts(searched[precision], fixed[precision]))
+                              fronts=_fronts(searched[precision], fixed[precision]), excluded=excluded)
         outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say)))
     report, choice, model, refused = _deployable(original, outcomes, layers, clock, say)
     report.alternatives = {r.precision: refused.get(r.precision) or r.outcome() for r, _ in outcomes if r is not report}
@@ -336,12 +340,23 @@ class _Layer:
         return self.modules[candidate.label]
 
 
-def _candidate_layers(original, eligible, input_size, sizes, calib, kinds) -> Dict[str, _Layer]:
-    """Every layer's candidates, with the layer's inputs on the first calibration images."""
+def _candidate_layers(original, eligible, input_size, sizes, calib, kinds, clock) -> Tuple[Dict[str, _Layer], Dict[str, str]]:
+    """Every layer's candidates, with the layer's inputs on the first calibration images, less
+    those the target computes wrongly (``clock.excludes``; -> why, per candidate label)."""
     inputs = layer_inputs(original, [p for p, _ in eligible], _first_images(calib, SEARCH_IMAGES))
-    return {path: _Layer(path, conv, (int(input_size[0]), conv.in_channels, *sizes[path]),
-                         layer_candidates(conv, sizes[path], kinds), _enough(inputs.get(path), sizes[path]))
-            for path, conv in eligible}
+    excludes = getattr(clock, "excludes", lambda candidate: None)
+    layers, excluded = {}, {}
+    for path, conv in eligible:
+        offered = []
+        for candidate in layer_candidates(conv, sizes[path], kinds):
+            why = excludes(candidate)
+            if why is None:
+                offered.append(candidate)
+            else:
+                excluded[candidate.label] = why
+        layers[path] = _Layer(path, conv, (int(input_size[0]), conv.in_channels, *sizes[path]), offered,
+                              _enough(inputs.get(path), sizes[path]))
+    return layers, excluded
 
 
 def _time_layers(layers: Mapping[str, _Layer], clock: Clock, precision: str, say) -> Dict[str, List[float]]:

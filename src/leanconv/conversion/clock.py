@@ -156,6 +156,12 @@ class TargetClock:
         _remember_model(self.cache, model, self.input_size, ms)
         return ms
 
+    def excludes(self, candidate: Candidate) -> Optional[str]:
+        """Why the target computes ``candidate`` wrongly inside a model (None: offer it)."""
+        from leanconv.deploy.target import get_target
+
+        return None if candidate.dense else get_target(self.target).computes_wrongly(candidate.kind, candidate.options)
+
     def deployment_problem(self, model: nn.Module) -> Optional[str]:
         """Why ``model`` cannot be deployed on the target in :attr:`precision` (None: it can): built
         the way users deploy it (int8 calibrated on the calibration images), its output on a

@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -82,6 +82,11 @@ class Target(ABC):
         if kind == "cuda" and not torch.cuda.is_available():
             return "CUDA is not available on this machine"
         return hardware_gap(precision, kind)
+
+    def computes_wrongly(self, kind: str, options: Dict[str, Any]) -> Optional[str]:
+        """Why this runtime computes a layer of ``kind`` with ``options`` wrongly inside a model
+        (None: it does not, as far as measured); a per-layer search does not offer such layers."""
+        return None
 
     @abstractmethod
     def build(self, model: nn.Module, example: torch.Tensor, precision: str,
