@@ -7,19 +7,23 @@ the runtime (see DESIGN.md, "Performance methodology"). The search:
    for); the fastest is the honest baseline, and the request (``target_speedup`` against it, or
    ``latency_budget`` in ms) becomes a budget;
 2. per layer, takes every candidate of the kind registry (:mod:`~leanconv.conversion.candidates`)
-   and fits it once (optimal factorization, least-squares refit on the layer's calibration
-   inputs, error on held-out images);
-3. per precision, times every candidate alone on the target at the layer's real input shape
-   (cached on disk: :mod:`~leanconv.conversion.latency`, less the runtime's per-call cost) and
-   allocates (:mod:`~leanconv.conversion.allocation`: the exact least-error mix, a
-   multiple-choice knapsack solved over Pareto sets) so the predicted latency meets the budget;
-4. measures the whole converted model on the target. Per-layer timings miss what a runtime
-   does across layers (fusions, layout changes), so the gap between measured and predicted is
-   added to the part outside the layers and the allocation is redone (a slower mix leaves less
-   room, a faster one room for less error) until the choice repeats. The least-error mix that
-   met the budget is kept, else the fastest, reported with its gap;
-5. keeps the precision whose mix met the request with the least error (else the fastest);
-   the others are in the report.
+   that the target computes correctly, and times it alone on the target in each precision, at
+   the layer's real input shape (fresh weights: a timing does not depend on them; cached on
+   disk: :mod:`~leanconv.conversion.latency`, less the runtime's per-call cost);
+3. fits once each candidate that is faster than dense in some precision (optimal factorization,
+   least-squares refit on the layer's calibration inputs, error on held-out images; errors kept
+   on disk: :mod:`~leanconv.conversion.fit_cache`) and, per precision, allocates
+   (:mod:`~leanconv.conversion.allocation`: the exact least-error mix, a multiple-choice
+   knapsack solved over Pareto sets) so the predicted latency meets the budget;
+4. measures the whole converted model on the target (cached under its architecture). Per-layer
+   timings miss what a runtime does across layers (fusions, layout changes), so the gap between
+   measured and predicted is added to the part outside the layers and the allocation is redone
+   (a slower mix leaves less room, a faster one room for less error) until the choice repeats.
+   The least-error mix that met the budget is kept, else the least-error one within
+   :data:`NOISE` of the fastest, reported with its gap;
+5. keeps the precision whose mix met the request with the least error (else the fastest), once
+   its fitted model, deployed as users deploy it, computes what it does in fp32 within the
+   precision's tolerance; the others are in the report.
 
 Clocks (:class:`Clock`) hide where the numbers come from: :class:`TargetClock` deploys and
 times; tests script them.
