@@ -168,7 +168,7 @@ class TargetClock:
         calibration batch is checked against fp32 eager within the precision's tolerance, as the
         dense baseline's is. Per-layer errors are fp32 errors; this catches a mix that a runtime
         quantizes worse than its layers alone."""
-        from leanconv.deploy.target import TOLERANCES, get_target, output_difference, reference_output
+        from leanconv.deploy.target import get_target, output_difference, reference_output, tolerance_problem
 
         example, precision = self._example(), self.precision or "fp32"
         try:
@@ -176,10 +176,8 @@ class TargetClock:
             difference = output_difference(deployed(example), reference_output(model, example))
         except Exception as error:  # a runtime that cannot take the mix: say so, do not crash the search
             return f"its {self.target} {precision} build failed ({type(error).__name__}: {str(error)[:120]})"
-        if not difference <= TOLERANCES[precision]:
-            return (f"deployed on {self.target} {precision} its output differs from fp32 by {difference:.3f} > "
-                    f"{TOLERANCES[precision]:g} allowed")
-        return None
+        problem = tolerance_problem(difference, precision)
+        return None if problem is None else f"deployed on {self.target} {precision}, its {problem} (against fp32 eager)"
 
     def _example(self) -> torch.Tensor:
         fitting = [b for b in self.calib or [] if tuple(b.shape) == self.input_size]

@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from leanconv.deploy.target import (TOLERANCES, Deployed, check_precision, cpu_flags, example_input,
-                                    first_output, get_target, output_difference, reference_output, registered)
+from leanconv.deploy.target import (Deployed, check_precision, cpu_flags, example_input,
+                                    first_output, get_target, output_difference, reference_output, registered,
+                                    tolerance_problem)
 from leanconv.data.batches import input_batches
 from leanconv.timing import Measure, Spread, format_ms, format_ratio, ratio_spread, synchronized, time_interleaved
 
@@ -160,9 +161,9 @@ def _build(row: TargetRow, model: nn.Module, example: torch.Tensor, reference: t
     except Exception as error:  # a runtime that cannot take this model is a row, not a crash
         row.status, row.reason = "failed", _first_line(error)
         return None
-    if not row.difference <= TOLERANCES[row.precision]:
-        row.status = "wrong"
-        row.reason = f"output differs by {row.difference:.2e} > {TOLERANCES[row.precision]:.2g} allowed for {row.precision}"
+    problem = tolerance_problem(row.difference, row.precision)
+    if problem is not None:
+        row.status, row.reason = "wrong", problem
         return None
     row.status = "ok"
     return deployed

@@ -243,6 +243,14 @@ def first_output(output) -> torch.Tensor:
     raise ValueError(f"the model returned a {type(output).__name__} without tensors")
 
 
+def tolerance_problem(difference: float, precision: str) -> Optional[str]:
+    """Why an output ``difference`` (:func:`output_difference`) is too large for ``precision``
+    (:data:`TOLERANCES`); None where it is within."""
+    if difference <= TOLERANCES[precision]:
+        return None
+    return f"output differs by {difference:.2e} > {TOLERANCES[precision]:.2g} allowed for {precision}"
+
+
 def output_difference(output: torch.Tensor, reference: torch.Tensor) -> float:
     """Relative difference ``||output - reference|| / ||reference||`` (float64, on the CPU)."""
     output, reference = output.detach().double().cpu(), reference.detach().double().cpu()
@@ -254,4 +262,4 @@ def output_difference(output: torch.Tensor, reference: torch.Tensor) -> float:
 
 __all__ = ["Deployed", "PRECISIONS", "TARGETS", "TOLERANCES", "Target", "check_precision", "cpu_flags", "cpu_name", "deploy",
            "example_input", "first_output", "get_target", "hardware_gap", "output_difference", "reference_output",
-           "register_target", "registered", "runtime_version"]
+           "register_target", "registered", "runtime_version", "tolerance_problem"]
