@@ -4,7 +4,7 @@ Runs ``leanconv demo`` as the command does (:func:`leanconv.demo.run_demo`: the 
 trained or taken from the cache; each 3x3 conv's kind and rank chosen by latency measured on the
 deployment target where the original runs fastest, for a 2x speedup at batch 16 against the
 original at its best there (:mod:`leanconv.conversion.auto`; the one-channel stem dense); refit
-on 256 images, distilled for 3 epochs; both models measured at batch 1 and 16 on every
+on 256 images, distilled for ``DISTILL_EPOCHS`` epochs; both models measured at batch 1 and 16 on every
 deployment target, each at its best) and records its summary: the per-layer mix, whether the
 search met its request, the honest speedups with their ranges over rounds, the table the README
 quotes and the plots the README shows. For reference it also records the uniform rank-1 depthwise
@@ -37,9 +37,8 @@ import torch
 import leanconv
 from leanconv._files import write_atomic
 from leanconv.bench import DEFAULT_SETTINGS, SETTINGS, measure_latency, prepare, realized_efficiency
-from leanconv.demo import run_demo, trained_digits_cnn
+from leanconv.demo import DISTILL_EPOCHS, run_demo, trained_digits_cnn
 
-DEMO_EPOCHS = 3  # the demo's distillation epochs (leanconv demo --epochs default)
 CALIB_IMAGES = 256  # optimize's default calib_images, the demo's refit
 RANK1 = "the rank-1 depthwise separable conversion (stem dense)"
 QUICK_CONVERTED = f"{RANK1}, no refit, no distillation (a quick run has no demo)"
@@ -148,12 +147,12 @@ def _run_demo(out: Path) -> Dict[str, Any]:
     from leanconv.data import load_data
     from leanconv.plots import plot_candidates, plot_front, plot_layers
 
-    result = run_demo(out=None, epochs=DEMO_EPOCHS)
+    result = run_demo(out=None, epochs=DISTILL_EPOCHS)
     out.mkdir(parents=True, exist_ok=True)
     plot_candidates(result, out / "deploy.candidates.png")
     plot_layers(result, out / "deploy.layers.png")
     plot_front(result.chosen.conversion.search, out / "deploy.front.png")
-    summary = demo_summary(result, len(load_data("digits").test), DEMO_EPOCHS)
+    summary = demo_summary(result, len(load_data("digits").test), DISTILL_EPOCHS)
     summary["model"], summary["_plan"] = result.model, result.plan
     return summary
 

@@ -70,7 +70,8 @@ def calib():
 
 def run(clock, **kwargs):
     kwargs.setdefault("target_speedup", 1.3)
-    return convert(make_model(), to="auto", clock=clock, input_size=(1, 3, 12, 12), calib=calib(), **kwargs)
+    kwargs.setdefault("calib", calib())
+    return convert(make_model(), to="auto", clock=clock, input_size=(1, 3, 12, 12), **kwargs)
 
 
 def test_a_layer_whose_candidates_are_all_slower_stays_dense_with_the_reason():
@@ -277,6 +278,95 @@ def test_an_unmet_request_returns_the_least_error_of_the_mixes_measured_within_n
         assert search.final is not attempts[0] or attempts[0].damage == min(a.damage for a in attempts)
     else:
         assert search.final is attempts[0]
+
+
+def test_mixes_that_compete_are_ranked_by_the_whole_models_error_not_the_summed_layer_errors(monkeypatch):
+    from leanconv.conversion import auto
+
+    # scripted whole-model errors that rank the mixes the other way round from their summed layer errors
+    scored = []
+    monkeypatch.setattr(auto._WholeScorer, "__call__", lambda self, choice: scored.append(choice) or
+                        1.0 / (1e-3 + sum(m.damage for m in choice.values())))
+    speed = {(16, 24): {"dsconv": 0.3, "tucker2": 0.2, "grouped": 0.4}, (24, 32): {"dsconv": 0.3, "tucker2": 0.2}}
+    many = [torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(3)]  # 48 > 32
+    search = run(DriftingClock(speed, 0.004), target_speedup=10.0, accept_slower=True, calib=many).search
+    attempts = search.attempts
+    assert len({tuple(sorted(a.choice.items())) for a in attempts}) >= 2 and scored
+    assert all(a.error is not None for a in attempts)  # all within noise: every one competes, so each is scored
+    assert search.final is max(attempts, key=lambda a: a.damage)  # the least whole-model error
+    assert search.final.damage > min(a.damage for a in attempts)
+    text = search.to_markdown()
+    assert "whole-model error" in text and f"{search.final.error:.4f} |" in text
+    assert f"whole-model error {search.final.error:.3f}" in search.outcome()
+    assert f"| {search.final.mix_text()} |" in text
+
+
+def test_an_attempts_mix_is_named_by_candidate_and_count():
+    from leanconv.conversion.auto import Attempt
+
+    attempt = Attempt(1.0, 1.0, 1.0, 0.0, 0.0, {"a": "dsconv m=1", "b": "dense", "c": "dsconv m=1"})
+    assert attempt.mix_text() == "dense x1, dsconv m=1 x2"
+
+
+def test_without_images_beyond_the_searchs_own_mixes_are_ranked_by_summed_layer_errors(monkeypatch):
+    from leanconv.conversion import auto
+
+    monkeypatch.setattr(auto._WholeScorer, "__call__", lambda self, choice: pytest.fail("scored without images"))
+    speed = {(16, 24): {"dsconv": 0.3, "tucker2": 0.2, "grouped": 0.4}, (24, 32): {"dsconv": 0.3, "tucker2": 0.2}}
+    search = run(DriftingClock(speed, 0.004), target_speedup=10.0, accept_slower=True).search  # 16 images
+    assert all(a.error is None for a in search.attempts)
+    assert search.final.damage == min(a.damage for a in search.attempts)
+
+
+def test_the_precision_is_chosen_by_the_whole_models_error_when_the_mixes_differ():
+    from types import SimpleNamespace
+
+    from leanconv.conversion.auto import Attempt, _best
+
+    def outcome(damage, label, ms=1.0):
+        attempt = Attempt(2.0, ms, ms, 0.0, damage, {"conv2": label})
+        return SimpleNamespace(met=True, final=attempt), {"conv2": label}
+
+    low_damage, high_damage = outcome(0.01, "grouped g=2"), outcome(0.04, "dsconv m=1")
+    whole = {"grouped g=2": 0.5, "dsconv m=1": 0.2}  # grouped compounds worse through the model
+    assert _best([low_damage, high_damage], lambda choice: whole[choice["conv2"]]) is high_damage
+    assert high_damage[0].final.error == 0.2 and low_damage[0].final.error == 0.5
+    assert _best([outcome(0.01, "grouped g=2"), outcome(0.04, "dsconv m=1")], None)[0].final.damage == 0.01
+    same = [outcome(0.01, "dsconv m=1", ms=1.0), outcome(0.01, "dsconv m=1", ms=0.9)]  # one mix: nothing to score
+    assert _best(same, lambda choice: pytest.fail("scored one mix")) is same[1]
+
+
+def test_the_whole_model_score_is_the_fitted_models_relative_output_error_on_the_held_out_images():
+    import numpy as np
+
+    from leanconv.conversion.auto import SCORE_IMAGES, SEARCH_IMAGES, Measured, _Layer, _WholeScorer
+    from leanconv.conversion.candidates import layer_candidates
+
+    model = make_model()
+    conv = model.conv3
+    candidate = next(c for c in layer_candidates(conv, (12, 12)) if c.kind == "grouped")
+    torch.manual_seed(5)
+    replacement = nn.Conv2d(24, 32, 3, padding=1)  # stands for the candidate's fitted module
+    layer = _Layer("conv3", conv, (1, 24, 12, 12), [candidate], None, modules={candidate.label: replacement})
+    batches = [torch.randn(20, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]  # 80 images
+    scorer = _WholeScorer.on(model, {"conv3": layer}, batches)
+    assert sum(len(b) for b in scorer.images) == min(SCORE_IMAGES, 80 - SEARCH_IMAGES)
+    assert torch.equal(torch.cat(scorer.images), torch.cat(batches)[SEARCH_IMAGES:SEARCH_IMAGES + SCORE_IMAGES])
+
+    x = torch.cat(batches)[SEARCH_IMAGES:SEARCH_IMAGES + SCORE_IMAGES].double().numpy()
+
+    def forward(last):  # the model by hand in float64: stem, ReLU, conv2, ReLU, ``last``, global mean
+        def conv2d(h, module):
+            w, b = module.weight.detach().double(), module.bias.detach().double()
+            return torch.nn.functional.conv2d(torch.from_numpy(h), w, b, padding=1).numpy()
+        h = np.maximum(conv2d(x, model.stem), 0)
+        h = np.maximum(conv2d(h, model.conv2), 0)
+        return conv2d(h, last).mean(axis=(2, 3))
+
+    reference, converted = forward(conv), forward(replacement)
+    expected = np.linalg.norm(converted - reference) / np.linalg.norm(reference)
+    assert scorer({"conv3": Measured(candidate, 0.1, None)}) == pytest.approx(expected, rel=1e-4)
+    assert _WholeScorer.on(model, {"conv3": layer}, batches[:1]) is None  # 20 images: none beyond the search's
 
 
 class RefusingClock(TwoPrecisionClock):

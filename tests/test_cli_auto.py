@@ -69,8 +69,10 @@ def headline_of(report: str) -> re.Match:
 
 
 def attempts_of(report: str) -> list:
-    """(budget, predicted, measured) ms of each row of the report's attempts table."""
-    rows = re.findall(r"^\| (\d+) \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \|$", report, flags=re.M)
+    """(budget, predicted, measured) ms of each row of the report's attempts table (after the
+    attempt's number and mix; the errors follow)."""
+    rows = re.findall(r"^\| (\d+) \| [^|]+ \| (\d+\.\d+) \| (\d+\.\d+) \| (\d+\.\d+) \| \d+\.\d+ \| (?:\d+\.\d+)? \|$",
+                      report, flags=re.M)
     assert rows and [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)), report
     return [tuple(float(v) for v in r[1:]) for r in rows]
 

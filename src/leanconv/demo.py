@@ -4,7 +4,8 @@ The digits CNN (:mod:`leanconv.models.digits`) trained on scikit-learn's bundled
 (upsampled to 32x32; nothing is downloaded), converted with each layer's kind and rank chosen
 by latency measured on the deployment target the original runs fastest on (a 2x request
 against the original at its best there, at batch 16: :mod:`leanconv.conversion.auto`; the
-one-channel stem stays dense), refit on 256 calibration images, distilled for a few epochs,
+one-channel stem stays dense), refit on 256 calibration images, distilled for
+:data:`DISTILL_EPOCHS` epochs,
 deployed in its fastest setting and measured at batch 1 and 16, everything on the chosen device (the CPU unless told; :func:`leanconv.optimization.optimize`'s ``device``). The
 deployment is measured here: both models in every deployment setting, interleaved over
 ``rounds`` rounds (:func:`leanconv.bench.realized_efficiency`), each figure with its range over
@@ -34,6 +35,9 @@ SEED = 0
 ROUNDS = 5  # interleaved rounds per deployment measurement: enough for a range that means something
 TARGET_SPEEDUP = 2.0  # asked of the per-layer search, against the original at its best on the target
 SEARCH_BATCH = 16
+DISTILL_EPOCHS = 10
+"""The mixes a 2x request takes here refit to 40-90% accuracy; 3 epochs of distillation left
+them 0-6 points below the original, 10-12 within a point or above it (about 1 s per epoch)."""
 TITLE = "leanconv demo: the digits CNN, each layer's kind chosen by latency on the fastest target"
 
 
@@ -63,7 +67,7 @@ def _check_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     return torch.device("cpu") if device is None else real_device(device, "run the demo")
 
 
-def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = 3,
+def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = False, epochs: int = DISTILL_EPOCHS,
              batch_sizes: Sequence[int] = (1, 16), progress: bool = True, min_run_time: float = 0.2,
              device: Optional[Union[str, torch.device]] = None, rounds: int = ROUNDS,
              targets: Union[None, str, Sequence[str]] = "all") -> OptimizeResult:
@@ -105,4 +109,4 @@ def run_demo(out: Optional[Union[str, Path]] = "leanconv-demo", force: bool = Fa
     return result
 
 
-__all__ = ["run_demo", "trained_digits_cnn"]
+__all__ = ["DISTILL_EPOCHS", "run_demo", "trained_digits_cnn"]

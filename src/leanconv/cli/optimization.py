@@ -66,12 +66,13 @@ def _search_arguments(args: argparse.Namespace, targets: Any, precisions: Option
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The digits CNN, each layer's kind chosen by latency on the fastest target, refit, distilled, deployed, measured."""
-    from leanconv.demo import run_demo
+    from leanconv.demo import DISTILL_EPOCHS, run_demo
 
     device = check_device(args.device)
     targets, _ = target_lists(args.targets, None)
     check_out_folder(args)
-    result = run_demo(args.out, args.force, epochs=args.epochs, batch_sizes=tuple(args.batch_size), device=device,
+    epochs = DISTILL_EPOCHS if args.epochs is None else args.epochs
+    result = run_demo(args.out, args.force, epochs=epochs, batch_sizes=tuple(args.batch_size), device=device,
                       targets=targets)
     _print_summary(result, args.out)
     return 0
@@ -135,7 +136,8 @@ def add_commands(sub: Any) -> None:
     _add_optimize(sub)
     demo = sub.add_parser("demo", help="optimize the built-in digits CNN end to end (a few minutes on a CPU)")
     add_out(demo, "output folder (default: ./leanconv-demo)", required=False, default="leanconv-demo")
-    demo.add_argument("--epochs", type=non_negative_int, default=3, help="distillation epochs")
+    demo.add_argument("--epochs", type=non_negative_int, default=None,
+                      help="distillation epochs (default: leanconv.demo.DISTILL_EPOCHS, 10)")
     demo.add_argument("--batch-size", type=positive_int, nargs="+", default=[1, 16], help="batch sizes to measure")
     demo.add_argument("--targets", default="all", help=TARGETS_HELP)
     add_device(demo, "trains, converts and measures")

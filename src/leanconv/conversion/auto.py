@@ -20,10 +20,13 @@ the runtime (see DESIGN.md, "Performance methodology"). The search:
    measured and predicted is added to the part outside the layers and the allocation is redone
    (a slower mix leaves less room, a faster one room for less error) until the choice repeats.
    The least-error mix that met the budget is kept, else the least-error one within
-   :data:`NOISE` of the fastest, reported with its gap;
-5. keeps the precision whose mix met the request with the least error (else the fastest), once
-   its fitted model, deployed as users deploy it, computes what it does in fp32 within the
-   precision's tolerance; the others are in the report.
+   :data:`NOISE` of the fastest, reported with its gap. When several mixes compete so, each is
+   scored whole (its fitted model's output error on calibration images the search did not fit
+   on, :data:`SCORE_IMAGES`): layer errors compound through the layers, so their sum can rank
+   two mixes the wrong way round;
+5. keeps the precision whose mix met the request with the least error (else the fastest; scored
+   whole as in 4 when they differ), once its fitted model, deployed as users deploy it, computes
+   what it does in fp32 within the precision's tolerance; the others are in the report.
 
 Clocks (:class:`Clock`) hide where the numbers come from: :class:`TargetClock` deploys and
 times; tests script them.
@@ -42,7 +45,7 @@ from torch import nn
 from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
 from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates, layer_targets
 from leanconv.conversion.fit_cache import FitCache, data_key, fit_key
-from leanconv.conversion.refitting import layer_inputs
+from leanconv.conversion.refitting import layer_inputs, relative_error
 from leanconv.conversion.surgery import build_module, set_module
 
 MAX_ATTEMPTS = 4
@@ -65,6 +68,10 @@ overshoot the whole model by a third on small, wide layers; more than that, it d
 NOISE = 0.03
 """Whole-model measurements this close (relative) are one speed on a shared machine: among
 them, the mix of least error is returned when none met the budget."""
+SCORE_IMAGES = 32
+"""Calibration images, after the first :data:`SEARCH_IMAGES` (those the candidates are fitted
+and scored on), on which competing mixes are scored whole. With none left, they are compared by
+their summed layer errors."""
 
 
 class Clock(Protocol):
@@ -138,6 +145,14 @@ class Attempt:
     fixed_ms: float
     damage: float = 0.0  # sum of the chosen layers' squared relative output errors
     choice: Dict[str, str] = field(default_factory=dict)  # path -> candidate label
+    error: Optional[float] = None  # the whole fitted model's relative output error, when scored (:data:`SCORE_IMAGES`)
+
+    def mix_text(self) -> str:
+        """The mix in a few words: each candidate with how many layers took it (``'dsconv m=1 x2, dense x1'``)."""
+        counts: Dict[str, int] = {}
+        for label in self.choice.values():
+            counts[label] = counts.get(label, 0) + 1
+        return ", ".join(f"{label} x{count}" for label, count in sorted(counts.items()))
 
 
 @dataclass
@@ -162,15 +177,22 @@ class SearchReport:
     def outcome(self) -> str:
         """One line: met or not, the speedup reached and the error, in this precision."""
         state = "met" if self.met else "not met"
-        return (f"{state}: {self.final.measured_ms:.3f} ms measured = {self.speedup:.2f}x, combined error "
-                f"{self.final.damage ** 0.5:.3f}")
+        final = self.final
+        whole = "" if final.error is None else f", whole-model error {final.error:.3f}"
+        return (f"{state}: {final.measured_ms:.3f} ms measured = {self.speedup:.2f}x, combined error "
+                f"{final.damage ** 0.5:.3f}{whole}")
+
+    def contenders(self) -> List[Attempt]:
+        """The attempts the returned one is chosen from: those that met the budget, else those
+        within :data:`NOISE` of the fastest."""
+        met = [a for a in self.attempts if a.measured_ms <= self.budget_ms]
+        return met or _near_fastest(self.attempts, lambda a: a.measured_ms)
 
     @property
     def final(self) -> Attempt:
-        """The attempt whose model was returned: of those that met the budget the one with the
-        least error, else of those within :data:`NOISE` of the fastest the one of least error."""
-        met = [a for a in self.attempts if a.measured_ms <= self.budget_ms]
-        return min(met or _near_fastest(self.attempts, lambda a: a.measured_ms), key=lambda a: (a.damage, a.measured_ms))
+        """The attempt whose model was returned: the contender of least error (whole-model when
+        they were scored whole, else summed layer errors; ties: the faster)."""
+        return _least_error(self.contenders(), lambda a: a)
 
     @property
     def speedup(self) -> float:
@@ -207,8 +229,10 @@ class SearchReport:
         if self.excluded:
             lines += ["", f"Not offered on {self.target} (computed wrongly there):"]
             lines += [f"- {label}: {why}" for label, why in sorted(self.excluded.items())]
-        lines += ["", "| attempt | budget ms | predicted ms | measured ms |", "|---:|---:|---:|---:|"]
-        lines += [f"| {i} | {a.budget_ms:.3f} | {a.predicted_ms:.3f} | {a.measured_ms:.3f} |"
+        lines += ["", "| attempt | mix | budget ms | predicted ms | measured ms | combined layer error | "
+                  "whole-model error |", "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {i} | {a.mix_text()} | {a.budget_ms:.3f} | {a.predicted_ms:.3f} | {a.measured_ms:.3f} | "
+                  f"{a.damage ** 0.5:.4f} | {'' if a.error is None else f'{a.error:.4f}'} |"
                   for i, a in enumerate(self.attempts, 1)]
         lines += ["", "Candidates considered (measured alone on the target; error: relative output error on "
                   "held-out calibration images after the least-squares refit):", ""]
@@ -249,6 +273,7 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
     budget = budget_of(dense[baseline_precision], target_speedup, latency_budget)
     request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
     layers, excluded = _candidate_layers(original, eligible, input_size, sizes, calib, kinds, clock)
+    scorer = _WholeScorer.on(original, layers, calib)
     order = sorted(dense, key=lambda p: dense[p])  # the dense model's best precision first
     timings = {precision: _time_layers(layers, clock, precision, say) for precision in order}
     _fit_layers(original, layers, _worth_fitting(layers, timings), calib, fit_cache, say)
@@ -261,15 +286,16 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
         report = SearchReport(target, precision, tuple(input_size), request, dense[baseline_precision],
                               baseline_precision, budget, searched[precision], [], False,
                               fronts=_fronts(searched[precision], fixed[precision]), excluded=excluded)
-        outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say)))
-    report, choice, model, refused = _deployable(original, outcomes, layers, clock, say)
+        outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say,
+                                          scorer)))
+    report, choice, model, refused = _deployable(original, outcomes, layers, clock, say, scorer)
     report.alternatives = {r.precision: refused.get(r.precision) or r.outcome() for r, _ in outcomes if r is not report}
     report.alternatives.update(skipped)
     chosen = {p: m for p, m in choice.items() if not m.candidate.dense}
     return SearchResult(model, chosen, {p: layers[p].module(m.candidate) for p, m in chosen.items()}, report)
 
 
-def _deployable(original, outcomes, layers: Mapping[str, "_Layer"], clock: Clock, say):
+def _deployable(original, outcomes, layers: Mapping[str, "_Layer"], clock: Clock, say, scorer=None):
     """The best outcome (:func:`_best`) whose fitted model deploys correctly on the clock's target
     (``clock.deployment_problem``, where the clock has one), with that model and why the better
     ones were refused (precision -> reason); when none deploys correctly, the best, its problem
@@ -277,7 +303,7 @@ def _deployable(original, outcomes, layers: Mapping[str, "_Layer"], clock: Clock
     refused: Dict[str, str] = {}
     remaining, first = list(outcomes), None
     while remaining:
-        report, choice = _best(remaining)
+        report, choice = _best(remaining, scorer)
         say(f"fitting the chosen candidates' weights ({report.precision})")
         model = _build(original, choice, layers, fitted=True)
         check = getattr(clock, "deployment_problem", None)
@@ -294,12 +320,33 @@ def _deployable(original, outcomes, layers: Mapping[str, "_Layer"], clock: Clock
     return report, choice, model, refused
 
 
-def _best(outcomes: List[Tuple[SearchReport, Dict[str, Measured]]]) -> Tuple[SearchReport, Dict[str, Measured]]:
-    """The precision whose mix meets the budget with the least damage (ties: the faster); when
-    none does, of those whose mix measured within :data:`NOISE` of the fastest, the least damage."""
+def _best(outcomes: List[Tuple[SearchReport, Dict[str, Measured]]], scorer: Optional["_WholeScorer"] = None
+          ) -> Tuple[SearchReport, Dict[str, Measured]]:
+    """The precision whose mix meets the budget with the least error (ties: the faster); when
+    none does, of those whose mix measured within :data:`NOISE` of the fastest, the least error.
+    Different mixes are scored whole by ``scorer`` (when there is one)."""
     met = [o for o in outcomes if o[0].met]
     pool = met or _near_fastest(outcomes, lambda o: o[0].final.measured_ms)
-    return min(pool, key=lambda o: (o[0].final.damage, o[0].final.measured_ms))
+    _score_whole([(report.final, choice) for report, choice in pool], scorer)
+    return _least_error(pool, lambda o: o[0].final)
+
+
+def _least_error(items: Sequence, attempt_of: Callable[[object], Attempt]):
+    """The item whose attempt has the least error: the whole-model error when every one was
+    scored whole, else the summed layer errors (ties: the faster)."""
+    whole = all(attempt_of(item).error is not None for item in items)
+    return min(items, key=lambda item: (attempt_of(item).error if whole else attempt_of(item).damage,
+                                        attempt_of(item).measured_ms))
+
+
+def _score_whole(pairs: Sequence[Tuple[Attempt, Mapping[str, Measured]]], scorer: Optional["_WholeScorer"]) -> None:
+    """Score each ``(attempt, its choice)`` whole, when ``scorer`` exists and their mixes differ
+    (one mix needs no ranking)."""
+    if scorer is None or len({tuple(sorted(attempt.choice.items())) for attempt, _ in pairs}) < 2:
+        return
+    for attempt, choice in pairs:
+        if attempt.error is None:
+            attempt.error = scorer(choice)
 
 
 def _near_fastest(items: Sequence, ms: Callable) -> List:
@@ -425,14 +472,18 @@ def _out_of_reach(searched: Mapping[str, Mapping[str, LayerSearch]], fixed: Mapp
                f"{budget:.3f} ms budget" for p, floor in floors.items() if floor > budget * FLOOR_SLACK}
 
 
-def _first_images(calib: Optional[List[torch.Tensor]], count: int) -> Optional[List[torch.Tensor]]:
-    """The first ``count`` images of the calibration batches (cut inside a batch where needed)."""
+def _first_images(calib: Optional[List[torch.Tensor]], count: int, skip: int = 0) -> Optional[List[torch.Tensor]]:
+    """``count`` images of the calibration batches after the first ``skip`` (cut inside a batch
+    where needed; fewer, or none, when the batches run out)."""
     if not calib:
         return calib
     taken, total = [], 0
     for batch in calib:
-        taken.append(batch[: count - total])
-        total += len(taken[-1])
+        if skip >= len(batch):
+            skip -= len(batch)
+            continue
+        taken.append(batch[skip: skip + count - total])
+        skip, total = 0, total + len(taken[-1])
         if total >= count:
             break
     return taken
@@ -463,12 +514,13 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
 
 
 def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str, _Layer], report: SearchReport,
-             clock: Clock, fixed: float, say) -> Dict[str, Measured]:
+             clock: Clock, fixed: float, say, scorer: Optional["_WholeScorer"] = None) -> Dict[str, Measured]:
     """Allocate, build, measure; move what the measurement shows the prediction missed into
     ``fixed`` and allocate again (a mix slower than predicted leaves less room, a faster one
     room for less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured.
     When no mix met the budget, each kind alone at its fastest in every layer is measured too:
-    per-layer timings can rank two kinds wrongly for the whole model. Returns the choice of
+    per-layer timings can rank two kinds wrongly for the whole model. The contenders for the
+    final choice are scored whole by ``scorer`` when their mixes differ. Returns the choice of
     :attr:`SearchReport.final`."""
     rungs = {path: layer.front for path, layer in searched.items()}
     points = {path: [Point(m.latency_ms, m.damage) for m in front] for path, front in rungs.items()}
@@ -489,6 +541,10 @@ def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str,
         for choice in _fastest_of_each_kind(searched):
             if all(choice != earlier for earlier in tried):
                 _measure(original, choice, layers, fixed, report, clock, say, tried)
+    contenders = {id(attempt) for attempt in report.contenders()}
+    if scorer is not None and len(contenders) > 1:
+        say(f"scoring {len(contenders)} mixes whole on {sum(len(b) for b in scorer.images)} held-out images")
+    _score_whole([(a, c) for a, c in zip(report.attempts, tried) if id(a) in contenders], scorer)
     choice = tried[report.attempts.index(report.final)]
     _record_choice(searched, choice, report)
     return choice
@@ -518,6 +574,41 @@ def _fastest_of_each_kind(searched: Mapping[str, LayerSearch]) -> List[Dict[str,
                                  and m.latency_ms < layer.dense.latency_ms), default=layer.dense,
                                 key=lambda m: m.latency_ms) for path, layer in searched.items()})
     return mixes
+
+
+class _WholeScorer:
+    """A mix's whole model, its candidates' fitted weights in place, scored by its relative
+    output error against the original on held-out calibration images (remembered per mix)."""
+
+    def __init__(self, original: nn.Module, layers: Mapping[str, _Layer], images: List[torch.Tensor]) -> None:
+        self.original, self.layers, self.images = original, layers, images
+        self.reference = _outputs(original, images)
+        self.known: Dict[Tuple[Tuple[str, str], ...], float] = {}
+
+    @classmethod
+    def on(cls, original: nn.Module, layers: Mapping[str, _Layer], calib: Optional[List[torch.Tensor]]
+           ) -> Optional["_WholeScorer"]:
+        """A scorer on the :data:`SCORE_IMAGES` after the search's own, or None when there are none."""
+        images = [batch for batch in _first_images(calib, SCORE_IMAGES, skip=SEARCH_IMAGES) or [] if len(batch)]
+        return cls(original, layers, images) if images else None
+
+    def __call__(self, choice: Mapping[str, Measured]) -> float:
+        key = tuple(sorted((path, measured.candidate.label) for path, measured in choice.items()))
+        if key not in self.known:
+            model = _build(self.original, choice, self.layers, fitted=True)
+            self.known[key] = relative_error(_outputs(model, self.images), self.reference)
+        return self.known[key]
+
+
+def _outputs(model: nn.Module, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """``model``'s outputs on ``images`` in eval mode (the model's mode is restored)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [model(batch) for batch in images]
+    finally:
+        model.train(training)
 
 
 def _build(original: nn.Module, choice: Mapping[str, Measured], layers: Mapping[str, _Layer], fitted: bool) -> nn.Module:
@@ -552,5 +643,5 @@ def _record_choice(layers: Mapping[str, LayerSearch], choice: Mapping[str, Measu
             layer.reason = "dense kept: other layers save the time for less error"
 
 
-__all__ = ["Attempt", "Clock", "LayerSearch", "MAX_ATTEMPTS", "Measured", "SearchReport", "SearchResult",
-           "budget_of", "search"]
+__all__ = ["Attempt", "Clock", "LayerSearch", "MAX_ATTEMPTS", "Measured", "NOISE", "SCORE_IMAGES", "SearchReport",
+           "SearchResult", "budget_of", "search"]

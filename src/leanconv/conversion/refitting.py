@@ -241,7 +241,8 @@ def split_held_out(batches: Sequence[torch.Tensor], share: float) -> Tuple[List[
     return fit, out
 
 
-def _relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
+def relative_error(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> float:
+    """||outputs - targets|| / ||targets|| over all the batches (in float64; 0 when the targets are 0)."""
     num = sum(float((o.double() - t.double()).pow(2).sum()) for o, t in zip(outputs, targets))
     den = sum(float(t.double().pow(2).sum()) for t in targets)
     return (num / den) ** 0.5 if den else 0.0
@@ -317,13 +318,13 @@ def refit_module(layer: nn.Module, inputs: Sequence[torch.Tensor], targets: Sequ
     saved = [p.detach().clone() for p in (stage.weight, stage.bias) if p is not None]
     solve_stage(stage, stage_inputs[:n], stage_targets, ridge, accumulate)
     after = _run_layer(layer, stage, inputs)[0]
-    report = RefitReport(path, _relative_error(outputs[:n], targets[:n]), _relative_error(after[:n], targets[:n]),
+    report = RefitReport(path, relative_error(outputs[:n], targets[:n]), relative_error(after[:n], targets[:n]),
                          fit_images=counts[0], held_out_images=counts[1])
     if n == len(inputs):
         report.note = "no held-out check: fewer than 2 calibration images (or holdout=0); the refit is kept"
         return report
-    report.held_out_before = _relative_error(outputs[n:], targets[n:])
-    report.held_out_after = _relative_error(after[n:], targets[n:])
+    report.held_out_before = relative_error(outputs[n:], targets[n:])
+    report.held_out_after = relative_error(after[n:], targets[n:])
     report.kept = report.held_out_after < report.held_out_before
     if not report.kept:
         with torch.no_grad():
@@ -352,4 +353,4 @@ def reestimate_bn(model: nn.Module, calib: Iterable[torch.Tensor]) -> None:
 
 
 __all__ = ["DEFAULT_HOLDOUT", "RefitReport", "capture", "capture_all", "finite_batches", "last_stage", "last_stage_name",
-           "reestimate_bn", "refit", "refit_module", "solve_stage", "split_held_out"]
+           "reestimate_bn", "refit", "refit_module", "relative_error", "solve_stage", "split_held_out"]
