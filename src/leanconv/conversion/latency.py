@@ -92,9 +92,11 @@ class TimingSetting:
 
     def key(self) -> str:
         """The cache key part for this setting: everything that changes a timing (the target,
-        its runtime and version, the device's model, the precision, the threads)."""
-        return (f"{self.target}|{get_target(self.target).runtime_version()}|{_device_name(self.device)}|"
-                f"{self.precision}|{self.threads}threads")
+        its runtime and version and how it is called, the device's model, the precision, the
+        threads)."""
+        entry = get_target(self.target)
+        runtime = entry.runtime_version() + (f" ({entry.calling})" if entry.calling else "")
+        return f"{self.target}|{runtime}|{_device_name(self.device)}|{self.precision}|{self.threads}threads"
 
     def measure(self, module: nn.Module, x: torch.Tensor) -> float:
         """Milliseconds of ``module`` on ``x``, deployed by :func:`deployed_layer`: the median of

@@ -217,7 +217,9 @@ def _hint_name(compiled: Any) -> str:
 
 
 def _runner(compiled: Any, shape: Tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``run(x)``: one InferRequest, the input copied in, output 0 back as a float32 tensor."""
+    """``run(x)``: one InferRequest reading the input where it lies (``share_inputs``), output 0
+    copied back as a float32 tensor. Copying the input in costs about 50 us a call at batch 16
+    (measured, openvino 2026.4), a tenth of a lean digits CNN's time there."""
     request = compiled.create_infer_request()
     output = compiled.output(0)
 
@@ -225,15 +227,17 @@ def _runner(compiled: Any, shape: Tuple[int, ...]) -> Callable[[torch.Tensor], t
         if tuple(x.shape) != shape:
             raise ValueError(f"x has shape {tuple(x.shape)}: this openvino deployment is compiled for the "
                              f"example's shape {shape}")
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        result = request.infer({0: array})  # copies the input in and the outputs out
-        return torch.from_numpy(np.asarray(result[output], dtype=np.float32))
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())  # kept alive through the call
+        result = request.infer({0: array}, share_inputs=True, share_outputs=True)
+        return torch.from_numpy(np.array(result[output], dtype=np.float32))  # a copy: the request reuses its own
 
     return run
 
 
 class OpenVinoTarget(Target):
     """OpenVINO's CPU plugin: fp32 and bf16 by the precision hint, int8 by NNCF quantization."""
+
+    calling = "input shared"
 
     def computes_wrongly(self, kind: str, options: Dict[str, Any]) -> Optional[str]:
         """A permuted grouped conv: the CPU plugin computes its output channel Gather followed by

@@ -64,6 +64,9 @@ class Target(ABC):
     """The leanconv extra that installs them (named in errors)."""
     default: bool = True
     """Whether measuring includes it when no targets are named (slow-to-build ones opt in)."""
+    calling: str = ""
+    """How a deployment is called, where that changed from the first way and changes a timing
+    (part of the latency cache's key, so older timings stop matching)."""
 
     def missing(self) -> Optional[str]:
         """Why the runtime cannot be used here (None: it can)."""
