@@ -15,6 +15,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 
+def load_script(path, name: str):
+    """The Python file at ``path`` (a benchmark or example script, not a package) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def randomize_norms(module: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Give every BatchNorm random running stats and (if affine) random scale and shift."""
     for m in module.modules():

@@ -4,22 +4,20 @@ search: the benchmark itself is run by hand, see benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.support import load_script
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "auto_search.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("auto_search_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "auto_search_benchmark")
 
 
 def _lat(median, low, high, rounds=5):

@@ -3,22 +3,20 @@ run by hand, see benchmarks/README.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support import load_script
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "demo_reach.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("demo_reach_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "demo_reach_benchmark")
 
 
 def test_the_floor_is_the_stem_pooled_into_the_classifier_and_the_original_is_unchanged(bench):
