@@ -85,3 +85,25 @@ def test_allocate_matches_brute_force_on_random_fronts():
         damage = sum(fronts[p][i].damage for p, i in chosen.items())
         exact = brute_force(fronts, budget, 0.5)[0]
         assert damage == pytest.approx(exact)
+
+
+def test_layer_share_steps_on_the_secant_kept_inside_the_bracket():
+    from leanconv.conversion.allocation import layer_share
+
+    # (layers' predicted ms, whole model measured ms); budget 4 ms
+    assert layer_share([(2.0, 3.0), (4.0, 5.0)], 4.0) == pytest.approx(3.0)  # slope 1: halfway
+    # a bracket whose line reaches the budget near its low end is kept a tenth inside it
+    assert layer_share([(2.0, 3.95), (4.0, 5.0)], 4.0) == pytest.approx(2.2)
+    # no bracket: on the line through the last two (slope 1/2), from either side
+    assert layer_share([(4.0, 5.0), (3.5, 4.75)], 4.0) == pytest.approx(2.0)
+    assert layer_share([(1.0, 2.0), (2.0, 2.5)], 4.0) == pytest.approx(5.0)
+    # the bracket (the fastest-predicted attempt over the budget) wins over the last two:
+    # (1, 2) met, (3, 5) over -> slope 3/2; the last two, (3, 5) and (3.5, 6), would say 2.5
+    assert layer_share([(1.0, 2.0), (3.0, 5.0), (3.5, 6.0)], 4.0) == pytest.approx(1.0 + 2.0 / 1.5)
+    # lines too flat or too steep to be a trend, one point, or a falling line: no step
+    assert layer_share([(4.0, 5.0), (3.5, 4.99)], 4.0) is None
+    assert layer_share([(4.0, 5.0), (3.9, 6.0)], 4.0) is None
+    assert layer_share([(4.0, 5.0)], 4.0) is None
+    assert layer_share([(4.0, 5.0), (4.0, 4.5)], 4.0) is None
+    # never below 0 ms for the layers
+    assert layer_share([(1.0, 9.0), (2.0, 10.0)], 4.0) == 0.0

@@ -369,6 +369,58 @@ def test_the_whole_model_score_is_the_fitted_models_relative_output_error_on_the
     assert _WholeScorer.on(model, {"conv3": layer}, batches[:1]) is None  # 20 images: none beyond the search's
 
 
+class HalfSlopeClock(ScriptedClock):
+    """A whole model gains only half of what its layers gain alone (a runtime paying per layer
+    for layout changes, say): ``fixed_ms + offset_ms + (sum of its layers' ms) / 2``."""
+
+    def __init__(self, speed, offset_ms):
+        super().__init__(speed)
+        self.offset_ms = offset_ms
+
+    def model_ms(self, model):
+        self.model_calls += 1
+        layers = [model.get_submodule(p) for p in ("conv2", "conv3")]
+        return self.fixed_ms + self.offset_ms + 0.5 * sum(self.known[signature(m)] for m in layers)
+
+
+def test_after_two_measurements_the_loop_steps_on_the_line_through_them(monkeypatch):
+    from leanconv.conversion import auto
+
+    speed = {(16, 24): {"dsconv": 0.3, "tucker2": 0.2}, (24, 32): {"dsconv": 0.3, "tucker2": 0.2}}
+    search = run(HalfSlopeClock(speed, offset_ms=2.6), target_speedup=1.8, accept_slower=True).search
+    first, second, third = search.attempts[:3]
+    assert first.measured_ms > search.budget_ms and second.measured_ms > search.budget_ms
+    # one step corrects by what the first measurement showed the prediction missed ...
+    assert second.fixed_ms == pytest.approx(first.fixed_ms + first.measured_ms - first.predicted_ms)
+    # ... the next aims where the line through the two reaches the budget (slope 1/2 here)
+    (p1, m1), (p2, m2) = [(a.predicted_ms - a.fixed_ms, a.measured_ms) for a in (first, second)]
+    aim = p1 + (search.budget_ms - m1) * (p2 - p1) / (m2 - m1)
+    assert third.fixed_ms == pytest.approx(search.budget_ms - aim)
+    assert third.measured_ms <= search.budget_ms and search.met and len(search.attempts) == 3
+
+    # correcting by the last miss alone undershoots at every step on this clock: four misses
+    monkeypatch.setattr(auto, "layer_share", lambda attempts, budget: None)
+    additive = run(HalfSlopeClock(speed, offset_ms=2.6), target_speedup=1.8, accept_slower=True).search
+    assert all(a.measured_ms > additive.budget_ms for a in additive.attempts[:auto.MAX_ATTEMPTS])
+
+
+def test_when_only_a_kind_alone_met_the_budget_mixes_between_are_tried_for_less_error(monkeypatch):
+    from leanconv.conversion import auto
+
+    monkeypatch.setattr(auto, "MAX_ATTEMPTS", 1)  # the loop measures one mix: over the budget here
+    clock = ScriptedClock({(16, 24): {"dsconv": 0.3, "tucker2": 0.2}, (24, 32): {"dsconv": 0.3, "tucker2": 0.2}},
+                          mismatch_ms=0.6)
+    search = run(clock, target_speedup=1.4, accept_slower=True).search
+    attempts = search.attempts
+    assert attempts[0].measured_ms > search.budget_ms
+    uniform = attempts[1:3]  # dsconv alone and tucker2 alone, each at its fastest
+    assert {a.mix_text().split(" ")[0] for a in uniform} == {"dsconv", "tucker2"}
+    assert any(a.measured_ms <= search.budget_ms for a in uniform)
+    assert 3 < len(attempts) <= 3 + auto.REFINE_ATTEMPTS
+    assert search.final in attempts[3:] and search.final.measured_ms <= search.budget_ms
+    assert search.final.damage < min(a.damage for a in uniform if a.measured_ms <= search.budget_ms)
+
+
 class RefusingClock(TwoPrecisionClock):
     """As TwoPrecisionClock, but the mixes of the precisions in ``refuse`` deploy wrongly."""
 

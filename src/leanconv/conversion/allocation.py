@@ -19,7 +19,7 @@ independent layers add in energy).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Hashable, List, Mapping, Sequence, Tuple
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 _EPS = 1e-12
 
@@ -100,4 +100,44 @@ def whole_front(fronts: Mapping[str, Sequence[Point]], fixed: float = 0.0) -> Li
     return [(ms, damage) for ms, damage, _ in mixes(fronts, fixed)]
 
 
-__all__ = ["Mix", "OutOfReach", "Point", "allocate", "front", "mixes", "whole_front"]
+MIN_SLOPE, MAX_SLOPE = 0.2, 5.0
+"""The whole model's measured ms per predicted layer ms that :func:`layer_share` believes: a
+line between two measurements steeper or flatter than this is noise, not a trend."""
+
+
+def layer_share(attempts: Sequence[Tuple[float, float]], budget: float) -> Optional[float]:
+    """The layers' predicted ms at which the whole model should measure ``budget``, from
+    ``attempts`` (each: the layers' predicted ms, the whole model's measured ms), or None.
+
+    Measured ms rise with the layers' predicted ms, but not always one for one (a runtime can
+    pay per layer for layout changes that a mix of faster layers has more of), so the step is
+    a secant: on the line through the slowest-predicted attempt that met the budget and the
+    fastest-predicted one above it that did not, kept inside that bracket; without one, on the
+    line through the last two attempts. None when the line is not a believable trend
+    (:data:`MIN_SLOPE`, :data:`MAX_SLOPE`) or there are fewer than two attempts.
+    """
+    met = [a for a in attempts if a[1] <= budget]
+    over = [a for a in attempts if a[1] > budget]
+    if met and over:
+        low = max(met)
+        high = min((a for a in over if a[0] > low[0]), default=None)
+        if high is not None:
+            share = _on_line(low, high, budget)
+            if share is not None:
+                margin = 0.1 * (high[0] - low[0])
+                return min(max(share, low[0] + margin), high[0] - margin)
+    return _on_line(attempts[-2], attempts[-1], budget) if len(attempts) >= 2 else None
+
+
+def _on_line(a: Tuple[float, float], b: Tuple[float, float], budget: float) -> Optional[float]:
+    """Where the line through ``a`` and ``b`` reaches ``budget`` (None: not a believable trend)."""
+    if a[0] == b[0]:
+        return None
+    slope = (b[1] - a[1]) / (b[0] - a[0])
+    if not MIN_SLOPE <= slope <= MAX_SLOPE:
+        return None
+    return max(a[0] + (budget - a[1]) / slope, 0.0)
+
+
+__all__ = ["MAX_SLOPE", "MIN_SLOPE", "Mix", "OutOfReach", "Point", "allocate", "front", "layer_share", "mixes",
+           "whole_front"]

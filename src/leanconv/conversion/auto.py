@@ -42,7 +42,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence, 
 import torch
 from torch import nn
 
-from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, whole_front
+from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, layer_share, whole_front
 from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates, layer_targets
 from leanconv.conversion.fit_cache import FitCache, data_key, fit_key
 from leanconv.conversion.refitting import layer_inputs, relative_error
@@ -50,6 +50,9 @@ from leanconv.conversion.surgery import build_module, set_module
 
 MAX_ATTEMPTS = 4
 """Whole-model measurements the correction loop may take before it reports the closest point."""
+REFINE_ATTEMPTS = 3
+"""More whole-model measurements when the loop missed the budget but a kind alone at its
+fastest met it: mixes between the two, for less error than that uniform one."""
 SEARCH_IMAGES = 32
 SEARCH_PIXELS = 16384
 MIN_SEARCH_IMAGES = 8
@@ -515,32 +518,40 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
 
 def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str, _Layer], report: SearchReport,
              clock: Clock, fixed: float, say, scorer: Optional["_WholeScorer"] = None) -> Dict[str, Measured]:
-    """Allocate, build, measure; move what the measurement shows the prediction missed into
-    ``fixed`` and allocate again (a mix slower than predicted leaves less room, a faster one
-    room for less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured.
-    When no mix met the budget, each kind alone at its fastest in every layer is measured too:
-    per-layer timings can rank two kinds wrongly for the whole model. The contenders for the
-    final choice are scored whole by ``scorer`` when their mixes differ. Returns the choice of
-    :attr:`SearchReport.final`."""
+    """Allocate, build, measure, and allocate again with the prediction corrected
+    (:func:`_next_fixed`: a mix slower than predicted leaves less room, a faster one room for
+    less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured. When no
+    mix met the budget, each kind alone at its fastest in every layer is measured too (per-layer
+    timings can rank two kinds wrongly for the whole model); when one of those meets it, up to
+    :data:`REFINE_ATTEMPTS` more mixes are tried between it and the loop's, for less error. The
+    contenders for the final choice are scored whole by ``scorer`` when their mixes differ.
+    Returns the choice of :attr:`SearchReport.final`."""
     rungs = {path: layer.front for path, layer in searched.items()}
     points = {path: [Point(m.latency_ms, m.damage) for m in front] for path, front in rungs.items()}
     tried: List[Dict[str, Measured]] = []
     seen: List[Dict[str, int]] = []
-    while len(report.attempts) < MAX_ATTEMPTS:
+
+    def try_mix(fixed: float) -> bool:
+        """Allocate with ``fixed`` and measure the mix; False when it was measured already."""
         try:
             position = allocate(points, report.budget_ms, fixed)
         except OutOfReach:
             position = {path: len(rungs) - 1 for path, rungs in points.items()}
         if position in seen:
-            break
+            return False
         seen.append(position)
-        measured = _measure(original, {p: rungs[p][i] for p, i in position.items()}, layers, fixed, report, clock, say,
-                            tried)
-        fixed += measured - report.attempts[-1].predicted_ms  # slower: less room; faster: room for less error
+        _measure(original, {p: rungs[p][i] for p, i in position.items()}, layers, fixed, report, clock, say, tried)
+        return True
+
+    while len(report.attempts) < MAX_ATTEMPTS and try_mix(fixed):
+        fixed = _next_fixed(report.attempts, report.budget_ms)
     if not report.met:
         for choice in _fastest_of_each_kind(searched):
             if all(choice != earlier for earlier in tried):
                 _measure(original, choice, layers, fixed, report, clock, say, tried)
+        for _ in range(REFINE_ATTEMPTS if report.met else 0):
+            if not try_mix(_next_fixed(report.attempts, report.budget_ms)):
+                break
     contenders = {id(attempt) for attempt in report.contenders()}
     if scorer is not None and len(contenders) > 1:
         say(f"scoring {len(contenders)} mixes whole on {sum(len(b) for b in scorer.images)} held-out images")
@@ -548,6 +559,17 @@ def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str,
     choice = tried[report.attempts.index(report.final)]
     _record_choice(searched, choice, report)
     return choice
+
+
+def _next_fixed(attempts: Sequence[Attempt], budget: float) -> float:
+    """The part outside the layers to allocate the next mix with: the budget less the layers'
+    share at which the measurements say the whole model meets it (:func:`layer_share`, a secant
+    step), else the last attempt's, corrected by what its measurement showed the prediction missed."""
+    share = layer_share([(a.predicted_ms - a.fixed_ms, a.measured_ms) for a in attempts], budget)
+    if share is None:
+        last = attempts[-1]
+        return last.fixed_ms + last.measured_ms - last.predicted_ms
+    return budget - share
 
 
 def _measure(original, choice: Dict[str, Measured], layers: Mapping[str, _Layer], fixed: float, report: SearchReport,
