@@ -421,6 +421,31 @@ def test_when_only_a_kind_alone_met_the_budget_mixes_between_are_tried_for_less_
     assert search.final.damage < min(a.damage for a in uniform if a.measured_ms <= search.budget_ms)
 
 
+class CountingTwoPrecisionClock(TwoPrecisionClock):
+    """As TwoPrecisionClock, but the dense model is fastest in fp32 (searched first, where the
+    candidates gain a lot), no int8 mix can meet a budget (each whole int8 model is 10 ms
+    slower than its layers say), and every whole-model measurement's precision is counted."""
+
+    def baseline(self, model):
+        fp32 = self.fixed_ms + sum(DENSE_MS.values())
+        return {"fp32": fp32, "int8": 1.1 * fp32}
+
+    def model_ms(self, model):
+        self.measured = getattr(self, "measured", []) + [self.precision]
+        return super().model_ms(model) + (10.0 if self.precision == "int8" else 0.0)
+
+
+def test_once_a_precision_met_the_budget_the_others_measure_no_kind_alone():
+    from leanconv.conversion.auto import MAX_ATTEMPTS
+
+    clock = CountingTwoPrecisionClock({(16, 24): {"dsconv": 0.1}, (24, 32): {"dsconv": 0.1}}, fixed_ms=0.2)
+    search = run(clock, target_speedup=1.3, accept_slower=True).search  # int8's predicted floor is within reach
+    assert search.precision == "fp32" and search.met
+    assert clock.measured[0] == "fp32" and "int8" in clock.measured  # int8 searched after fp32 met
+    assert not search.alternatives["int8"].startswith("met")
+    assert clock.measured.count("int8") <= MAX_ATTEMPTS  # its loop only: no kind alone at its fastest after it
+
+
 class RefusingClock(TwoPrecisionClock):
     """As TwoPrecisionClock, but the mixes of the precisions in ``refuse`` deploy wrongly."""
 

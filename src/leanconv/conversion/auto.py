@@ -289,8 +289,9 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
         report = SearchReport(target, precision, tuple(input_size), request, dense[baseline_precision],
                               baseline_precision, budget, searched[precision], [], False,
                               fronts=_fronts(searched[precision], fixed[precision]), excluded=excluded)
+        fallback = not any(earlier.met for earlier, _ in outcomes)  # else a uniform fastest mix cannot win
         outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say,
-                                          scorer)))
+                                          scorer, fallback)))
     report, choice, model, refused = _deployable(original, outcomes, layers, clock, say, scorer)
     report.alternatives = {r.precision: refused.get(r.precision) or r.outcome() for r, _ in outcomes if r is not report}
     report.alternatives.update(skipped)
@@ -517,13 +518,16 @@ def _fronts(layers: Mapping[str, LayerSearch], fixed: float) -> Dict[str, List[T
 
 
 def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str, _Layer], report: SearchReport,
-             clock: Clock, fixed: float, say, scorer: Optional["_WholeScorer"] = None) -> Dict[str, Measured]:
+             clock: Clock, fixed: float, say, scorer: Optional["_WholeScorer"] = None, fallback: bool = True
+             ) -> Dict[str, Measured]:
     """Allocate, build, measure, and allocate again with the prediction corrected
     (:func:`_next_fixed`: a mix slower than predicted leaves less room, a faster one room for
     less error), until the choice repeats or :data:`MAX_ATTEMPTS` models were measured. When no
-    mix met the budget, each kind alone at its fastest in every layer is measured too (per-layer
-    timings can rank two kinds wrongly for the whole model); when one of those meets it, up to
-    :data:`REFINE_ATTEMPTS` more mixes are tried between it and the loop's, for less error. The
+    mix met the budget (and ``fallback``: not when another precision's mix met it, as a kind
+    alone at its fastest has far more error), each kind alone at its fastest in every layer is
+    measured too (per-layer timings can rank two kinds wrongly for the whole model); when one of
+    those meets it, up to :data:`REFINE_ATTEMPTS` more mixes are tried between it and the loop's,
+    for less error. The
     contenders for the final choice are scored whole by ``scorer`` when their mixes differ.
     Returns the choice of :attr:`SearchReport.final`."""
     rungs = {path: layer.front for path, layer in searched.items()}
@@ -545,7 +549,7 @@ def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str,
 
     while len(report.attempts) < MAX_ATTEMPTS and try_mix(fixed):
         fixed = _next_fixed(report.attempts, report.budget_ms)
-    if not report.met:
+    if fallback and not report.met:
         for choice in _fastest_of_each_kind(searched):
             if all(choice != earlier for earlier in tried):
                 _measure(original, choice, layers, fixed, report, clock, say, tried)
