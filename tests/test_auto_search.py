@@ -446,6 +446,35 @@ def test_once_a_precision_met_the_budget_the_others_measure_no_kind_alone():
     assert clock.measured.count("int8") <= MAX_ATTEMPTS  # its loop only: no kind alone at its fastest after it
 
 
+def test_whole_model_scores_are_kept_on_disk_for_the_same_model_and_images(tmp_path, monkeypatch):
+    from leanconv.conversion import auto
+    from leanconv.conversion.auto import Measured, _Layer, _WholeScorer
+    from leanconv.conversion.candidates import layer_candidates
+    from leanconv.conversion.fit_cache import FitCache
+
+    model = make_model()
+    candidate = next(c for c in layer_candidates(model.conv3, (12, 12)) if c.kind == "grouped")
+    torch.manual_seed(5)
+    layer = _Layer("conv3", model.conv3, (1, 24, 12, 12), [candidate], None,
+                   modules={candidate.label: nn.Conv2d(24, 32, 3, padding=1)})
+    batches = [torch.randn(20, 3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    choice = {"conv3": Measured(candidate, 0.1, None)}
+    cache = FitCache(tmp_path / "fits.json")
+    first = _WholeScorer.on(model, {"conv3": layer}, batches, cache)(choice)
+    cache.save()
+    assert (tmp_path / "scores.json").exists()
+
+    built = []
+    real_build = auto._build
+    monkeypatch.setattr(auto, "_build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    again = _WholeScorer.on(model, {"conv3": layer}, batches, FitCache(tmp_path / "fits.json"))(choice)
+    assert again == first and built == []  # read back, nothing built
+    other = [b.clone() for b in batches]
+    other[3][0, 0, 0, 0] += 1.0  # one pixel of one scoring image
+    _WholeScorer.on(model, {"conv3": layer}, other, FitCache(tmp_path / "fits.json"))(choice)
+    assert built == [1]  # other images: scored afresh
+
+
 class RefusingClock(TwoPrecisionClock):
     """As TwoPrecisionClock, but the mixes of the precisions in ``refuse`` deploy wrongly."""
 

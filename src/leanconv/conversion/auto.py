@@ -44,7 +44,7 @@ from torch import nn
 
 from leanconv.conversion.allocation import OutOfReach, Point, allocate, front, layer_share, whole_front
 from leanconv.conversion.candidates import Candidate, CandidateFit, fit_candidate, layer_candidates, layer_targets
-from leanconv.conversion.fit_cache import FitCache, data_key, fit_key
+from leanconv.conversion.fit_cache import FitCache, data_key, fit_key, score_key
 from leanconv.conversion.refitting import layer_inputs, relative_error
 from leanconv.conversion.surgery import build_module, set_module
 
@@ -276,7 +276,7 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
     budget = budget_of(dense[baseline_precision], target_speedup, latency_budget)
     request = f"target_speedup={target_speedup:g}" if target_speedup is not None else f"latency_budget={budget:g} ms"
     layers, excluded = _candidate_layers(original, eligible, input_size, sizes, calib, kinds, clock)
-    scorer = _WholeScorer.on(original, layers, calib)
+    scorer = _WholeScorer.on(original, layers, calib, fit_cache)
     order = sorted(dense, key=lambda p: dense[p])  # the dense model's best precision first
     timings = {precision: _time_layers(layers, clock, precision, say) for precision in order}
     _fit_layers(original, layers, _worth_fitting(layers, timings), calib, fit_cache, say)
@@ -293,6 +293,8 @@ def search(original: nn.Module, eligible: Sequence[Tuple[str, nn.Conv2d]], input
         outcomes.append((report, _correct(original, searched[precision], layers, report, clock, fixed[precision], say,
                                           scorer, fallback)))
     report, choice, model, refused = _deployable(original, outcomes, layers, clock, say, scorer)
+    if fit_cache is not None:
+        fit_cache.save()  # the scores
     report.alternatives = {r.precision: refused.get(r.precision) or r.outcome() for r, _ in outcomes if r is not report}
     report.alternatives.update(skipped)
     chosen = {p: m for p, m in choice.items() if not m.candidate.dense}
@@ -604,26 +606,44 @@ def _fastest_of_each_kind(searched: Mapping[str, LayerSearch]) -> List[Dict[str,
 
 class _WholeScorer:
     """A mix's whole model, its candidates' fitted weights in place, scored by its relative
-    output error against the original on held-out calibration images (remembered per mix)."""
+    output error against the original on held-out calibration images (remembered per mix, and
+    in ``cache`` between searches when given)."""
 
-    def __init__(self, original: nn.Module, layers: Mapping[str, _Layer], images: List[torch.Tensor]) -> None:
+    def __init__(self, original: nn.Module, layers: Mapping[str, _Layer], images: List[torch.Tensor],
+                 cache: Optional[FitCache] = None, data: str = "") -> None:
         self.original, self.layers, self.images = original, layers, images
+        self.cache, self.data = cache, data
         self.reference = _outputs(original, images)
         self.known: Dict[Tuple[Tuple[str, str], ...], float] = {}
 
     @classmethod
-    def on(cls, original: nn.Module, layers: Mapping[str, _Layer], calib: Optional[List[torch.Tensor]]
-           ) -> Optional["_WholeScorer"]:
+    def on(cls, original: nn.Module, layers: Mapping[str, _Layer], calib: Optional[List[torch.Tensor]],
+           cache: Optional[FitCache] = None) -> Optional["_WholeScorer"]:
         """A scorer on the :data:`SCORE_IMAGES` after the search's own, or None when there are none."""
         images = [batch for batch in _first_images(calib, SCORE_IMAGES, skip=SEARCH_IMAGES) or [] if len(batch)]
-        return cls(original, layers, images) if images else None
+        if not images:
+            return None
+        data = data_key(original, _first_images(calib, SEARCH_IMAGES + SCORE_IMAGES)) if cache is not None else ""
+        return cls(original, layers, images, cache, data)
 
     def __call__(self, choice: Mapping[str, Measured]) -> float:
         key = tuple(sorted((path, measured.candidate.label) for path, measured in choice.items()))
         if key not in self.known:
-            model = _build(self.original, choice, self.layers, fitted=True)
-            self.known[key] = relative_error(_outputs(model, self.images), self.reference)
+            self.known[key] = self._cached(choice)
         return self.known[key]
+
+    def _cached(self, choice: Mapping[str, Measured]) -> float:
+        """The score from the cache, else computed now (and kept there)."""
+        converted = [(path, m.candidate) for path, m in choice.items() if not m.candidate.dense]
+        key = score_key(self.data, converted, holdout=FIT_HOLDOUT, accumulate="float32", search_images=SEARCH_IMAGES)
+        known = self.cache.known_score(key) if self.cache is not None else None
+        if known is not None:
+            return known
+        model = _build(self.original, choice, self.layers, fitted=True)
+        score = relative_error(_outputs(model, self.images), self.reference)
+        if self.cache is not None:
+            self.cache.remember_score(key, score)
+        return score
 
 
 def _outputs(model: nn.Module, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -67,16 +67,40 @@ def _is_error(value: object) -> bool:
 
 
 _FITS = TableKind("fit", _is_fit, "[error, fitted error, weight error, refit]", "fitting again")
+_SCORES = TableKind("whole-model score", _is_error, "a non-negative finite number", "scoring again")
+
+
+def score_key(data: str, choice: Sequence[Tuple[str, Candidate]], **settings: Any) -> str:
+    """The cache key of a mix's whole-model score: the data hash (model, and the images fitted
+    and scored on), each converted layer's candidate, the fitting ``settings``, the code's version."""
+    mix = [[path, candidate.kind, jsonable(candidate.options)] for path, candidate in sorted(choice, key=lambda c: c[0])]
+    fixed = {name: str(value) for name, value in sorted(settings.items())}
+    return (f"score v{FIT_VERSION}|torch {torch.__version__}|{data}|{json.dumps(mix, sort_keys=True)}|"
+            f"{json.dumps(fixed, sort_keys=True)}")
 
 
 class FitCache:
     """Fitted errors per :func:`fit_key`, persisted as JSON in ``path`` (default
-    ``<cache_dir>/fits.json``)."""
+    ``<cache_dir>/fits.json``), and whole-model scores per :func:`score_key` beside it
+    (``scores.json``)."""
 
     def __init__(self, path: Optional[Path] = None) -> None:
         self.path = Path(path) if path is not None else cache_dir() / "fits.json"
+        self.scores_path = self.path.with_name("scores.json")
         self._table: Dict[str, List[Any]] = read_table(self.path, _FITS)
         self._new: Dict[str, List[Any]] = {}
+        self._scores: Dict[str, float] = read_table(self.scores_path, _SCORES)
+        self._new_scores: Dict[str, float] = {}
+
+    def known_score(self, key: str) -> Optional[float]:
+        """The cached whole-model score of ``key`` (None: not scored yet)."""
+        value = self._scores.get(key)
+        return None if value is None else float(value)
+
+    def remember_score(self, key: str, score: float) -> None:
+        """Keep ``score`` under ``key`` (written by :meth:`save`); a non-finite one is not kept."""
+        if _is_error(score):
+            self._scores[key] = self._new_scores[key] = float(score)
 
     def known(self, key: str) -> Optional[CandidateFit]:
         """The cached fit of ``key`` (None: not fitted yet)."""
@@ -93,10 +117,13 @@ class FitCache:
             self._table[key] = self._new[key] = entry
 
     def save(self) -> None:
-        """Merge the new fits into the file (locked, atomic)."""
+        """Merge the new fits and scores into their files (locked, atomic)."""
         if self._new:
             self._table.update(merge_table(self.path, self._new, _FITS))
             self._new = {}
+        if self._new_scores:
+            self._scores.update(merge_table(self.scores_path, self._new_scores, _SCORES))
+            self._new_scores = {}
 
 
-__all__ = ["FIT_VERSION", "FitCache", "data_key", "fit_key"]
+__all__ = ["FIT_VERSION", "FitCache", "data_key", "fit_key", "score_key"]
