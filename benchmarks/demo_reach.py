@@ -12,7 +12,7 @@ process on this machine, at each batch size:
    that keeps the stem, the pooling and the classifier (its accuracy means nothing);
 3. **the fastest mix the search finds** on each target that can hold the budget
    (``convert(to='auto', target_speedup=FAR, accept_slower=True)``: every layer at its fastest
-   candidate, the request out of reach on purpose), refit on nothing (a timing needs no weights).
+   candidate, the request out of reach on purpose), refit on the same 64 calibration images.
 
 All three are timed interleaved on onnxruntime and openvino in each of their precisions, where
 the original is fastest at both batch sizes (``benchmarks/results/deploy.md``), with
@@ -74,10 +74,9 @@ def fastest_mix(original: nn.Module, target: str, batch: int, calib: List[torch.
                             input_size=(batch, 1, 32, 32), calib=calib)
 
 
-def measure(batch: int, targets: Sequence[str], rounds: int, min_run_time: float) -> Dict[str, Any]:
+def measure(original: nn.Module, data: Any, batch: int, targets: Sequence[str], rounds: int,
+            min_run_time: float) -> Dict[str, Any]:
     """One batch size: the original, the floor and each target's fastest mix, timed interleaved."""
-    original = trained_digits_cnn(progress=False).eval()
-    data = load_data("digits")
     calib = calibration_batches(data.train, 64)
     models = {"original": original, "floor": floor_model(original)}
     searches = {}
@@ -107,8 +106,8 @@ def markdown(meta: Dict[str, Any], runs: List[Dict[str, Any]]) -> List[str]:
              f"{meta['date']}, torch {meta['torch']}, {meta['cpu_count']} CPUs, 1 thread, {meta['rounds']} interleaved "
              f"rounds; load average {meta['loadavg_start'][0]:.1f} at the start, {meta['loadavg_end'][0]:.1f} at the "
              f"end. Written by `{meta['command']}`.", "",
-             "Speedups are the original at its best (any target, any precision) over the model at its best, per "
-             "round: median (min-max). The floor is the original without `features.conv2..4` (the stem, the "
+             "Speedups are the original at its best (onnxruntime or openvino, any precision) over the model at "
+             "its best, per round: median (min-max). The floor is the original without `features.conv2..4` (the stem, the "
              "pooling and a classifier: its accuracy means nothing): no conversion that keeps those is faster, so "
              "original / floor bounds every speedup.", "",
              "| batch | goal | original at its best | floor at its best | bound (original / floor) | "
@@ -153,7 +152,8 @@ def main(argv=None) -> int:
     rounds, min_run_time = (1, 0.05) if args.quick else (args.rounds, 0.3)
     plan = [(1, ["onnxruntime"])] if args.quick else [(1, ["onnxruntime", "openvino"]), (16, ["onnxruntime", "openvino"])]
     load_start = list(os.getloadavg())
-    runs = [measure(batch, targets, rounds, min_run_time) for batch, targets in plan]
+    original, data = trained_digits_cnn(progress=False).eval(), load_data("digits")
+    runs = [measure(original, data, batch, targets, rounds, min_run_time) for batch, targets in plan]
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "rounds": rounds, "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()), "quick": args.quick, "demo_request": TARGET_SPEEDUP,

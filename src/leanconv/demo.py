@@ -37,7 +37,7 @@ TARGET_SPEEDUP = 2.0  # asked of the per-layer search, against the original at i
 SEARCH_BATCH = 16
 DISTILL_EPOCHS = 10
 """The mixes a 2x request takes here refit to 40-90% accuracy; 3 epochs of distillation left
-them 0-6 points below the original, 10-12 within a point or above it (about 1 s per epoch)."""
+them up to 6 points below the original, 10-12 within a point of it or above (about 1 s per epoch)."""
 TITLE = "leanconv demo: the digits CNN, each layer's kind chosen by latency on the fastest target"
 
 

@@ -348,11 +348,16 @@ def _least_error(items: Sequence, attempt_of: Callable[[object], Attempt]):
 def _score_whole(pairs: Sequence[Tuple[Attempt, Mapping[str, Measured]]], scorer: Optional["_WholeScorer"]) -> None:
     """Score each ``(attempt, its choice)`` whole, when ``scorer`` exists and their mixes differ
     (one mix needs no ranking)."""
-    if scorer is None or len({tuple(sorted(attempt.choice.items())) for attempt, _ in pairs}) < 2:
+    if scorer is None or not _mixes_differ(pairs):
         return
     for attempt, choice in pairs:
         if attempt.error is None:
             attempt.error = scorer(choice)
+
+
+def _mixes_differ(pairs: Sequence[Tuple[Attempt, Mapping[str, Measured]]]) -> bool:
+    """Whether the attempts hold more than one mix (only then is there anything to rank whole)."""
+    return len({tuple(sorted(attempt.choice.items())) for attempt, _ in pairs}) > 1
 
 
 def _near_fastest(items: Sequence, ms: Callable) -> List:
@@ -559,9 +564,10 @@ def _correct(original, searched: Mapping[str, LayerSearch], layers: Mapping[str,
             if not try_mix(_next_fixed(report.attempts, report.budget_ms)):
                 break
     contenders = {id(attempt) for attempt in report.contenders()}
-    if scorer is not None and len(contenders) > 1:
-        say(f"scoring {len(contenders)} mixes whole on {sum(len(b) for b in scorer.images)} held-out images")
-    _score_whole([(a, c) for a, c in zip(report.attempts, tried) if id(a) in contenders], scorer)
+    pairs = [(a, c) for a, c in zip(report.attempts, tried) if id(a) in contenders]
+    if scorer is not None and _mixes_differ(pairs):
+        say(f"scoring {len(pairs)} mixes whole on {sum(len(b) for b in scorer.images)} held-out images")
+    _score_whole(pairs, scorer)
     choice = tried[report.attempts.index(report.final)]
     _record_choice(searched, choice, report)
     return choice
